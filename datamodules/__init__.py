@@ -1,0 +1,1 @@
+"""Data: corpora -> documents of sentences -> tokens -> RoBERTa's input formats -> masked batches."""
