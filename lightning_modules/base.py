@@ -1,0 +1,80 @@
+"""The base LightningModule: RoBERTa's optimizer and schedule, and the logging every objective shares.
+
+AdamW with beta2 0.98 and eps 1e-6 (RoBERTa §3.1, for stability with large batches), weight decay
+0.01 except on biases and LayerNorm weights (as in BERT), linear warmup to the peak learning rate then
+linear decay to zero. Gradient clipping is the Trainer's `gradient_clip_val`. Subclasses implement
+`losses(batch) -> dict` whose "loss" entry is optimised; every entry is logged as train/<name>.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and schedule (RoBERTa's recipe)."""
+
+    peak_lr: float = 5e-4  # fairseq's suggestion for batch 2K; small models take larger rates
+    warmup_fraction: float = 0.06  # share of the steps spent warming up (RoBERTa: 24k of 500k ~ 5%)
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.98  # RoBERTa: 0.98 instead of BERT's 0.999
+    eps: float = 1e-6
+    gradient_clip: float = 1.0
+    max_steps: int = 1000  # set by the runner from the token budget
+
+
+def decay_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay for biases and norm weights (1-D parameters), as in BERT."""
+    decay, no_decay = [], []
+    for name, parameter in module.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim < 2 else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_linear_decay(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+class ObjectiveModule(L.LightningModule):
+    """Owns optimisation, token counting and train/... logging; a subclass defines `losses`."""
+
+    def __init__(self, optim: OptimConfig):
+        super().__init__()
+        self.optim = optim
+        self.tokens_seen = 0  # non-pad tokens of every training batch; saved in checkpoints
+
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        losses = self.losses(batch)
+        batch_tokens = batch.get("num_tokens", 0)
+        world = self.trainer.world_size if self._trainer is not None else 1
+        self.tokens_seen += int(batch_tokens) * world
+        for name, value in losses.items():
+            self.log(f"train/{name}", value.detach() if torch.is_tensor(value) else value, prog_bar=name == "loss")
+        self.log("train/tokens_per_step", float(batch_tokens) * world)
+        self.log("train/tokens_seen", float(self.tokens_seen))
+        return losses["loss"]
+
+    def configure_optimizers(self):
+        o = self.optim
+        optimizer = torch.optim.AdamW(decay_groups(self, o.weight_decay), lr=o.peak_lr, betas=(o.beta1, o.beta2),
+                                      eps=o.eps)
+        warmup = int(o.warmup_fraction * o.max_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_linear_decay(step, warmup, o.max_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["tokens_seen"] = self.tokens_seen
+
+    def on_load_checkpoint(self, checkpoint):
+        self.tokens_seen = checkpoint.get("tokens_seen", 0)

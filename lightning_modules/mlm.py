@@ -1,0 +1,91 @@
+"""Masked language modelling, with or without next sentence prediction (BERT; RoBERTa §4.2, Table 2).
+
+    loss = L_MLM                    (FULL-SENTENCES, DOC-SENTENCES)
+    loss = L_MLM + L_NSP            (SEGMENT-PAIR+NSP, SENTENCE-PAIR+NSP)
+
+The MLM head computes logits only at the masked positions listed by the collator. For DeBERTa the
+Enhanced Mask Decoder runs between the encoder and the head. Validation reports held-out MLM loss,
+perplexity and accuracy on the shared held-out blocks (dataloader 0) and NSP accuracy (dataloader 1).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from ablations.config import EncoderConfig
+from ablations.encoder import Encoder
+from ablations.heads import MLMHead, NSPHead, init_head
+from lightning_modules.base import ObjectiveModule, OptimConfig
+
+
+def masked_lm(encoder: Encoder, head: MLMHead, batch: dict, input_ids=None):
+    """Logits at the masked positions (N, V) of `input_ids` (default: the batch's masked input)."""
+    ids = batch["input_ids"] if input_ids is None else input_ids
+    hidden = encoder(ids, batch["attention_mask"], batch["token_type_ids"])
+    states = encoder.mask_decoder_states(hidden, batch["attention_mask"])
+    return head(states, batch["mlm_positions"], encoder.embeddings.word.weight), hidden
+
+
+class HeldoutMLM(torch.nn.Module):
+    """Held-out MLM loss / perplexity / accuracy, averaged over masked tokens (not batches)."""
+
+    def __init__(self):
+        super().__init__()
+        self.loss, self.accuracy = MeanMetric(), MeanMetric()
+
+    def update(self, logits, labels):
+        count = labels.numel()
+        if count:
+            self.loss.update(F.cross_entropy(logits.float(), labels), weight=count)
+            self.accuracy.update((logits.argmax(-1) == labels).float().mean(), weight=count)
+
+    def log_to(self, module, prefix: str = "val/mlm"):
+        loss = self.loss.compute()
+        module.log(f"{prefix}_loss", loss, sync_dist=True)
+        module.log(f"{prefix}_ppl", torch.exp(loss), sync_dist=True)
+        module.log(f"{prefix}_acc", self.accuracy.compute(), sync_dist=True)
+        self.loss.reset(), self.accuracy.reset()
+
+
+class MLMModule(ObjectiveModule):
+    def __init__(self, encoder: EncoderConfig, optim: OptimConfig, nsp: bool = False):
+        super().__init__(optim)
+        self.save_hyperparameters()
+        self.encoder = Encoder(encoder)
+        self.mlm_head = init_head(MLMHead(encoder))
+        self.nsp_head = init_head(NSPHead(encoder)) if nsp else None
+        self.heldout = HeldoutMLM()
+        self.nsp_accuracy = MeanMetric()
+
+    def losses(self, batch):
+        logits, hidden = masked_lm(self.encoder, self.mlm_head, batch)
+        mlm = F.cross_entropy(logits.float(), batch["mlm_labels"])
+        out = {"mlm_loss": mlm, "mlm_acc": (logits.argmax(-1) == batch["mlm_labels"]).float().mean()}
+        loss = mlm
+        if self.nsp_head is not None:
+            nsp_logits = self.nsp_head(hidden)
+            out["nsp_loss"] = F.cross_entropy(nsp_logits.float(), batch["nsp_labels"])
+            out["nsp_acc"] = (nsp_logits.argmax(-1) == batch["nsp_labels"]).float().mean()
+            loss = loss + out["nsp_loss"]
+        out["loss"] = loss
+        return out
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        if dataloader_idx == 0:
+            logits, _ = masked_lm(self.encoder, self.mlm_head, batch)
+            self.heldout.update(logits, batch["mlm_labels"])
+        elif self.nsp_head is not None:
+            hidden = self.encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+            correct = (self.nsp_head(hidden).argmax(-1) == batch["nsp_labels"]).float()
+            self.nsp_accuracy.update(correct.mean(), weight=correct.numel())
+
+    def on_validation_epoch_end(self):
+        self.heldout.log_to(self)
+        if self.nsp_head is not None and self.nsp_accuracy.update_count:
+            self.log("val/nsp_acc", self.nsp_accuracy.compute(), sync_dist=True)
+            self.nsp_accuracy.reset()
+
+    def encoder_state(self) -> dict:
+        """The weights a fine-tuning run starts from."""
+        return self.encoder.state_dict()

@@ -1,0 +1,217 @@
+"""Replaced token detection: an MLM generator and a discriminator trained together (ELECTRA; DeBERTaV3).
+
+    x_corrupt = x_masked with every selected position filled by a sample of G (no gradient through it)
+    is_replaced[t] = x_corrupt[t] != x[t]        (a sample equal to the original is labelled original)
+    loss = L_MLM(G) + lambda * L_RTD(D),  lambda = 50
+
+Embedding sharing between G and D is `sharing` (ES / NES / GDES / all, see ablations/sharing.py). The
+generator is a fraction of D's width (ELECTRA) and/or depth (DeBERTaV3 keeps the width, halves depth).
+ELECTRA's efficiency-analysis variants (Table 5) are settings of the same module:
+- `electra-15`: the RTD loss only over the masked positions;
+- `replace-mlm`: D is trained with MLM on the masked positions of x_corrupt (no [MASK] mismatch);
+- `all-tokens-mlm`: D predicts every token of x_corrupt, with a copy gate
+  p(x_t) = sigma_t * 1[x_t = x_corrupt_t] + (1 - sigma_t) * p_MLM(x_t).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAUROC
+
+from ablations.config import EncoderConfig
+from ablations.encoder import Encoder
+from ablations.heads import MLMHead, RTDHead, gather_positions, init_head
+from ablations.sharing import SHARING, average_cosine_similarity, materialized_discriminator, share_embeddings
+from datamodules.errors import require
+from datamodules.tokenization import NUM_SPECIAL
+from lightning_modules.base import ObjectiveModule, OptimConfig
+from lightning_modules.mlm import HeldoutMLM, masked_lm
+
+VARIANTS = ("electra", "electra-15", "replace-mlm", "all-tokens-mlm")
+
+
+@dataclass(frozen=True)
+class RTDConfig:
+    """The generator, the sharing of embeddings and the discriminator's loss."""
+
+    sharing: str = "es"  # es (ELECTRA) | nes | gdes (DeBERTaV3) | all (tie every weight; same-size G)
+    rtd_weight: float = 50.0  # lambda
+    generator_width: float = 0.25  # G's hidden size / D's (ELECTRA: 1/4 to 1/2 is best)
+    generator_depth: float = 1.0  # G's layers / D's (DeBERTaV3: 0.5 at the same width)
+    temperature: float = 1.0  # Gumbel-max sampling temperature
+    variant: str = "electra"  # electra | electra-15 | replace-mlm | all-tokens-mlm
+
+    def validate(self) -> None:
+        problems = []
+        if self.sharing not in SHARING:
+            problems.append(f"unknown sharing {self.sharing!r} (valid: {', '.join(SHARING)})")
+        if self.variant not in VARIANTS:
+            problems.append(f"unknown RTD variant {self.variant!r} (valid: {', '.join(VARIANTS)})")
+        if not (0 < self.generator_width <= 1 and 0 < self.generator_depth <= 1):
+            problems.append("the generator cannot be larger than the discriminator (width and depth in (0, 1])")
+        if self.sharing == "all" and (self.generator_width, self.generator_depth) != (1.0, 1.0):
+            problems.append("sharing 'all' ties every weight, so the generator must be the discriminator's size")
+        if self.temperature <= 0:
+            problems.append("temperature must be > 0")
+        require(problems, "RTD config")
+
+
+def generator_config(discriminator: EncoderConfig, rtd: RTDConfig) -> EncoderConfig:
+    """G is D scaled in width and/or depth; it keeps D's embedding size so tables can be shared."""
+    width = rtd.generator_width
+    heads = max(1, round(discriminator.num_heads * width))
+    hidden = max(heads, round(discriminator.hidden_size * width / heads) * heads)
+    return discriminator.replace(
+        hidden_size=hidden, num_heads=heads, ffn_size=max(1, round(discriminator.ffn_size * width)),
+        num_layers=max(1, round(discriminator.num_layers * rtd.generator_depth)),
+        embedding_size=discriminator.embedding_dim,
+    )
+
+
+def gumbel_max_sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None):
+    """argmax(logits / T + Gumbel noise) == a sample from softmax(logits / T), without a host sync."""
+    uniform = torch.rand(logits.shape, device=logits.device, generator=generator).clamp_(1e-9, 1 - 1e-9)
+    return (logits.float() / temperature - torch.log(-torch.log(uniform))).argmax(-1)
+
+
+class RTDModule(ObjectiveModule):
+    def __init__(self, encoder: EncoderConfig, optim: OptimConfig, rtd: RTDConfig):
+        super().__init__(optim)
+        rtd.validate()
+        self.save_hyperparameters()
+        self.rtd = rtd
+        discriminator_config = encoder.replace(emd=False)  # the EMD belongs to an MLM head; D has none
+        self.generator = Encoder(generator_config(encoder, rtd)) if rtd.sharing != "all" else Encoder(discriminator_config)
+        self.generator_head = init_head(MLMHead(self.generator.config))
+        self.discriminator = self.generator if rtd.sharing == "all" else Encoder(discriminator_config)
+        share_embeddings(self.generator, self.discriminator, rtd.sharing)
+        if rtd.variant in ("replace-mlm", "all-tokens-mlm"):
+            self.discriminator_mlm_head = init_head(MLMHead(discriminator_config))
+        if rtd.variant in ("electra", "electra-15", "all-tokens-mlm"):
+            self.rtd_head = init_head(RTDHead(discriminator_config))  # for all-tokens-mlm: the copy gate
+        self.heldout = HeldoutMLM()
+        self.val_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in (
+            "disc_acc", "disc_loss", "replaced_fraction", "precision", "recall")})
+        self.val_auc = BinaryAUROC()
+        self.val_sampler_seed = 0
+
+    # -- the step -----------------------------------------------------------------------------------
+
+    def corrupt(self, batch, generator_logits, sampler: torch.Generator | None = None):
+        """Fill every masked position with a generator sample; return (corrupted ids, originals, replaced)."""
+        positions = batch["mlm_positions"]
+        with torch.no_grad():
+            samples = gumbel_max_sample(generator_logits.detach(), self.rtd.temperature, sampler)
+        original = batch["input_ids"].reshape(-1).index_copy(0, positions, batch["mlm_labels"]).view_as(batch["input_ids"])
+        corrupted = batch["input_ids"].reshape(-1).index_copy(0, positions, samples).view_as(batch["input_ids"])
+        replaced = (corrupted != original) & batch["attention_mask"]
+        return corrupted, original, replaced
+
+    def losses(self, batch, sampler: torch.Generator | None = None):
+        return self.forward_step(batch, sampler)[0]
+
+    def forward_step(self, batch, sampler: torch.Generator | None = None):
+        """The losses and stats, plus what validation reuses: generator logits, RTD logits, replaced."""
+        generator_logits, _ = masked_lm(self.generator, self.generator_head, batch)
+        labels = batch["mlm_labels"]
+        mlm = F.cross_entropy(generator_logits.float(), labels)
+        corrupted, original, replaced = self.corrupt(batch, generator_logits, sampler)
+        mask = batch["attention_mask"]
+        hidden = self.discriminator(corrupted, mask, batch["token_type_ids"])
+        out = {"generator_mlm_loss": mlm,
+               "generator_mlm_acc": (generator_logits.argmax(-1) == labels).float().mean(),
+               "replaced_fraction": replaced.sum() / max(1, labels.numel())}
+        variant = self.rtd.variant
+        extras = {"generator_logits": generator_logits, "replaced": replaced}
+        if variant in ("electra", "electra-15"):
+            logits = self.rtd_head(hidden)
+            weights = mask.float()
+            if variant == "electra-15":  # the RTD loss only where tokens were masked
+                weights = torch.zeros_like(weights).reshape(-1).index_fill(0, batch["mlm_positions"], 1.0).view_as(mask)
+            per_token = F.binary_cross_entropy_with_logits(logits.float(), replaced.float(), reduction="none")
+            disc = (per_token * weights).sum() / weights.sum().clamp(min=1)
+            predicted = logits > 0
+            out |= self._detection_stats(predicted, replaced, mask)
+            out["disc_loss"] = disc
+            out["loss"] = mlm + self.rtd.rtd_weight * disc
+            extras["rtd_logits"] = logits
+        elif variant == "replace-mlm":
+            logits = self.discriminator_mlm_head(hidden, batch["mlm_positions"], self.discriminator.embeddings.word.weight)
+            disc = F.cross_entropy(logits.float(), labels)
+            out |= {"disc_mlm_loss": disc, "disc_mlm_acc": (logits.argmax(-1) == labels).float().mean()}
+            out["loss"] = mlm + disc
+        else:  # all-tokens-mlm with the copy mechanism
+            disc = self._all_tokens_loss(hidden, corrupted, original, mask)
+            out["disc_mlm_loss"] = disc
+            out["loss"] = mlm + disc
+        return out, extras
+
+    def _all_tokens_loss(self, hidden, corrupted, original, mask):
+        flat_mask = mask.reshape(-1)
+        log_p_mlm = F.log_softmax(
+            self.discriminator_mlm_head(hidden, None, self.discriminator.embeddings.word.weight).float(), -1)
+        log_p_mlm = log_p_mlm.reshape(-1, log_p_mlm.shape[-1]).gather(1, original.reshape(-1, 1)).squeeze(1)
+        copy_logit = self.rtd_head(hidden).float().reshape(-1)
+        is_copy = (corrupted == original).reshape(-1)
+        # log(sigma * 1[copy] + (1 - sigma) p_mlm), computed in log space
+        log_copy = F.logsigmoid(copy_logit)
+        log_no_copy = F.logsigmoid(-copy_logit) + log_p_mlm
+        log_p = torch.where(is_copy, torch.logaddexp(log_copy, log_no_copy), log_no_copy)
+        return -(log_p * flat_mask).sum() / flat_mask.sum().clamp(min=1)
+
+    @staticmethod
+    def _detection_stats(predicted, replaced, mask):
+        true_positive = (predicted & replaced).sum().float()
+        return {
+            "disc_acc": ((predicted == replaced) & mask).sum() / mask.sum().clamp(min=1),
+            "precision": true_positive / (predicted & mask).sum().clamp(min=1),
+            "recall": true_positive / replaced.sum().clamp(min=1),
+        }
+
+    # -- validation -----------------------------------------------------------------------------------
+
+    def on_validation_epoch_start(self):
+        # the same generator samples for every validation pass, so rows are compared on equal inputs
+        self._sampler = torch.Generator(device=self.device).manual_seed(self.val_sampler_seed)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        if dataloader_idx != 0:
+            return
+        out, extras = self.forward_step(batch, sampler=self._sampler)
+        self.heldout.update(extras["generator_logits"], batch["mlm_labels"])
+        weight = batch["attention_mask"].sum()
+        for name, metric in self.val_metrics.items():
+            if name in out:
+                metric.update(out[name], weight=weight)
+        if "rtd_logits" in extras:
+            mask = batch["attention_mask"]
+            self.val_auc.update(extras["rtd_logits"][mask].float(), extras["replaced"][mask].long())
+
+    def on_validation_epoch_end(self):
+        self.heldout.log_to(self, "val/generator_mlm")
+        for name, metric in self.val_metrics.items():
+            if metric.update_count:
+                self.log(f"val/{name}", metric.compute(), sync_dist=True)
+                metric.reset()
+        if self.rtd.variant in ("electra", "electra-15") and self.val_auc.update_count:
+            self.log("val/disc_auc", self.val_auc.compute(), sync_dist=True)
+            self.val_auc.reset()
+        for name, value in self.embedding_similarity().items():
+            self.log(f"val/{name}", value)
+
+    def embedding_similarity(self) -> dict[str, float]:
+        """Average pairwise cosine similarity of E_G and of E_D (non-special tokens), DeBERTaV3 §3."""
+        return {
+            "cosine_generator": average_cosine_similarity(self.generator.embeddings.word.weight, NUM_SPECIAL),
+            "cosine_discriminator": average_cosine_similarity(self.discriminator.embeddings.word.weight, NUM_SPECIAL),
+        }
+
+    def encoder_state(self) -> dict:
+        """D's weights for fine-tuning, with GDES tables materialised as E_G + E_Delta."""
+        return materialized_discriminator(self.discriminator)
+
+    def discriminator_config(self) -> EncoderConfig:
+        return self.discriminator.config
