@@ -1,0 +1,99 @@
+"""`python -m experiments list | run <id|all> | table <id> | index`: the command line of the suite."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from datamodules.errors import UsageError, exit_on_usage_error
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m experiments", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="show every experiment with its paper and make target")
+    run = commands.add_parser("run", help="run one experiment (or all) and print its table")
+    run.add_argument("experiment", help="an experiment id, or 'all'")
+    run.add_argument("--preset", default="small", help="smoke | small | medium | base")
+    run.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
+    run.add_argument("--rows", default=None, help="comma-separated row names (default: every row)")
+    run.add_argument("--tasks", default=None, help="downstream tasks, e.g. sentiment,topic,glue-sst2,files:a.csv,b.csv")
+    run.add_argument("--results-dir", default=None, type=Path)
+    run.add_argument("--accelerator", default="auto")
+    run.add_argument("--devices", default="1")
+    run.add_argument("--strategy", default="auto", help="auto | ddp | fsdp | ...")
+    run.add_argument("--num-nodes", type=int, default=1)
+    run.add_argument("--precision", default=None, help="default: bf16-mixed where supported, else 32-true")
+    run.add_argument("--num-workers", type=int, default=0)
+    run.add_argument("--compile", action="store_true", help="torch.compile the encoders (speed only)")
+    table = commands.add_parser("table", help="rebuild a table from its row files")
+    table.add_argument("experiment")
+    table.add_argument("--preset", default="small")
+    table.add_argument("--results-dir", default=None, type=Path)
+    commands.add_parser("index", help="rebuild results/README.md from every table on disk")
+    args = parser.parse_args(argv)
+    with exit_on_usage_error():
+        dispatch(args)
+
+
+def dispatch(args) -> None:
+    from experiments.registry import EXPERIMENTS, get_experiment
+
+    if args.command == "list":
+        print(f"{'experiment':30} {'rows':>4}  {'make target':38} paper")
+        for e in EXPERIMENTS.values():
+            print(f"{e.id:30} {len(e.rows):>4}  make {e.id:33} {e.paper.split(';')[0]}")
+        return
+    from experiments.presets import get_preset
+    from experiments.results import build_table, write_index
+    from experiments.runner import DEFAULT_RESULTS, Hardware, is_global_zero, run
+
+    results_dir = args.results_dir or DEFAULT_RESULTS
+    if args.command == "index":
+        print(write_index(results_dir, list(EXPERIMENTS.values())))
+        return
+    preset = get_preset(args.preset)
+    if args.command == "table":
+        experiment = get_experiment(args.experiment)
+        build_table(experiment, preset.name, results_dir / experiment.id / preset.name)
+        print((results_dir / experiment.id / preset.name / "table.md").read_text())
+        return
+    experiments = list(EXPERIMENTS.values()) if args.experiment == "all" else [get_experiment(args.experiment)]
+    rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
+    if rows and len(experiments) > 1:
+        raise UsageError("--rows needs a single experiment")
+    tasks = tuple(_split_tasks(args.tasks)) if args.tasks else None
+    hardware = Hardware(accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
+                        num_nodes=args.num_nodes, precision=args.precision, num_workers=args.num_workers,
+                        compile=args.compile)
+    from experiments.runner import plan
+
+    for experiment in experiments:  # validate everything before anything trains
+        plan(experiment, preset, args.seeds, rows, tasks, results_dir)
+    for experiment in experiments:
+        run(experiment, preset, args.seeds, rows, tasks, hardware, results_dir)
+        if is_global_zero():
+            from experiments import tracking
+
+            directory = results_dir / experiment.id / preset.name
+            payload = build_table(experiment, preset.name, directory)
+            tracking.log_table(experiment.id, preset.name, directory / "wandb", payload["header"], payload["rows"])
+            print((directory / "table.md").read_text())
+            print(f"table: {directory / 'table.md'} (also table.csv, table.json, curves.png, metrics.png)")
+    if is_global_zero():
+        print(f"index: {write_index(results_dir, list(EXPERIMENTS.values()))}")
+
+
+def _split_tasks(text: str) -> list[str]:
+    """Split on commas, keeping `files:train,validation` together."""
+    parts, out = text.split(","), []
+    while parts:
+        part = parts.pop(0).strip()
+        out.append(f"{part},{parts.pop(0).strip()}" if part.startswith("files:") and parts else part)
+    return out
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

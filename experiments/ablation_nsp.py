@@ -1,0 +1,37 @@
+"""RoBERTa Table 2 (Liu et al. 2019, §4.2): input format and next sentence prediction.
+
+Four rows differ only in `data.input_format` (the NSP loss comes with the pair formats). All rows see
+the same number of training tokens and are evaluated on the same held-out DOC-SENTENCES blocks.
+"""
+from experiments.spec import Claim, Experiment, Row, RunConfig
+
+DOWNSTREAM = ("sentiment", "topic", "downstream_avg")
+
+EXPERIMENT = Experiment(
+    id="ablation-nsp",
+    title="RoBERTa Table 2: input format and NSP",
+    paper="Liu et al. 2019 (RoBERTa), Table 2; paper: BERT-base, 1M steps x batch 256 on 16 GB; dev sets",
+    base=RunConfig(objective="mlm"),
+    rows=(
+        Row("SEGMENT-PAIR+NSP", {"data.input_format": "segment-pair"},
+            {"SQuAD 1.1": 90.4, "SQuAD 2.0": 78.7, "MNLI-m": 84.0, "SST-2": 92.9, "RACE": 64.2}),
+        Row("SENTENCE-PAIR+NSP", {"data.input_format": "sentence-pair"},
+            {"SQuAD 1.1": 88.7, "SQuAD 2.0": 76.2, "MNLI-m": 82.9, "SST-2": 92.1, "RACE": 63.0}),
+        Row("FULL-SENTENCES", {"data.input_format": "full-sentences"},
+            {"SQuAD 1.1": 90.4, "SQuAD 2.0": 79.1, "MNLI-m": 84.7, "SST-2": 92.5, "RACE": 64.8}),
+        Row("DOC-SENTENCES", {"data.input_format": "doc-sentences"},
+            {"SQuAD 1.1": 90.6, "SQuAD 2.0": 79.7, "MNLI-m": 84.7, "SST-2": 92.7, "RACE": 65.6}),
+    ),
+    metrics=("mlm_loss", "mlm_ppl", "mlm_acc", "nsp_acc", *DOWNSTREAM),
+    paper_columns=("SQuAD 1.1", "SQuAD 2.0", "MNLI-m", "SST-2", "RACE"),
+    claims=(
+        Claim("SENTENCE-PAIR+NSP is the worst format on the downstream average", "worst", "downstream_avg",
+              a="SENTENCE-PAIR+NSP"),
+        Claim("Removing NSP matches or improves: FULL-SENTENCES >= SEGMENT-PAIR+NSP - 0.5 (downstream average)",
+              "at_least", "downstream_avg", a="FULL-SENTENCES", b="SEGMENT-PAIR+NSP", margin=0.5),
+        Claim("DOC-SENTENCES >= FULL-SENTENCES on the downstream average", "at_least", "downstream_avg",
+              a="DOC-SENTENCES", b="FULL-SENTENCES"),
+    ),
+    notes="Downstream: sentiment = Rotten Tomatoes fresh/rotten (SST-2 analogue), topic = BBC News 5-way; "
+          "held-out MLM metrics on the same held-out DOC-SENTENCES blocks for every row.",
+)

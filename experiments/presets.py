@@ -1,0 +1,68 @@
+"""Presets scale every table from a CI smoke run to the papers' sizes, without touching its rows.
+
+A preset sets the model size, sequence length, batch, vocabulary, corpus size, token budget and
+fine-tuning budget of the base config; the rows' diffs are applied on top. Measured on the 2-core
+development machine (README): smoke runs a whole table in well under 2 minutes, small in at most 15.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from datamodules.errors import UsageError
+from experiments.spec import RunConfig, apply_changes
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    changes: dict = field(default_factory=dict)
+    eval_every: int = 4  # held-out evaluations during pretraining (the training curves)
+    checkpoints: int = 4  # checkpoints during pretraining (what a killed run resumes from)
+
+
+def _model(hidden, layers, heads, ffn, block, tokens_per_batch, vocab, train_tokens, max_positions):
+    return {
+        "encoder.hidden_size": hidden, "encoder.num_layers": layers, "encoder.num_heads": heads,
+        "encoder.ffn_size": ffn, "encoder.max_positions": max_positions,
+        "encoder.relative_span": min(max_positions, 256),
+        "data.block_size": block, "data.tokens_per_batch": tokens_per_batch,
+        "data.tokenizer.vocab_size": vocab, "train_tokens": train_tokens,
+    }
+
+
+PRESETS = {
+    "smoke": Preset("smoke", "CI: a tiny model on 300 documents; checks that every row runs end to end", {
+        **_model(64, 2, 2, 256, 64, 1024, 1000, 24 * 1024, 64),
+        "data.corpus.max_documents": 300, "data.max_heldout_blocks": 32, "optim.peak_lr": 2e-3,
+        "finetune.epochs": 1.0, "finetune.max_train_examples": 256, "finetune.max_validation_examples": 256,
+        "finetune.max_length": 64, "finetune.batch_size": 32, "finetune.peak_lr": 1e-3,
+    }, eval_every=2, checkpoints=2),
+    "small": Preset("small", "default: a 4-layer, 128-wide model that learns; one table in <= 15 minutes on 2 cores", {
+        **_model(128, 4, 4, 512, 128, 4096, 8192, 1_200_000, 128),
+        "data.max_heldout_blocks": 256, "optim.peak_lr": 1e-3,
+        "finetune.epochs": 2.0, "finetune.max_train_examples": 2000, "finetune.max_validation_examples": 1000,
+        "finetune.max_length": 128, "finetune.peak_lr": 3e-4,
+    }),
+    "medium": Preset("medium", "several seeds: 6 layers x 384, 20M tokens; hours on a CPU, minutes per row on a GPU", {
+        **_model(384, 6, 6, 1536, 128, 16384, 16384, 20_000_000, 128),
+        "data.max_heldout_blocks": 1024, "optim.peak_lr": 6e-4,
+        "finetune.epochs": 3.0, "finetune.max_length": 128, "finetune.peak_lr": 1e-4,
+    }, eval_every=10, checkpoints=10),
+    "base": Preset("base", "paper sizes: 12 x 768, sequence 512, 50K BPE, batch 256 x 512 (GPUs)", {
+        **_model(768, 12, 12, 3072, 512, 256 * 512, 50265, 256 * 512 * 100_000, 512),
+        "data.max_heldout_blocks": None, "optim.peak_lr": 1e-4, "optim.warmup_fraction": 0.01,
+        "finetune.epochs": 3.0, "finetune.max_length": 256, "finetune.peak_lr": 2e-5,
+    }, eval_every=20, checkpoints=50),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r} (valid: {', '.join(PRESETS)})")
+    return PRESETS[name]
+
+
+def configure(base: RunConfig, preset: Preset, row_changes: dict) -> RunConfig:
+    """The row's config at this preset: base, then the preset's scale, then the row's diff."""
+    return apply_changes(apply_changes(base, preset.changes), row_changes)

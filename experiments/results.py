@@ -1,0 +1,238 @@
+"""Tables rebuilt from the row JSONs: mean +- std over seeds, the paper's numbers beside them, each claim
+checked on the measured numbers, plots, and one results/README.md over every table on disk.
+
+Nothing here is typed by hand: a missing row shows as missing, and a claim with too few rows says so.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from experiments.spec import Claim, Experiment, lower_is_better
+
+
+@dataclass
+class RowSummary:
+    name: str
+    seeds: list[int]
+    values: dict[str, list[float]]  # metric -> one value per seed (seed order)
+    tokens_seen: list[int]
+    padded_tokens: list[int]
+    train_flops: list[float]
+    wall_time_s: list[float]
+    curves: list[Path]
+    commits: set[str]
+
+    def mean(self, metric: str) -> float:
+        values = self.values.get(metric, [])
+        return float(np.mean(values)) if values else math.nan
+
+    def std(self, metric: str) -> float:
+        values = self.values.get(metric, [])
+        return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def load_rows(experiment: Experiment, directory: Path) -> dict[str, RowSummary]:
+    found: dict[str, RowSummary] = {}
+    for path in sorted((directory / "rows").glob("*.json")):
+        record = json.loads(path.read_text())
+        if record.get("experiment") != experiment.id:
+            continue
+        summary = found.setdefault(record["row"], RowSummary(record["row"], [], {}, [], [], [], [], [], set()))
+        summary.seeds.append(record["seed"])
+        for metric, value in record["metrics"].items():
+            summary.values.setdefault(metric, []).append(float(value))
+        summary.tokens_seen.append(record["tokens_seen"])
+        summary.padded_tokens.append(record["padded_tokens"])
+        summary.train_flops.append(record["train_flops"])
+        summary.wall_time_s.append(record["wall_time_s"])
+        summary.curves.append(directory / record["curves"])
+        summary.commits.add(record["git_commit"][:8])
+    return found
+
+
+def _paired(rows: dict[str, RowSummary], a: str, b: str, metric: str) -> np.ndarray:
+    """Per-seed differences a - b over the seeds both rows have, signed so that positive = a better."""
+    va = dict(zip(rows[a].seeds, rows[a].values.get(metric, [])))
+    vb = dict(zip(rows[b].seeds, rows[b].values.get(metric, [])))
+    common = sorted(set(va) & set(vb))
+    sign = -1.0 if lower_is_better(metric) else 1.0
+    return np.array([sign * (va[s] - vb[s]) for s in common])
+
+
+def _effect(diffs: np.ndarray) -> str:
+    spread = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
+    return f"{float(np.mean(diffs)):+.2f} +- {spread:.2f} over {len(diffs)} seed{'s' * (len(diffs) != 1)}"
+
+
+def check_claim(claim: Claim, rows: dict[str, RowSummary], order: list[str]) -> tuple[str, str]:
+    """(verdict, measured effect): verdict is holds / does not hold / not measured."""
+    among = [r for r in (claim.among or tuple(order)) if r in rows and claim.metric in rows[r].values]
+    needed = [claim.a, claim.b] if claim.kind in ("at_least", "gap_smaller") else [claim.a, *claim.among]
+    missing = [r for r in needed if r and (r not in rows or claim.metric not in rows[r].values)]
+    if missing:
+        return "not measured", f"missing rows: {', '.join(missing)}"
+    if claim.kind == "at_least":
+        diffs = _paired(rows, claim.a, claim.b, claim.metric)
+        if len(diffs) == 0:
+            return "not measured", "no seed in common"
+        return ("holds" if diffs.mean() >= -claim.margin else "does not hold"), _effect(diffs)
+    if claim.kind in ("worst", "best"):
+        sign = -1.0 if lower_is_better(claim.metric) else 1.0
+        quality = {r: sign * rows[r].mean(claim.metric) for r in among}
+        others = [r for r in among if r != claim.a]
+        pick = min if claim.kind == "worst" else max
+        extreme_other = pick(others, key=lambda r: quality[r])
+        diffs = _paired(rows, claim.a, extreme_other, claim.metric)
+        holds = quality[claim.a] <= quality[extreme_other] + claim.margin if claim.kind == "worst" \
+            else quality[claim.a] >= quality[extreme_other] - claim.margin
+        return ("holds" if holds else "does not hold"), f"vs {extreme_other}: {_effect(diffs)}"
+    if claim.kind == "order":
+        steps, holds = [], True
+        for better, worse in zip(claim.among, claim.among[1:]):
+            diffs = _paired(rows, better, worse, claim.metric)
+            holds &= bool(len(diffs)) and diffs.mean() >= -claim.margin
+            steps.append(f"{better} - {worse}: {_effect(diffs)}")
+        return ("holds" if holds else "does not hold"), "; ".join(steps)
+    if claim.kind in ("gap", "gap_smaller"):
+        def gaps(row: str) -> dict[int, float]:
+            values = rows[row].values
+            return {s: x - y for s, x, y in zip(rows[row].seeds, values[claim.metric], values.get(claim.metric_b, []))}
+
+        if claim.metric_b not in rows[claim.a].values:
+            return "not measured", f"missing {claim.metric_b}"
+        if claim.kind == "gap":
+            diffs = np.array(list(gaps(claim.a).values()))
+            return ("holds" if diffs.mean() > claim.margin else "does not hold"), \
+                f"{claim.metric} - {claim.metric_b} = {_effect(diffs)}"
+        gap_a, gap_b = gaps(claim.a), gaps(claim.b)
+        diffs = np.array([gap_b[s] - gap_a[s] for s in sorted(set(gap_a) & set(gap_b))])
+        return ("holds" if len(diffs) and diffs.mean() > 0 else "does not hold"), \
+            f"gap {claim.b} - gap {claim.a} = {_effect(diffs)}"
+    raise ValueError(f"unknown claim kind {claim.kind}")
+
+
+def _cell(summary: RowSummary | None, metric: str) -> str:
+    if summary is None or metric not in summary.values:
+        return "-"
+    mean, std = summary.mean(metric), summary.std(metric)
+    digits = 3 if abs(mean) < 10 else 1
+    return f"{mean:.{digits}f} +- {std:.{digits}f}" if len(summary.values[metric]) > 1 else f"{mean:.{digits}f}"
+
+
+def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
+    """Write table.md / table.csv / table.json and the plots; return the table as data."""
+    rows = load_rows(experiment, directory)
+    order = [r.name for r in experiment.rows]
+    header = ["row", "seeds", *experiment.metrics, "tokens seen", "train FLOPs", *[f"paper {c}" for c in experiment.paper_columns]]
+    table = []
+    for row in experiment.rows:
+        s = rows.get(row.name)
+        cells = [row.name, str(len(s.seeds)) if s else "0"]
+        cells += [_cell(s, m) for m in experiment.metrics]
+        cells += [f"{int(np.mean(s.tokens_seen)):,}" if s else "-", f"{np.mean(s.train_flops):.2e}" if s else "-"]
+        cells += [f"{row.paper[c]:g}" if c in row.paper else "-" for c in experiment.paper_columns]
+        table.append(cells)
+    verdicts = [(c.text, *check_claim(c, rows, order)) for c in experiment.claims]
+    majority = {k: float(np.mean(v)) for s in rows.values() for k, v in s.values.items() if k.endswith("_majority")}
+    commits = sorted({c for s in rows.values() for c in s.commits})
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    plots = _plots(experiment, rows, directory)
+    payload = {"experiment": experiment.id, "title": experiment.title, "paper": experiment.paper, "preset": preset,
+               "built": stamp, "commits": commits, "header": header, "rows": table, "budget": experiment.budget,
+               "claims": [{"claim": t, "verdict": v, "effect": e} for t, v, e in verdicts],
+               "majority_baselines": majority, "plots": plots}
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "table.json").write_text(json.dumps(payload, indent=2))
+    with open(directory / "table.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([header, *table])
+    (directory / "table.md").write_text(render_markdown(experiment, payload))
+    return payload
+
+
+def render_markdown(experiment: Experiment, payload: dict) -> str:
+    out = io.StringIO()
+    out.write(f"# {experiment.title}\n\n{experiment.paper}. Preset `{payload['preset']}`, built {payload['built']}, "
+              f"commit {', '.join(payload['commits']) or '-'}. Rows get equal training "
+              f"{'FLOPs' if experiment.budget == 'flops' else 'tokens'}; values are mean +- std over seeds.\n\n")
+    header = payload["header"]
+    out.write("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
+    for row in payload["rows"]:
+        out.write("| " + " | ".join(row) + " |\n")
+    if payload["majority_baselines"]:
+        out.write("\nMajority-class baselines: " + ", ".join(
+            f"{k.replace('_majority', '')} {v:.1f}" for k, v in sorted(payload["majority_baselines"].items())) + "\n")
+    if payload["claims"]:
+        out.write("\n## The paper's claims, checked on these numbers\n\n")
+        for claim in payload["claims"]:
+            out.write(f"- {claim['claim']}: {claim['effect']}, **{claim['verdict']}**\n")
+    if experiment.notes:
+        out.write(f"\n{experiment.notes}\n")
+    for name in payload["plots"]:
+        out.write(f"\n![{name}]({name})\n")
+    return out.getvalue()
+
+
+def _plots(experiment: Experiment, rows: dict[str, RowSummary], directory: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    written = []
+    ordered = [r.name for r in experiment.rows if r.name in rows]
+    if not ordered:
+        return written
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name in ordered:
+        for i, path in enumerate(rows[name].curves):
+            if not path.exists():
+                continue
+            frame = pd.read_csv(path)
+            column = next((c for c in ("val/mlm_loss", "val/generator_mlm_loss") if c in frame), None)
+            if column is None:
+                continue
+            points = frame[["step", column]].dropna()
+            axis.plot(points["step"], points[column], marker="o", label=name if i == 0 else None,
+                      color=f"C{ordered.index(name)}")
+    axis.set_xlabel("optimizer step"), axis.set_ylabel("held-out MLM loss"), axis.set_title(experiment.title, fontsize=9)
+    axis.legend(fontsize=7)
+    figure.tight_layout(), figure.savefig(directory / "curves.png", dpi=110), plt.close(figure)
+    written.append("curves.png")
+    metrics = [m for m in experiment.metrics if any(m in rows[r].values for r in ordered) and not m.endswith("ppl")]
+    figure, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        means = [rows[r].mean(metric) for r in ordered]
+        errors = [rows[r].std(metric) for r in ordered]
+        axis.bar(range(len(ordered)), means, yerr=errors, color=[f"C{i}" for i in range(len(ordered))], capsize=3)
+        axis.set_xticks(range(len(ordered)), ordered, rotation=45, ha="right", fontsize=7)
+        axis.set_title(metric, fontsize=9)
+    figure.tight_layout(), figure.savefig(directory / "metrics.png", dpi=110), plt.close(figure)
+    written.append("metrics.png")
+    return written
+
+
+def write_index(results_dir: Path, experiments: list[Experiment]) -> Path:
+    """results/README.md: every table on disk with its verdicts and plots, date, commit and preset."""
+    out = io.StringIO()
+    out.write("# Results\n\nRebuilt from the tables on disk by `python -m experiments index` "
+              "(and after every `make ablation-*`). Numbers are as measured; see each table for seeds.\n")
+    for experiment in experiments:
+        for table_path in sorted((results_dir / experiment.id).glob("*/table.json")):
+            payload = json.loads(table_path.read_text())
+            relative = table_path.parent.relative_to(results_dir)
+            markdown = (table_path.parent / "table.md").read_text()
+            markdown = markdown.replace("](", f"]({relative}/").replace("# ", "## ", 1)
+            out.write(f"\n---\n\n{markdown}")
+    path = results_dir / "README.md"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(out.getvalue())
+    return path

@@ -1,0 +1,291 @@
+"""The one runner: for each row and seed, pretrain -> held-out evaluation -> fine-tune -> a row JSON.
+
+- Every row is validated (config and data) before any training starts.
+- A finished row (its JSON exists with the same config hash) is skipped; an interrupted one resumes
+  from its last checkpoint, so a killed sweep loses at most the work since that checkpoint.
+- Lightning's Trainer does the training; devices, strategy (DDP, FSDP), nodes and precision pass
+  through. The corpus is prepared once (rank 0 of the first process), then read from the cache.
+- Results are written by rank 0 only, atomically; the table is rebuilt from the row files afterwards.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from ablations.encoder import Encoder
+from datamodules.downstream import FineTuneDataModule, load_task
+from datamodules.errors import UsageError
+from datamodules.pretraining import PretrainingDataModule
+from experiments import tracking
+from experiments.presets import Preset, configure
+from experiments.spec import Experiment, Row, RunConfig, budget_of, steps_for
+from lightning_modules.finetune import FineTuneModule
+from lightning_modules.mlm import MLMModule
+from lightning_modules.rtd import RTDModule
+
+ROOT = Path(__file__).resolve().parent.parent
+for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):  # keep the run's own lines readable
+    logging.getLogger(_name).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", module="lightning")
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+DEFAULT_RESULTS = ROOT / "results"
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Settings that change speed, not results: kept out of configs, hashes and tables."""
+
+    accelerator: str = "auto"
+    devices: str = "1"  # "1", "2", "auto", ...
+    strategy: str = "auto"  # auto | ddp | fsdp | ...
+    num_nodes: int = 1
+    precision: str | None = None  # None: bf16-mixed where the hardware does bf16, else 32-true
+    num_workers: int = 0
+    compile: bool = False  # torch.compile the encoders (speed only)
+
+    def trainer_kwargs(self) -> dict:
+        devices = int(self.devices) if str(self.devices).isdigit() else self.devices
+        return dict(accelerator=self.accelerator, devices=devices, strategy=self.strategy, num_nodes=self.num_nodes,
+                    precision=self.precision or default_precision())
+
+
+def default_precision() -> str:
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    supported = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return "bf16-mixed" if supported else "32-true"
+
+
+def slug(name: str) -> str:
+    return "".join(c.lower() if c.isalnum() else "-" for c in name).strip("-")
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_json_atomically(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    temporary.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(temporary, path)  # readers see the old file or the new one, never half of one
+
+
+def is_global_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+
+
+class SaveEncoderAt(Callback):
+    """Saves the encoder to fine-tune from at given fractions of training (ELECTRA's early checkpoints)."""
+
+    def __init__(self, directory: Path, steps: dict[int, float]):
+        self.directory, self.steps = directory, steps
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        fraction = self.steps.get(trainer.global_step)
+        path = self.directory / f"encoder_at_{fraction}.pt"
+        if fraction is not None and trainer.is_global_zero and not path.exists():
+            torch.save(module.encoder_state(), path)
+
+
+@dataclass
+class RowPlan:
+    """A row at one preset and seed: its config, budget, and where its files go."""
+
+    experiment: Experiment
+    preset: Preset
+    row: Row
+    seed: int
+    config: RunConfig
+    steps: int
+    directory: Path
+
+    @property
+    def name(self) -> str:
+        return f"{slug(self.row.name)}__seed{self.seed}"
+
+    @property
+    def result_path(self) -> Path:
+        return self.directory / "rows" / f"{self.name}.json"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.directory / "work" / f"{self.name}__{self.config.config_hash()}"
+
+    def is_done(self) -> bool:
+        if not self.result_path.exists():
+            return False
+        try:
+            return json.loads(self.result_path.read_text()).get("config_hash") == self.config.config_hash()
+        except json.JSONDecodeError:
+            return False
+
+
+def plan(experiment: Experiment, preset: Preset, seeds: int, rows: list[str] | None, tasks: tuple[str, ...] | None,
+         results_dir: Path) -> list[RowPlan]:
+    """Every (row, seed) with its config and budget; validates all of them before anything runs."""
+    if seeds < 1:
+        raise UsageError("--seeds must be >= 1")
+    selected = [experiment.row(name) for name in rows] if rows else list(experiment.rows)
+    reference = configure(experiment.base, preset, {})
+    plans, problems = [], []
+    for row in selected:
+        config = configure(experiment.base, preset, dict(row.changes) | ({"tasks": tasks} if tasks else {}))
+        try:
+            config.validate()
+        except UsageError as error:
+            problems.append(f"row {row.name!r}: {error}")
+            continue
+        steps = steps_for(config, experiment.budget, reference)
+        config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, max_steps=steps))
+        for seed in range(seeds):
+            plans.append(RowPlan(experiment, preset, row, seed, config, steps, results_dir / experiment.id / preset.name))
+    if problems:
+        raise UsageError(f"{experiment.id} cannot run: " + "; ".join(problems))
+    return plans
+
+
+def prepare_data(plans: list[RowPlan]) -> None:
+    """Build every distinct corpus / tokenizer / format once, before training: bad data stops here."""
+    seen = set()
+    for p in plans:
+        key = json.dumps(dataclasses.asdict(p.config.data), sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            module = PretrainingDataModule(p.config.data, seed=0)
+            module.prepare_data()
+            module.setup()
+        for task in p.config.tasks:
+            cached_task(task)
+
+
+@lru_cache(maxsize=None)
+def cached_task(name: str):
+    return load_task(name)
+
+
+def build_module(config: RunConfig, vocab_size: int):
+    encoder = config.encoder.replace(vocab_size=vocab_size)
+    if config.objective == "rtd":
+        return RTDModule(encoder, config.optim, config.rtd)
+    return MLMModule(encoder, config.optim, nsp=config.data.has_nsp)
+
+
+def _trainer(hardware: Hardware, **kwargs) -> L.Trainer:
+    return L.Trainer(**hardware.trainer_kwargs(), enable_progress_bar=False, enable_model_summary=False,
+                     num_sanity_val_steps=0, inference_mode=False, **kwargs)
+
+
+def _metrics(trainer: L.Trainer, prefix: str = "val/") -> dict[str, float]:
+    return {k[len(prefix):]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
+
+
+def run_row(p: RowPlan, hardware: Hardware) -> dict:
+    """Pretrain (resuming if interrupted), evaluate on the held-out blocks, fine-tune, write the row JSON."""
+    start = time.time()
+    config, work = p.config, p.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(p.seed, workers=True, verbose=False)
+    data = PretrainingDataModule(config.data, seed=p.seed, num_workers=hardware.num_workers)
+    data.prepare_data()
+    module = build_module(config, data.vocab_size)
+    if hardware.compile:  # speed only: compiles each encoder's forward in place; weights and names unchanged
+        for encoder in {id(m): m for m in module.modules() if isinstance(m, Encoder)}.values():
+            encoder.compile()
+    accumulation = config.gradient_accumulation
+    eval_interval = max(1, p.steps // p.preset.eval_every) * accumulation
+    checkpoint_every = max(1, p.steps // p.preset.checkpoints)
+    fraction_steps = {max(1, round(f * p.steps)): f for f in config.evaluate_at}
+    loggers = [CSVLogger(str(work), name="", version="pretrain")]
+    wandb_logger = tracking.logger_for(p)
+    if wandb_logger is not None:
+        loggers.append(wandb_logger)
+    callbacks = [ModelCheckpoint(dirpath=str(work / "checkpoints"), every_n_train_steps=checkpoint_every,
+                                 save_last=True, save_top_k=1, monitor=None, enable_version_counter=False),
+                 SaveEncoderAt(work, fraction_steps)]
+    trainer = _trainer(hardware, max_steps=p.steps, val_check_interval=eval_interval, check_val_every_n_epoch=None,
+                       accumulate_grad_batches=accumulation, gradient_clip_val=config.optim.gradient_clip,
+                       logger=loggers, callbacks=callbacks, use_distributed_sampler=False, log_every_n_steps=max(1, p.steps // 50))
+    last = work / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
+    trainer.validate(module, datamodule=data, verbose=False)
+    metrics = _metrics(trainer)
+    metrics.pop("loss", None)
+    if config.objective == "rtd":
+        metrics |= module.embedding_similarity()
+    tokenized = data.load()
+    encoder_config = module.discriminator_config() if config.objective == "rtd" else module.encoder.config
+    metrics |= fine_tune_all(config, encoder_config, module.encoder_state(), tokenized, p.seed, hardware)
+    for fraction in config.evaluate_at:
+        state = torch.load(work / f"encoder_at_{fraction}.pt", weights_only=True)
+        early = fine_tune_all(config, encoder_config, state, tokenized, p.seed, hardware)
+        metrics |= {f"{k}@{fraction:g}": v for k, v in early.items() if not k.endswith("majority")}
+    result = {
+        "experiment": p.experiment.id, "preset": p.preset.name, "row": p.row.name, "seed": p.seed,
+        "config_hash": config.config_hash(), "config": config.to_dict(), "metrics": metrics,
+        "steps": p.steps, "tokens_seen": module.tokens_seen, "padded_tokens": p.steps * config.tokens_per_step,
+        "train_flops": budget_of(config, p.steps, "flops"), "budget_rule": p.experiment.budget,
+        "wall_time_s": round(time.time() - start, 1), "git_commit": git_commit(),
+        "hardware": dataclasses.asdict(hardware) | {"precision": hardware.precision or default_precision()},
+        "curves": str((work / "pretrain" / "metrics.csv").relative_to(p.directory)),
+    }
+    if trainer.is_global_zero:
+        write_json_atomically(p.result_path, result)
+    tracking.finish_row(wandb_logger, result)
+    return result
+
+
+def fine_tune_all(config: RunConfig, encoder_config, encoder_state: dict, tokenized, seed: int,
+                  hardware: Hardware) -> dict[str, float]:
+    """Fine-tune a copy of the encoder on each task; scores x100 and the majority-class baseline."""
+    scores = {}
+    for name in config.tasks:
+        task = cached_task(name)
+        ft = config.finetune
+        data = FineTuneDataModule(task, tokenized.tokenizer, tokenized.config.kind, ft.max_length, ft.batch_size, seed,
+                                  ft.max_train_examples, ft.max_validation_examples)
+        steps = max(1, math.ceil(len(data.train_items) / ft.batch_size * ft.epochs))
+        L.seed_everything(seed, workers=True, verbose=False)
+        module = FineTuneModule(encoder_config, task.spec.num_labels, task.spec.metric, ft, steps, encoder_state)
+        trainer = _trainer(hardware, max_steps=steps, logger=False, enable_checkpointing=False, gradient_clip_val=1.0,
+                           val_check_interval=steps, check_val_every_n_epoch=None)  # validate once, at the end
+        trainer.fit(module, datamodule=data)
+        scores[name] = _metrics(trainer)["score"]
+        scores[f"{name}_majority"] = task.majority_score()
+    if config.tasks:
+        scores["downstream_avg"] = sum(scores[name] for name in config.tasks) / len(config.tasks)
+    return scores
+
+
+def run(experiment: Experiment, preset: Preset, seeds: int, rows: list[str] | None = None,
+        tasks: tuple[str, ...] | None = None, hardware: Hardware = Hardware(),
+        results_dir: Path = DEFAULT_RESULTS, log=print) -> list[RowPlan]:
+    plans = plan(experiment, preset, seeds, rows, tasks, results_dir)
+    prepare_data(plans)
+    for p in plans:
+        if p.is_done():
+            log(f"[{experiment.id}/{preset.name}] {p.row.name} seed {p.seed}: done, skipped")
+            continue
+        log(f"[{experiment.id}/{preset.name}] {p.row.name} seed {p.seed}: {p.steps} steps, "
+            f"{p.steps * p.config.tokens_per_step:,} tokens")
+        result = run_row(p, hardware)
+        log(f"[{experiment.id}/{preset.name}] {p.row.name} seed {p.seed}: finished in {result['wall_time_s']} s")
+    return plans

@@ -1,0 +1,166 @@
+"""A paper table as data: a base run config, rows as small diffs from it, metrics, paper numbers, claims.
+
+Nothing here trains; `experiments.runner` turns an `Experiment` into numbers. A row's changes are
+dotted paths into `RunConfig` ("data.input_format", "rtd.sharing"); a value may be a function of the
+preset's config (e.g. "8x the preset's batch"), so one table scales from smoke to paper size.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ablations.config import EncoderConfig
+from ablations.flops import mlm_training_flops_per_token, rtd_training_flops_per_token
+from datamodules.errors import UsageError, require
+from datamodules.pretraining import PretrainingDataConfig
+from lightning_modules.base import OptimConfig
+from lightning_modules.finetune import FineTuneConfig
+from lightning_modules.rtd import RTDConfig, generator_config
+
+OBJECTIVES = ("mlm", "rtd")
+BUDGET_RULES = ("tokens", "flops")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that changes a row's result. Speed-only settings (precision, devices, workers) live in
+    `experiments.runner.Hardware` and stay out of this config and its hash."""
+
+    objective: str = "mlm"  # mlm (MLM, MLM+NSP when the format has NSP) | rtd (ELECTRA / DeBERTaV3)
+    data: PretrainingDataConfig = field(default_factory=PretrainingDataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    rtd: RTDConfig = field(default_factory=RTDConfig)  # used when objective == "rtd"
+    finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
+    tasks: tuple[str, ...] = ("sentiment", "topic")  # downstream tasks, fine-tuned after pretraining
+    train_tokens: int = 2_000_000  # the row's budget in (padded) training tokens, before the budget rule
+    gradient_accumulation: int = 1  # micro-batches per optimizer step (large batches on any machine)
+    evaluate_at: tuple[float, ...] = ()  # extra fine-tuning evaluations at these fractions of training
+
+    def validate(self) -> None:
+        problems = []
+        if self.objective not in OBJECTIVES:
+            problems.append(f"unknown objective {self.objective!r} (valid: {', '.join(OBJECTIVES)})")
+        if self.objective == "rtd" and self.data.has_nsp:
+            problems.append("NSP formats (segment-pair, sentence-pair) only go with the mlm objective")
+        if self.gradient_accumulation < 1:
+            problems.append("gradient_accumulation must be >= 1")
+        if any(not 0 < f < 1 for f in self.evaluate_at):
+            problems.append("evaluate_at fractions must be in (0, 1)")
+        require(problems, "run config")
+        self.data.validate(max_positions=self.encoder.max_positions)
+        self.encoder.validate()
+        if self.objective == "rtd":
+            self.rtd.validate()
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.data.tokens_per_batch * self.gradient_accumulation
+
+    def training_flops_per_token(self) -> float:
+        """Model FLOPs per training token (see ablations.flops)."""
+        length = self.data.block_size
+        mask = self.data.masking.probability
+        if self.objective == "mlm":
+            return mlm_training_flops_per_token(self.encoder, length, mask)
+        discriminator = self.encoder.replace(emd=False)
+        generator = self.encoder.replace(emd=False) if self.rtd.sharing == "all" else generator_config(self.encoder, self.rtd)
+        return rtd_training_flops_per_token(discriminator, generator, length, mask, self.rtd.variant)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def apply_changes(config: Any, changes: dict[str, Any]) -> Any:
+    """A copy of a (nested, frozen) dataclass with dotted-path fields replaced; a callable value is
+    called with the config being changed (so a row can say 'twice the preset's batch')."""
+    for path, value in changes.items():
+        config = _replace_path(config, path.split("."), value(config) if callable(value) else value, path)
+    return config
+
+
+def _replace_path(node: Any, parts: list[str], value: Any, full_path: str) -> Any:
+    names = {f.name for f in dataclasses.fields(node)}
+    if parts[0] not in names:
+        raise UsageError(f"unknown config field {full_path!r}: {type(node).__name__} has {', '.join(sorted(names))}")
+    if len(parts) == 1:
+        return dataclasses.replace(node, **{parts[0]: value})
+    child = _replace_path(getattr(node, parts[0]), parts[1:], value, full_path)
+    return dataclasses.replace(node, **{parts[0]: child})
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str  # as the paper names it
+    changes: dict[str, Any] = field(default_factory=dict)
+    paper: dict[str, float] = field(default_factory=dict)  # the paper's published numbers for this row
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paper's claim as a check on measured numbers.
+
+    kind "at_least": mean over seeds of (a - b) >= -margin, on `metric`, paired by seed.
+    kind "worst": row `a` has the worst mean `metric` among `among` (default: every row).
+    kind "best": row `a` has the best mean `metric` among `among`.
+    kind "order": rows `among` are in non-increasing order of quality on `metric` (each step within margin).
+    kind "gap": in row `a`, `metric` - `metric_b` > margin (e.g. cosine of E_G above that of E_D).
+    kind "gap_smaller": that gap is smaller in row `a` than in row `b`.
+    """
+
+    text: str
+    kind: str
+    metric: str
+    a: str = ""
+    b: str = ""
+    among: tuple[str, ...] = ()
+    margin: float = 0.0
+    metric_b: str = ""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: str  # also the make target
+    title: str
+    paper: str  # which paper and table
+    base: RunConfig
+    rows: tuple[Row, ...]
+    metrics: tuple[str, ...]  # columns we measure, in order
+    paper_columns: tuple[str, ...]  # the paper's columns, in order
+    claims: tuple[Claim, ...] = ()
+    budget: str = "tokens"  # rows get equal training tokens, or equal training FLOPs
+    main_metric: str = "downstream_avg"  # the bar chart's metric
+    notes: str = ""
+
+    def row(self, name: str) -> Row:
+        for row in self.rows:
+            if row.name == name:
+                return row
+        raise UsageError(f"unknown row {name!r} of {self.id} (valid: {', '.join(r.name for r in self.rows)})")
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.endswith(("loss", "ppl"))
+
+
+def steps_for(config: RunConfig, budget: str, reference: RunConfig) -> int:
+    """Optimizer steps that give `config` the table's budget: the reference's tokens, or its training FLOPs."""
+    tokens = reference.train_tokens
+    if budget == "flops":
+        tokens = tokens * reference.training_flops_per_token() / config.training_flops_per_token()
+    return max(1, math.ceil(tokens / config.tokens_per_step))
+
+
+def budget_of(config: RunConfig, steps: int, budget: str) -> float:
+    """What the budget rule holds equal: padded training tokens, or training FLOPs."""
+    tokens = steps * config.tokens_per_step
+    return tokens * config.training_flops_per_token() if budget == "flops" else tokens
+
