@@ -283,24 +283,38 @@ def _build(config: CorpusConfig, directory: Path) -> None:
     import numpy as np
 
     datasets.disable_progress_bars()
+    if next(iter_documents(config), None) is None:
+        raise UsageError(f"the corpus ({config.source}: {', '.join(config.paths) or config.hub_path or 'news'}) "
+                         f"has no documents: check the paths and that the files contain text")
     staging = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    try:
+        _process(config, staging)
+    except Exception as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        cause = error
+        while cause is not None and not isinstance(cause, UsageError):  # datasets wraps errors of our readers
+            cause = cause.__cause__ or cause.__context__
+        raise (cause or error) from None
+    shutil.rmtree(directory, ignore_errors=True)
+    staging.rename(directory)  # atomic: a killed build never leaves a half-written cache behind
+
+
+def _process(config: CorpusConfig, staging: Path) -> None:
+    import datasets
+    import numpy as np
+
     raw = datasets.Dataset.from_generator(
         _document_records, gen_kwargs={"config": config}, cache_dir=str(staging / "hf"),
         features=datasets.Features({"text": datasets.Value("string")}),
     )
-    if len(raw) == 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise UsageError(f"the corpus ({config.source}: {', '.join(config.paths) or config.hub_path or 'news'}) "
-                         f"has no documents: check the paths and that the files contain text")
     documents = raw.map(
         _segment_batch, batched=True, batch_size=256, remove_columns=["text"],
         fn_kwargs={"max_sentence_chars": config.max_sentence_chars},
         num_proc=workers() if len(raw) >= 1000 else None,
     ).filter(lambda batch: [len(s) > 0 for s in batch["sentences"]], batched=True)
     if len(documents) < 2:
-        shutil.rmtree(staging, ignore_errors=True)
         raise UsageError(
             f"the corpus has {len(documents)} document(s) but at least 2 are needed "
             f"(one is held out for validation, and NSP draws its negatives from another document)"
@@ -313,8 +327,6 @@ def _build(config: CorpusConfig, directory: Path) -> None:
     shutil.rmtree(staging / "hf", ignore_errors=True)
     (staging / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     (staging / "done").touch()
-    shutil.rmtree(directory, ignore_errors=True)
-    staging.rename(directory)  # atomic: a killed build never leaves a half-written cache behind
 
 
 def _document_records(config: CorpusConfig) -> Iterator[dict]:

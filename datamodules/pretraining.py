@@ -88,7 +88,7 @@ class MaskedExamples(Dataset):
 class TokenBudgetBatches(torch.utils.data.Sampler):
     """Batches of examples whose padded size stays within `tokens_per_batch`; each rank takes its share.
 
-    The order is a function of (seed, epoch). Under DDP every rank computes the same batches and takes
+    The batches are a function of (seed, epoch). Under DDP every rank computes the same batches and takes
     every world_size-th one, cut to the same count so that no rank waits for a batch that never comes.
     """
 
@@ -102,9 +102,12 @@ class TokenBudgetBatches(torch.utils.data.Sampler):
         self.dataset.set_epoch(epoch)
 
     def _all_batches(self) -> list[list[int]]:
+        """fairseq's batch_by_size: group examples of similar length (shuffled within a length), so that
+        padding is small, then shuffle the order of the batches."""
         lengths = self.dataset.lengths
-        order = np.random.default_rng([self.seed, self.epoch, 11]).permutation(len(lengths)) if self.shuffle \
-            else np.arange(len(lengths))
+        rng = np.random.default_rng([self.seed, self.epoch, 11])
+        order = rng.permutation(len(lengths)) if self.shuffle else np.arange(len(lengths))
+        order = order[np.argsort(lengths[order], kind="stable")]
         batches, current, longest = [], [], 0
         for index, length in zip(order.tolist(), lengths[order].tolist()):
             padded = -(-max(longest, length) // self.pad_multiple) * self.pad_multiple
@@ -115,6 +118,8 @@ class TokenBudgetBatches(torch.utils.data.Sampler):
             longest = max(longest, length)
         if current:
             batches.append(current)
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
     def _my_batches(self) -> list[list[int]]:

@@ -1,0 +1,171 @@
+"""The encoder's invariants: the disentangled attention formula, EMD, ablation switches, padding, bf16, heads."""
+import math
+
+import pytest
+import torch
+
+from ablations.config import EncoderConfig
+from ablations.encoder import Encoder, log_bucket_position, relative_position_index
+from ablations.heads import MLMHead
+from datamodules.errors import UsageError
+from datamodules.tokenization import PAD_ID
+
+TINY = dict(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, max_positions=64,
+            dropout=0.0, attention_dropout=0.0)
+DEBERTA = EncoderConfig(**TINY, attention="disentangled", relative_span=6)
+
+
+def random_weights(module, seed=0, std=0.3):
+    """Larger-than-init weights so that every term of the attention matters numerically."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+    return module
+
+
+def direct_disentangled_attention(attention, x, table, config):
+    """The paper's formula, one query/key pair at a time (He et al. 2021, eq. 4):
+    A[i,j] = Qc[i].Kc[j] + Qc[i].Kr[delta(i,j)] + Kc[j].Qr[delta(j,i)],  H = softmax(A / sqrt(3d)) Vc."""
+    k = config.relative_span
+    delta = lambda i, j: 0 if i - j <= -k else (2 * k - 1 if i - j >= k else i - j + k)  # noqa: E731
+    heads, d = config.num_heads, config.head_size
+    q_c, k_c, v_c = attention.query(x[0]), attention.key(x[0]), attention.value(x[0])
+    k_r, q_r = attention.position_key(table), attention.position_query(table)
+    length = x.shape[1]
+    outputs = []
+    for h in range(heads):
+        part = slice(h * d, (h + 1) * d)
+        scores = torch.zeros(length, length)
+        for i in range(length):
+            for j in range(length):
+                scores[i, j] = (q_c[i, part] @ k_c[j, part] + q_c[i, part] @ k_r[delta(i, j), part]
+                                + k_c[j, part] @ q_r[delta(j, i), part])
+        outputs.append(torch.softmax(scores / math.sqrt(3 * d), -1) @ v_c[:, part])
+    return attention.output(torch.cat(outputs, -1))[None]
+
+
+def test_fast_disentangled_attention_equals_the_papers_formula():
+    encoder = random_weights(Encoder(DEBERTA)).eval()
+    attention = encoder.blocks[0].attention
+    x = torch.randn(1, 15, DEBERTA.hidden_size)
+    bias, relative = encoder.attention_inputs(None, 15, "cpu")
+    with torch.no_grad():
+        fast = attention(x, bias, relative)
+        slow = direct_disentangled_attention(attention, x, relative[0], DEBERTA)
+    assert torch.allclose(fast, slow, atol=1e-4)
+    # the code's p2c index gives a different (also tested against HF) result
+    code = Encoder(DEBERTA.replace(p2c_index="code")).eval()
+    code.load_state_dict(encoder.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(code.blocks[0].attention(x, bias, relative), slow, atol=1e-3)
+
+
+def test_relative_index_clips_at_k_and_log_buckets_are_exact_near_zero():
+    index = relative_position_index(10, 10, EncoderConfig(attention="disentangled", relative_span=3), "cpu")
+    assert index[5, 5] == 3 and index[9, 0] == 5 and index[0, 9] == 0 and index[4, 3] == 4
+    relative = torch.arange(-300, 301)
+    buckets = log_bucket_position(relative, 32, 256)
+    near = relative.abs() <= 16
+    assert torch.equal(buckets[near], relative[near])
+    assert buckets.abs().max() == 32 and (buckets[1:] >= buckets[:-1]).all()  # monotone, log-compressed
+    index = relative_position_index(300, 300, EncoderConfig(attention="disentangled", relative_span=256,
+                                                            position_buckets=32), "cpu")
+    assert index.min() == 0 and index.max() == 63  # always inside the 2 x 32 table
+
+
+@pytest.mark.parametrize("off, removed", [
+    ({"c2p": False}, {"position_key"}),
+    ({"p2c": False}, {"position_query"}),
+    ({"emd": False}, {"emd."}),
+    ({"c2p": False, "p2c": False}, {"position_key", "position_query"}),
+])
+def test_switching_off_a_component_removes_exactly_its_parameters(off, removed):
+    full = {name for name, _ in Encoder(DEBERTA).named_parameters()}
+    ablated = {name for name, _ in Encoder(DEBERTA.replace(**off)).named_parameters()}
+    gone = full - ablated
+    assert not ablated - full and gone
+    assert all(any(marker in name for marker in removed) for name in gone)
+    if off == {"c2p": False, "p2c": False}:
+        assert Encoder(DEBERTA.replace(**off)).blocks[0].attention.scale == pytest.approx(1 / math.sqrt(16))
+
+
+def test_switching_off_a_term_removes_exactly_that_term():
+    """With the same weights, score(-C2P) + score(-P2C) == score(full): each switch drops one term only."""
+    x = torch.randn(1, 12, DEBERTA.hidden_size)
+    full = random_weights(Encoder(DEBERTA)).eval()
+
+    def position_scores(config):
+        model = Encoder(config).eval()
+        model.load_state_dict(full.state_dict(), strict=False)
+        attention = model.blocks[0].attention
+        table = model.relative_norm(model.relative_table.weight)
+        index = relative_position_index(12, 12, config, "cpu")
+        q, k = attention._heads(attention.query(x)), attention._heads(attention.key(x))
+        return attention._position_scores(q, k, table, index)
+
+    with torch.no_grad():
+        both = position_scores(DEBERTA)
+        p2c_only = position_scores(DEBERTA.replace(c2p=False))
+        c2p_only = position_scores(DEBERTA.replace(p2c=False))
+    assert p2c_only.abs().mean() > 0.1 and c2p_only.abs().mean() > 0.1
+    assert torch.allclose(p2c_only + c2p_only, both, atol=1e-4)
+
+
+def test_emd_changes_only_the_masked_position_predictions():
+    with_emd = random_weights(Encoder(DEBERTA), std=0.1).eval()
+    without = Encoder(DEBERTA.replace(emd=False)).eval()
+    without.load_state_dict(with_emd.state_dict(), strict=False)
+    head = MLMHead(DEBERTA)
+    ids = torch.randint(5, 300, (2, 16))
+    positions = torch.tensor([3, 7, 20])
+    with torch.no_grad():
+        hidden_a, hidden_b = with_emd(ids), without(ids)
+        assert torch.equal(hidden_a, hidden_b)  # the encoder itself is untouched by EMD
+        logits_a = head(with_emd.mask_decoder_states(hidden_a), positions, with_emd.embeddings.word.weight)
+        logits_b = head(without.mask_decoder_states(hidden_b), positions, without.embeddings.word.weight)
+    assert logits_a.shape == (3, 300) and not torch.allclose(logits_a, logits_b)
+    assert with_emd.emd.positions.weight.shape == (64, 32) and without.emd is None
+
+
+@pytest.mark.parametrize("config", [EncoderConfig(**TINY), DEBERTA, EncoderConfig(**TINY, pre_layer_norm=True)],
+                         ids=["absolute", "disentangled", "pre-ln"])
+def test_padding_never_changes_outputs_at_real_positions(config):
+    encoder = random_weights(Encoder(config), std=0.1).eval()
+    ids = torch.randint(5, 300, (1, 10))
+    padded = torch.cat([ids, torch.full((1, 6), PAD_ID)], 1)
+    mask = padded != PAD_ID
+    with torch.no_grad():
+        alone = encoder(ids, torch.ones_like(ids, dtype=torch.bool))
+        with_padding = encoder(padded, mask)
+    assert torch.allclose(alone, with_padding[:, :10], atol=1e-5)
+
+
+@pytest.mark.parametrize("config", [EncoderConfig(**TINY), DEBERTA], ids=["absolute", "disentangled"])
+def test_bf16_autocast_stays_close_to_fp32(config):
+    encoder = Encoder(config).eval()
+    ids = torch.randint(5, 300, (4, 32))
+    with torch.no_grad():
+        full = encoder(ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = encoder(ids)
+    relative = (half.float() - full).norm() / full.norm()
+    assert 0 < relative < 0.02  # autocast really ran in bf16 (not bit-identical), and stayed close
+
+
+def test_mlm_head_computes_logits_only_at_masked_positions():
+    config = EncoderConfig(**TINY)
+    head = MLMHead(config)
+    hidden = torch.randn(3, 20, config.hidden_size)
+    positions = torch.tensor([0, 21, 59])
+    word = torch.randn(300, config.hidden_size)
+    logits = head(hidden, positions, word)
+    assert logits.shape == (3, 300)
+    flat = hidden.reshape(-1, config.hidden_size)
+    assert torch.allclose(logits[1], head(flat[21:22], None, word)[0], atol=1e-4)
+
+
+def test_invalid_encoder_configs_are_reported_together():
+    with pytest.raises(UsageError) as error:
+        EncoderConfig(hidden_size=30, num_heads=4, attention="sparse").validate()
+    assert "not divisible" in str(error.value) and "unknown attention" in str(error.value)
