@@ -1,0 +1,235 @@
+"""The objectives' claims, one test each: where ES / NES / GDES gradients land, RTD labels, SiFT, learning."""
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from ablations.config import EncoderConfig
+from ablations.sharing import GradientDisentangledEmbedding, average_cosine_similarity
+from datamodules.corpus import CorpusConfig
+from datamodules.downstream import FineTuneDataModule, load_sentiment
+from datamodules.masking import IGNORE_INDEX, MaskingConfig
+from datamodules.pretraining import PretrainingDataConfig, PretrainingDataModule, collate
+from datamodules.tokenization import TokenizerConfig
+from lightning_modules.base import OptimConfig
+from lightning_modules.finetune import FineTuneConfig, FineTuneModule
+from lightning_modules.mlm import MLMModule
+from lightning_modules.rtd import RTDConfig, RTDModule
+
+ENCODER = EncoderConfig(vocab_size=1000, hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, max_positions=64,
+                        dropout=0.0, attention_dropout=0.0)
+DATA = PretrainingDataConfig(corpus=CorpusConfig(max_documents=200), tokenizer=TokenizerConfig(vocab_size=1000),
+                             block_size=64, tokens_per_batch=1024)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    module = PretrainingDataModule(DATA, seed=0, cache_dir=tmp_path_factory.mktemp("cache"))
+    module.setup()
+    return module
+
+
+@pytest.fixture(scope="module")
+def batch(data):
+    return collate([data.train_set[i] for i in range(8)])
+
+
+def rtd_module(sharing, **changes):
+    torch.manual_seed(0)
+    config = RTDConfig(sharing=sharing, generator_width=0.5, **changes)
+    return RTDModule(ENCODER.replace(vocab_size=1000), OptimConfig(), config)
+
+
+def gradients_of(module, loss_name, batch):
+    module.zero_grad()
+    module.losses(batch)[loss_name].backward()
+    return {name: p.grad for name, p in module.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+def test_es_one_table_that_both_losses_update(batch):
+    module = rtd_module("es")
+    assert module.discriminator.embeddings.word.weight is module.generator.embeddings.word.weight
+    assert module.discriminator.embeddings.position is module.generator.embeddings.position
+    table = "generator.embeddings.word.weight"
+    assert table in gradients_of(module, "generator_mlm_loss", batch)
+    assert table in gradients_of(module, "disc_loss", batch)
+
+
+@pytest.mark.parametrize("sharing", ["nes", "gdes"])
+def test_nes_and_gdes_keep_rtd_off_the_generator_table_and_mlm_off_the_discriminator(sharing, batch):
+    module = rtd_module(sharing)
+    rtd = gradients_of(module, "disc_loss", batch)
+    assert not any(name.startswith("generator.") for name in rtd)
+    assert "generator.embeddings.word.weight" not in rtd
+    mlm = gradients_of(module, "generator_mlm_loss", batch)
+    assert "generator.embeddings.word.weight" in mlm
+    assert not any(name.startswith(("discriminator.", "rtd_head.")) for name in mlm)
+
+
+def test_gdes_delta_starts_at_zero_and_is_the_only_embedding_parameter_rtd_updates(batch):
+    module = rtd_module("gdes")
+    word = module.discriminator.embeddings.word
+    assert isinstance(word, GradientDisentangledEmbedding) and word.source is module.generator.embeddings.word
+    assert torch.count_nonzero(word.delta) == 0
+    rtd = gradients_of(module, "disc_loss", batch)
+    embedding_grads = {name for name in rtd if "embeddings.word" in name or "embeddings.position" in name}
+    assert embedding_grads == {"discriminator.embeddings.word.delta", "discriminator.embeddings.position.delta"}
+
+
+def test_saved_discriminator_embedding_is_generator_table_plus_delta(batch):
+    module = rtd_module("gdes")
+    with torch.no_grad():
+        module.discriminator.embeddings.word.delta.normal_()
+    state = module.encoder_state()
+    expected = module.generator.embeddings.word.weight + module.discriminator.embeddings.word.delta
+    assert torch.allclose(state["embeddings.word.weight"], expected)
+    assert not any(key.endswith((".delta", ".source.weight")) for key in state)
+    from ablations.encoder import Encoder
+
+    plain = Encoder(module.discriminator_config())
+    plain.load_state_dict(state)  # a plain encoder: what fine-tuning and export start from
+
+
+def test_a_sampled_token_equal_to_the_original_is_labelled_original(batch):
+    module = rtd_module("es")
+    vocab = ENCODER.vocab_size
+    labels = batch["mlm_labels"]
+    # generator logits that put all mass on the original token at even positions, elsewhere on token 7
+    logits = torch.full((len(labels), vocab), -1e4)
+    target = torch.where(torch.arange(len(labels)) % 2 == 0, labels, torch.full_like(labels, 7))
+    logits[torch.arange(len(labels)), target] = 1e4
+    corrupted, original, replaced = module.corrupt(batch, logits)
+    flat_replaced = replaced.reshape(-1)[batch["mlm_positions"]]
+    assert not flat_replaced[0::2].any()
+    assert flat_replaced[1::2].tolist() == (labels[1::2] != 7).tolist()
+    assert (corrupted.reshape(-1)[batch["mlm_positions"]] == target).all()
+    unmasked = batch["labels"] == IGNORE_INDEX
+    assert (corrupted[unmasked] == batch["input_ids"][unmasked]).all() and not replaced[unmasked].any()
+
+
+def test_mlm_head_only_computes_logits_at_masked_positions(batch):
+    module = MLMModule(ENCODER, OptimConfig())
+    seen = {}
+    handle = module.mlm_head.register_forward_hook(lambda m, args, out: seen.update(shape=out.shape))
+    module.losses(batch)
+    handle.remove()
+    assert seen["shape"] == (len(batch["mlm_positions"]), ENCODER.vocab_size)
+    assert len(batch["mlm_positions"]) < 0.2 * batch["input_ids"].numel()
+
+
+def test_average_cosine_similarity_is_exact():
+    table = torch.randn(40, 8) + 0.5
+    unit = torch.nn.functional.normalize(table[5:].double(), dim=-1)
+    cosines = unit @ unit.T
+    n = cosines.shape[0]
+    brute = (cosines.sum() - cosines.diagonal().sum()) / (n * (n - 1))
+    assert average_cosine_similarity(table, 5) == pytest.approx(float(brute), abs=1e-12)
+
+
+def test_sift_perturbs_normalised_embeddings_and_changes_the_loss(batch):
+    torch.manual_seed(0)
+    sift = FineTuneModule(ENCODER, 2, "accuracy", FineTuneConfig(sift=True, sift_init_scale=0.5, sift_step=0.5), 10)
+    with torch.no_grad():  # weights large enough that predictions depend on the input
+        for parameter in sift.parameters():
+            parameter.normal_(0, 0.3)
+    plain = FineTuneModule(ENCODER, 2, "accuracy", FineTuneConfig(sift=False), max_steps=10)
+    plain.load_state_dict(sift.state_dict())
+    example = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")} | {"labels": torch.zeros(8, dtype=torch.long)}
+    seen = []
+    original = sift.encoder.embeddings.forward
+
+    def spy(ids, types=None, noise=None):
+        seen.append(noise)
+        return original(ids, types, noise)
+
+    sift.encoder.embeddings.forward = spy
+    with_sift = sift.losses(example)
+    without = plain.losses(example)
+    noises = [n for n in seen if n is not None]
+    assert len(noises) == 2 and noises[0].shape[-1] == ENCODER.embedding_dim
+    assert with_sift["sift_loss"] > 1e-4 and with_sift["loss"] > without["loss"] + 1e-4
+    assert torch.allclose(with_sift["task_loss"], without["task_loss"])
+    # the perturbation is added after the embedding LayerNorm: the normalised embeddings move by exactly it
+    embeddings = sift.encoder.embeddings
+    ids = example["input_ids"]
+    with torch.no_grad():
+        clean = embeddings.norm(embeddings.word(ids) + embeddings.position.weight[: ids.shape[1]]
+                                + embeddings.token_type(example["token_type_ids"]))
+        assert torch.allclose(original(ids, example["token_type_ids"], noises[1]), clean + noises[1], atol=1e-5)
+
+
+# -- short training runs on the offline corpus --------------------------------------------------------
+
+
+def train(module, data, steps=40):
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                        limit_val_batches=0, inference_mode=False)
+    trainer.fit(module, data)
+    return module
+
+
+def first_and_last_loss(module, data, name, steps=40):
+    batch = collate([data.train_set[i] for i in range(16)])
+    torch.manual_seed(0)
+    before = float(module.losses(batch)[name])
+    train(module, data, steps)
+    module.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        after = float(module.losses(batch)[name])
+    return before, after
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda: MLMModule(ENCODER, OptimConfig(peak_lr=2e-3, max_steps=40)), "loss"),
+    (lambda: MLMModule(ENCODER.replace(attention="disentangled"), OptimConfig(peak_lr=2e-3, max_steps=40)), "loss"),
+    (lambda: RTDModule(ENCODER, OptimConfig(peak_lr=2e-3, max_steps=40), RTDConfig(sharing="gdes")), "loss"),
+    (lambda: RTDModule(ENCODER, OptimConfig(peak_lr=2e-3, max_steps=40), RTDConfig(variant="all-tokens-mlm")), "loss"),
+    (lambda: RTDModule(ENCODER, OptimConfig(peak_lr=2e-3, max_steps=40), RTDConfig(variant="replace-mlm")), "loss"),
+], ids=["mlm", "mlm-deberta", "rtd-gdes", "all-tokens-mlm", "replace-mlm"])
+def test_short_training_lowers_the_loss(make, name, data):
+    torch.manual_seed(0)
+    before, after = first_and_last_loss(make(), data, name)
+    assert after < before - 0.3, (before, after)
+
+
+def test_mlm_nsp_training_lowers_both_losses(tmp_path):
+    nsp_data = PretrainingDataModule(DATA.__class__(**(DATA.__dict__ | {"input_format": "segment-pair"})), seed=0,
+                                     cache_dir=tmp_path)
+    nsp_data.setup()
+    torch.manual_seed(0)
+    module = MLMModule(ENCODER, OptimConfig(peak_lr=2e-3, max_steps=40), nsp=True)
+    before, after = first_and_last_loss(module, nsp_data, "mlm_loss")
+    assert after < before - 0.3
+
+
+def test_fine_tuning_a_pretrained_checkpoint_beats_the_majority_class(data):
+    torch.manual_seed(0)
+    encoder = ENCODER.replace(hidden_size=64, num_heads=4, ffn_size=256)
+    pretrained = train(MLMModule(encoder, OptimConfig(peak_lr=2e-3, max_steps=100)), data, 100)
+    task = load_sentiment()
+    config = FineTuneConfig(peak_lr=1e-3, epochs=3, batch_size=32, max_length=64)
+    finetune_data = FineTuneDataModule(task, data.tokenized.tokenizer, "bpe", 64, 32, seed=0,
+                                       max_train_examples=3000, max_validation_examples=800)
+    steps = math.ceil(3000 / 32 * 3)
+    module = FineTuneModule(encoder, 2, "accuracy", config, steps, pretrained.encoder_state())
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
+                        val_check_interval=steps, check_val_every_n_epoch=None, num_sanity_val_steps=0)
+    trainer.fit(module, finetune_data)
+    accuracy = float(trainer.callback_metrics["val/score"])
+    assert accuracy > task.majority_score() + 2, (accuracy, task.majority_score())
+
+
+def test_invalid_rtd_configs():
+    from datamodules.errors import UsageError
+
+    with pytest.raises(UsageError, match="cannot be larger"):
+        RTDConfig(generator_width=2.0).validate()
+    with pytest.raises(UsageError, match="unknown sharing"):
+        RTDConfig(sharing="half").validate()
+    with pytest.raises(UsageError, match="must be the discriminator's size"):
+        RTDConfig(sharing="all", generator_width=0.5).validate()
+    assert MaskingConfig(replacement="electra").mix == (0.85, 0.15, 0.0)
