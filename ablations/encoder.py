@@ -40,6 +40,28 @@ def relative_position_index(query_length: int, key_length: int, config: EncoderC
     return (relative + span).clamp(0, 2 * span - 1)
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout. On the CPU, torch's Bernoulli sampler costs as much as a matmul of the same
+    size; here four 16-bit uniforms come from each 64-bit draw of the same generator (so seeding still
+    makes runs reproducible), with p exact to 1/65536. Elsewhere, torch's own (fused) dropout."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    draws = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    keep = draws.view(torch.int16)[: x.numel()].view(x.shape) >= -32768 + round(p * 65536)
+    return x * keep * (1.0 / (1.0 - p))
+
+
+class Dropout(nn.Module):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return dropout(x, self.p, self.training)
+
+
 class Embeddings(nn.Module):
     """Word (+ absolute position for BERT/RoBERTa) (+ segment) embeddings -> LayerNorm -> dropout
     [-> projection to the hidden size, ELECTRA-Small]. DeBERTa has no absolute positions at the input."""
@@ -52,7 +74,7 @@ class Embeddings(nn.Module):
         self.position = nn.Embedding(config.max_positions, dim) if config.attention == "absolute" else None
         self.token_type = nn.Embedding(config.type_vocab_size, dim) if config.type_vocab_size else None
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.project = nn.Linear(dim, config.hidden_size) if dim != config.hidden_size else None
 
     def forward(self, input_ids, token_type_ids=None, noise=None):
@@ -95,11 +117,17 @@ class Attention(nn.Module):
         relative: (table (2k, H), index (Lq, L)) for disentangled attention."""
         q = self._heads(self.query(x if query_input is None else query_input))
         k, v = self._heads(self.key(x)), self._heads(self.value(x))
-        bias = key_padding_bias
+        bias = key_padding_bias.to(q.dtype)  # (B, 1, 1, L): cast the small tensor, never the (B, h, L, L) one
         if self.position_terms:
-            bias = bias + self._position_scores(q, k, *relative) * self.scale
-        dropout = self.config.attention_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout, scale=self.scale)
+            bias = self._position_scores(q, k, *relative).mul_(self.scale) + bias
+        p = self.config.attention_dropout if self.training else 0.0
+        if p and q.device.type == "cpu":
+            # CPU SDPA runs exactly this math whenever dropout is on; doing it here swaps in the cheap mask
+            scores = torch.baddbmm(bias.expand(*q.shape[:3], k.shape[2]).flatten(0, 1), q.flatten(0, 1),
+                                   k.flatten(0, 1).transpose(1, 2), alpha=self.scale).view(*q.shape[:3], -1)
+            out = dropout(torch.softmax(scores, -1).to(q.dtype), p, True) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, scale=self.scale)
         batch, _, length, _ = out.shape
         return self.output(out.transpose(1, 2).reshape(batch, length, self.config.hidden_size))
 
@@ -133,7 +161,7 @@ class Block(nn.Module):
         self.ffn_in = nn.Linear(config.hidden_size, config.ffn_size)
         self.ffn_out = nn.Linear(config.ffn_size, config.hidden_size)
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x, key_padding_bias, relative=None, query_input=None):
         residual = x if query_input is None else query_input

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablations.config import EncoderConfig
+from ablations.encoder import Dropout
 
 
 def gather_positions(hidden: torch.Tensor, flat_positions: torch.Tensor) -> torch.Tensor:
@@ -59,7 +60,7 @@ class ClassificationHead(nn.Module):
     def __init__(self, config: EncoderConfig, num_labels: int):
         super().__init__()
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.out = nn.Linear(config.hidden_size, num_labels)
 
     def forward(self, hidden):

@@ -39,10 +39,11 @@ PRESETS = {
         "finetune.max_length": 64, "finetune.batch_size": 32, "finetune.peak_lr": 1e-3,
     }, eval_every=2, checkpoints=2),
     "small": Preset("small", "default: a 4-layer, 128-wide model that learns; one table in <= 15 minutes on 2 cores", {
-        **_model(128, 4, 4, 512, 128, 4096, 8192, 1_200_000, 128),
+        # 1,000 steps of 16 x 128 tokens: many small steps get a small model past the unigram plateau
+        **_model(128, 4, 4, 512, 128, 2048, 4096, 1000 * 2048, 128),
         "data.max_heldout_blocks": 256, "optim.peak_lr": 1e-3,
-        "finetune.epochs": 2.0, "finetune.max_train_examples": 2000, "finetune.max_validation_examples": 1000,
-        "finetune.max_length": 128, "finetune.peak_lr": 3e-4,
+        "finetune.epochs": 3.0, "finetune.max_train_examples": 3000, "finetune.max_validation_examples": 1000,
+        "finetune.max_length": 128, "finetune.peak_lr": 5e-4,
     }),
     "medium": Preset("medium", "several seeds: 6 layers x 384, 20M tokens; hours on a CPU, minutes per row on a GPU", {
         **_model(384, 6, 6, 1536, 128, 16384, 16384, 20_000_000, 128),

@@ -1,0 +1,297 @@
+"""`make bench`: speed and memory, always as ratios against a baseline measured in the same run.
+
+1. Preprocessing the offline corpus: cold (from nothing) and warm (cache), with peak memory; the corpus
+   repeated 10x, to show memory stays bounded as the corpus grows.
+2. Building and masking one batch vs one training step of a small model.
+3. Training steps of our encoders vs HuggingFace transformers at the same configuration and on the same
+   batches, interleaved: MLM vs BertForMaskedLM (fp32, bf16), DeBERTa vs DebertaV2ForMaskedLM (fp32, bf16),
+   RTD vs ELECTRA built from ElectraForMaskedLM + ElectraForPreTraining with shared embeddings (bf16).
+   Tokens/s, model FLOPs per token, achieved FLOP/s and peak memory of each.
+
+Writes results/bench.json. `--quick` runs fewer steps (for a fast look; the figures are noisier).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = dict(num_layers=4, hidden_size=256, num_heads=4, ffn_size=1024, vocab_size=8192, max_positions=512)
+BATCH, LENGTH = 32, 128
+
+
+# ------------------------------------------------------------------------------------- preprocessing
+
+
+def _preprocess_child(cache: str, repeat: int) -> None:
+    """Run in a subprocess: build (or open) the corpus and tokens; print seconds and peak RSS."""
+    from datamodules.corpus import CorpusConfig, load_corpus
+    from datamodules.tokenization import TokenizerConfig, tokenize_corpus
+
+    start = time.perf_counter()
+    corpus = load_corpus(CorpusConfig(repeat=repeat), Path(cache))
+    tokens = tokenize_corpus(corpus, TokenizerConfig(vocab_size=8192))
+    seconds = time.perf_counter() - start
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": max(own, children), "tokens": tokens.train.stats()["tokens"]}))
+
+
+def preprocess(cache: Path, repeat: int = 1) -> dict:
+    done = subprocess.run([sys.executable, "-m", "experiments.bench", "--preprocess-child", str(cache), str(repeat)],
+                          capture_output=True, text=True, cwd=ROOT, env=os.environ | {"TOKENIZERS_PARALLELISM": "true"})
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_preprocessing(include_10x: bool) -> dict:
+    with tempfile.TemporaryDirectory() as cache:
+        cold = preprocess(Path(cache))
+        warm = preprocess(Path(cache))
+        out = {"cold_s": round(cold["seconds"], 2), "warm_s": round(warm["seconds"], 2),
+               "cold_peak_rss_mb": round(cold["peak_rss_mb"]), "tokens": cold["tokens"]}
+        if include_10x:
+            ten = preprocess(Path(cache), repeat=10)
+            out |= {"corpus_10x_s": round(ten["seconds"], 1), "corpus_10x_peak_rss_mb": round(ten["peak_rss_mb"]),
+                    "corpus_10x_tokens": ten["tokens"],
+                    "peak_rss_growth_10x": round(ten["peak_rss_mb"] / cold["peak_rss_mb"] - 1, 3)}
+    return out
+
+
+# -------------------------------------------------------------------------------------- the models
+
+
+def random_batch(generator: torch.Generator, vocab: int) -> dict:
+    """A batch like the collator's: 15% of positions masked, with their flat indices listed."""
+    ids = torch.randint(5, vocab, (BATCH, LENGTH), generator=generator)
+    chosen = torch.rand(BATCH, LENGTH, generator=generator) < 0.15
+    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    inputs = torch.where(chosen, torch.full_like(ids, 4), ids)
+    positions = torch.nonzero(chosen.reshape(-1)).squeeze(1)
+    return {"input_ids": inputs, "attention_mask": torch.ones_like(ids, dtype=torch.bool),
+            "token_type_ids": torch.zeros_like(ids), "labels": labels, "mlm_positions": positions,
+            "mlm_labels": ids.reshape(-1)[positions], "nsp_labels": torch.zeros(BATCH, dtype=torch.long),
+            "num_tokens": BATCH * LENGTH}
+
+
+class Contender:
+    """One model's training step: forward, backward, AdamW, as a training loop would run it."""
+
+    def __init__(self, name: str, model: torch.nn.Module, loss_fn, flops_per_token: float):
+        self.name, self.model, self.loss_fn, self.flops_per_token = name, model.train(), loss_fn, flops_per_token
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(self, batch: dict, bf16: bool) -> None:
+        context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+        with context:
+            loss = self.loss_fn(self.model, batch)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def contenders(kind: str, only: int | None = None) -> tuple[Contender | None, Contender | None]:
+    """(ours, HF's) for `kind`; with `only`, build just that one (the memory probe measures one model)."""
+    factories = _factories(kind)
+    return tuple(factory() if only in (None, i) else None for i, factory in enumerate(factories))
+
+
+def _factories(kind: str):
+    import transformers
+
+    from ablations.config import EncoderConfig
+    from ablations.flops import mlm_training_flops_per_token, rtd_training_flops_per_token
+    from lightning_modules.base import OptimConfig
+    from lightning_modules.mlm import MLMModule
+    from lightning_modules.rtd import RTDConfig, RTDModule, generator_config
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=SMALL["vocab_size"], hidden_size=SMALL["hidden_size"], num_hidden_layers=SMALL["num_layers"],
+                  num_attention_heads=SMALL["num_heads"], intermediate_size=SMALL["ffn_size"],
+                  max_position_embeddings=SMALL["max_positions"], hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    if kind == "mlm":
+        ours_config = EncoderConfig(**SMALL)
+        flops = mlm_training_flops_per_token(ours_config, LENGTH)
+        return (lambda: Contender("ours MLM", MLMModule(ours_config, OptimConfig()), _our_loss, flops),
+                lambda: Contender("HF BertForMaskedLM", transformers.BertForMaskedLM(
+                    transformers.BertConfig(**common, attn_implementation="sdpa")), _hf_mlm_loss, flops))
+    if kind == "deberta":
+        ours_config = EncoderConfig(**SMALL, attention="disentangled", relative_span=128, emd=False, type_vocab_size=0)
+        hf_config = transformers.DebertaV2Config(
+            **common, relative_attention=True, max_relative_positions=128, position_buckets=-1,
+            pos_att_type=["c2p", "p2c"], position_biased_input=False, type_vocab_size=0, norm_rel_ebd="layer_norm")
+        flops = mlm_training_flops_per_token(ours_config, LENGTH)
+        return (lambda: Contender("ours DeBERTa MLM", MLMModule(ours_config, OptimConfig()), _our_loss, flops),
+                lambda: Contender("HF DebertaV2ForMaskedLM", transformers.DebertaV2ForMaskedLM(hf_config),
+                                  _hf_mlm_loss, flops))
+    rtd = RTDConfig(sharing="es", generator_width=0.25)
+    ours_config = EncoderConfig(**SMALL)
+    flops = rtd_training_flops_per_token(ours_config, generator_config(ours_config, rtd), LENGTH)
+    return (lambda: Contender("ours RTD (ELECTRA, ES)", RTDModule(ours_config, OptimConfig(), rtd), _our_loss, flops),
+            lambda: Contender("HF ELECTRA (shared embeddings)", HFElectra(common, 0.25), lambda m, b: m(b), flops))
+
+
+def _our_loss(module, batch):
+    return module.losses(batch)["loss"]
+
+
+def _hf_mlm_loss(model, batch):
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+
+class HFElectra(torch.nn.Module):
+    """ELECTRA from HF parts as its authors' recipe builds it: a 1/4-width generator and the discriminator
+    sharing token and position embeddings, samples without gradient, loss = MLM + 50 * RTD."""
+
+    def __init__(self, common: dict, width: float):
+        super().__init__()
+        import transformers
+
+        generator_common = common | {"hidden_size": int(common["hidden_size"] * width),
+                                     "num_attention_heads": max(1, int(common["num_attention_heads"] * width)),
+                                     "intermediate_size": int(common["intermediate_size"] * width)}
+        self.generator = transformers.ElectraForMaskedLM(transformers.ElectraConfig(
+            **generator_common, embedding_size=common["hidden_size"]))
+        self.discriminator = transformers.ElectraForPreTraining(transformers.ElectraConfig(
+            **common, embedding_size=common["hidden_size"]))
+        self.generator.electra.embeddings = self.discriminator.electra.embeddings  # ELECTRA's tied embeddings
+
+    def forward(self, batch):
+        out = self.generator(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        with torch.no_grad():
+            noise = -torch.log(-torch.log(torch.rand_like(out.logits, dtype=torch.float32).clamp(1e-9, 1 - 1e-9)))
+            sampled = (out.logits.float() + noise).argmax(-1)
+        masked = batch["labels"] != -100
+        original = torch.where(masked, batch["labels"], batch["input_ids"])
+        corrupted = torch.where(masked, sampled, batch["input_ids"])
+        replaced = (corrupted != original).float()
+        disc = self.discriminator(input_ids=corrupted, attention_mask=batch["attention_mask"], labels=replaced)
+        return out.loss + 50.0 * disc.loss
+
+
+def measure(pair: tuple[Contender, Contender], precisions: list[bool], steps: int, rounds: int) -> list[dict]:
+    """Interleave the two models (and precisions) round by round on the same batches; median step time."""
+    generator = torch.Generator().manual_seed(0)
+    batches = [random_batch(generator, SMALL["vocab_size"]) for _ in range(steps)]
+    times = {(c.name, bf16): [] for c in pair for bf16 in precisions}
+    for contender in pair:  # warm-up: first calls allocate and pick kernels
+        for bf16 in precisions:
+            for batch in batches[:2]:
+                contender.step(batch, bf16)
+    for _ in range(rounds):
+        for bf16 in precisions:
+            for contender in pair:
+                start = time.perf_counter()
+                for batch in batches:
+                    contender.step(batch, bf16)
+                times[(contender.name, bf16)].append((time.perf_counter() - start) / steps)
+    rows = []
+    for bf16 in precisions:
+        ours, theirs = pair
+        our_time = statistics.median(times[(ours.name, bf16)])
+        their_time = statistics.median(times[(theirs.name, bf16)])
+        for contender, seconds in ((ours, our_time), (theirs, their_time)):
+            tokens_per_s = BATCH * LENGTH / seconds
+            rows.append({"model": contender.name, "precision": "bf16" if bf16 else "fp32",
+                         "step_s": round(seconds, 4), "tokens_per_s": round(tokens_per_s),
+                         "model_flops_per_token": f"{contender.flops_per_token:.3e}",
+                         "achieved_gflops": round(contender.flops_per_token * tokens_per_s / 1e9, 1)})
+        rows[-2]["speedup_vs_hf"] = round(their_time / our_time, 2)
+    return rows
+
+
+def peak_memory_mb(kind: str, which: int, bf16: bool) -> float:
+    """Peak RSS of a fresh process running 3 steps of one model (CPU has no allocator counter)."""
+    done = subprocess.run([sys.executable, "-m", "experiments.bench", "--memory-child", kind, str(which), str(int(bf16))],
+                          capture_output=True, text=True, cwd=ROOT)
+    return float(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else float("nan")
+
+
+def _memory_child(kind: str, which: int, bf16: bool) -> None:
+    torch.set_num_threads(2)
+    contender = contenders(kind, only=which)[which]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        contender.step(random_batch(generator, SMALL["vocab_size"]), bf16)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+# ------------------------------------------------------------------------------------ data vs step
+
+
+def bench_batch_building(steps: int) -> dict:
+    from ablations.config import EncoderConfig
+    from datamodules.pretraining import PretrainingDataConfig, PretrainingDataModule, TokenBudgetBatches, collate
+    from lightning_modules.base import OptimConfig
+    from lightning_modules.mlm import MLMModule
+
+    data = PretrainingDataModule(PretrainingDataConfig(block_size=LENGTH, tokens_per_batch=BATCH * LENGTH), seed=0)
+    data.setup()
+    batches = TokenBudgetBatches(data.train_set, BATCH * LENGTH, seed=0, shuffle=True)._all_batches()[:steps]
+    start = time.perf_counter()
+    built = [collate([data.train_set[i] for i in batch]) for batch in batches]
+    build_s = (time.perf_counter() - start) / len(batches)
+    model = Contender("ours MLM", MLMModule(EncoderConfig(**(SMALL | {"vocab_size": data.vocab_size})), OptimConfig()),
+                      _our_loss, 0.0)
+    model.step(built[0], True)
+    start = time.perf_counter()
+    for batch in built:
+        model.step(batch, True)
+    step_s = (time.perf_counter() - start) / len(built)
+    return {"build_and_mask_batch_ms": round(build_s * 1000, 2), "train_step_ms": round(step_s * 1000, 1),
+            "batch_share_of_step": round(build_s / step_s, 4)}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer steps, no 10x corpus")
+    parser.add_argument("--only", default="preprocess,batch,mlm,deberta,rtd")
+    parser.add_argument("--output", type=Path, default=ROOT / "results" / "bench.json")
+    parser.add_argument("--preprocess-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.preprocess_child:
+        return _preprocess_child(args.preprocess_child[0], int(args.preprocess_child[1]))
+    if args.memory_child:
+        return _memory_child(args.memory_child[0], int(args.memory_child[1]), bool(int(args.memory_child[2])))
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 16)))
+    parts = args.only.split(",")
+    steps, rounds = (3, 2) if args.quick else (5, 4)
+    report = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}}
+    if "preprocess" in parts:
+        report["preprocessing"] = bench_preprocessing(include_10x=not args.quick)
+        print("preprocessing:", json.dumps(report["preprocessing"]))
+    if "batch" in parts:
+        report["batch_vs_step"] = bench_batch_building(steps=10 if args.quick else 30)
+        print("batch vs step:", json.dumps(report["batch_vs_step"]))
+    for kind, precisions in (("mlm", [False, True]), ("deberta", [False, True]), ("rtd", [True])):
+        if kind not in parts:
+            continue
+        rows = measure(contenders(kind), precisions, steps, rounds)
+        for row in rows:
+            which = 0 if row["model"].startswith("ours") else 1
+            row["peak_rss_mb"] = round(peak_memory_mb(kind, which, row["precision"] == "bf16"))
+            print(f"{kind:8} {row['model']:32} {row['precision']:5} {row['tokens_per_s']:>8,} tokens/s  "
+                  f"{row['achieved_gflops']:>6} GFLOP/s  peak {row['peak_rss_mb']:>5} MB"
+                  + (f"  speedup x{row['speedup_vs_hf']}" if "speedup_vs_hf" in row else ""))
+        report[kind] = rows
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
+    print(f"written: {args.output}")
+
+
+if __name__ == "__main__":
+    main()

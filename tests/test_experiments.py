@@ -1,0 +1,190 @@
+"""The runner and the tables: CLI errors, budgets, claims, resume after a kill, determinism, DDP, W&B."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments.presets import PRESETS, configure
+from experiments.registry import EXPERIMENTS
+from experiments.results import RowSummary, check_claim
+from experiments.spec import Claim, budget_of, steps_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args, env=None, timeout=600):
+    environment = os.environ | {"WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"} | (env or {})
+    return subprocess.run([sys.executable, "-m", "experiments", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=environment, timeout=timeout)
+
+
+def test_list_shows_every_table_with_its_make_target():
+    done = cli("list")
+    assert done.returncode == 0
+    for experiment_id in EXPERIMENTS:
+        assert f"make {experiment_id}" in done.stdout
+    makefile = (ROOT / "Makefile").read_text()
+    assert all(f"\n{experiment_id}: setup" in makefile for experiment_id in EXPERIMENTS)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "ablation-unknown", "--preset", "smoke"], "unknown experiment 'ablation-unknown' (valid: ablation-nsp"),
+    (["run", "ablation-nsp", "--preset", "huge"], "unknown preset 'huge' (valid: smoke, small, medium, base)"),
+    (["run", "ablation-nsp", "--preset", "smoke", "--rows", "NO-SUCH-ROW"], "unknown row 'NO-SUCH-ROW'"),
+    (["run", "ablation-nsp", "--preset", "smoke", "--tasks", "imdb"], "unknown downstream task 'imdb'"),
+])
+def test_bad_requests_stop_before_training_with_one_clear_line(args, message, tmp_path):
+    done = cli(*args, "--results-dir", str(tmp_path))
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "ablation-nsp").exists()
+
+
+def test_a_config_that_cannot_run_is_reported_for_every_row_before_training():
+    from datamodules.errors import UsageError
+    from experiments.runner import plan
+    from experiments.spec import Row
+    import dataclasses
+
+    experiment = EXPERIMENTS["ablation-nsp"]
+    broken = dataclasses.replace(experiment, rows=(Row("RTD+NSP", {"objective": "rtd", "data.input_format": "segment-pair"}),
+                                                   Row("LONG", {"data.block_size": 4096})))
+    with pytest.raises(UsageError) as error:
+        plan(broken, PRESETS["smoke"], 1, None, None, Path("/nonexistent"))
+    assert "RTD+NSP" in str(error.value) and "LONG" in str(error.value) and "longer than the model accepts" in str(error.value)
+
+
+@pytest.mark.parametrize("experiment_id", list(EXPERIMENTS))
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_rows_of_a_table_get_equal_budgets_by_its_rule(experiment_id, preset):
+    experiment = EXPERIMENTS[experiment_id]
+    reference = configure(experiment.base, PRESETS[preset], {})
+    budgets = []
+    for row in experiment.rows:
+        config = configure(experiment.base, PRESETS[preset], row.changes)
+        budgets.append(budget_of(config, steps_for(config, experiment.budget, reference), experiment.budget))
+    # whole optimizer steps: each row is within one step of the budget, so within a small relative error
+    assert max(budgets) / min(budgets) < 1.05, budgets
+
+
+def summary(name, values, metric="score"):
+    return RowSummary(name, list(range(len(values))), {metric: list(values)}, [], [], [], [], [], set())
+
+
+def test_claims_are_checks_on_numbers_that_can_fail():
+    rows = {"A": summary("A", [80, 82, 81]), "B": summary("B", [79, 80, 79]), "C": summary("C", [70, 71, 72])}
+    order = ["A", "B", "C"]
+    verdict, effect = check_claim(Claim("A >= B", "at_least", "score", a="A", b="B"), rows, order)
+    assert verdict == "holds" and effect.startswith("+1.67 +- 0.58 over 3 seeds")
+    assert check_claim(Claim("B >= A", "at_least", "score", a="B", b="A"), rows, order)[0] == "does not hold"
+    assert check_claim(Claim("C worst", "worst", "score", a="C"), rows, order)[0] == "holds"
+    assert check_claim(Claim("A worst", "worst", "score", a="A"), rows, order)[0] == "does not hold"
+    assert check_claim(Claim("order", "order", "score", among=("A", "B", "C")), rows, order)[0] == "holds"
+    assert check_claim(Claim("order", "order", "score", among=("C", "A")), rows, order)[0] == "does not hold"
+    assert check_claim(Claim("D", "at_least", "score", a="D", b="A"), rows, order)[0] == "not measured"
+    losses = {"A": summary("A", [2.0, 2.1], "mlm_loss"), "B": summary("B", [2.5, 2.4], "mlm_loss")}
+    assert check_claim(Claim("A better loss", "at_least", "mlm_loss", a="A", b="B"), losses, ["A", "B"])[0] == "holds"
+    gaps = {"N": RowSummary("N", [0, 1], {"g": [0.5, 0.6], "d": [0.1, 0.1]}, [], [], [], [], [], set()),
+            "G": RowSummary("G", [0, 1], {"g": [0.5, 0.5], "d": [0.3, 0.3]}, [], [], [], [], [], set())}
+    assert check_claim(Claim("gap", "gap", "g", a="N", metric_b="d"), gaps, ["N", "G"])[0] == "holds"
+    assert check_claim(Claim("smaller", "gap_smaller", "g", a="G", b="N", metric_b="d"), gaps, ["N", "G"])[0] == "holds"
+    assert check_claim(Claim("smaller", "gap_smaller", "g", a="N", b="G", metric_b="d"), gaps, ["N", "G"])[0] == "does not hold"
+
+
+# -- end to end (smoke preset) ---------------------------------------------------------------------------
+
+
+def row_metrics(directory: Path, row_slug: str) -> dict:
+    return json.loads((directory / "rows" / f"{row_slug}__seed0.json").read_text())["metrics"]
+
+
+def test_killed_sweep_resumes_and_finished_rows_are_untouched(tmp_path):
+    args = ("run", "ablation-nsp", "--preset", "smoke", "--rows", "FULL-SENTENCES,DOC-SENTENCES",
+            "--results-dir", str(tmp_path))
+    directory = tmp_path / "ablation-nsp" / "smoke"
+    first = cli(*args[:5], "FULL-SENTENCES", *args[6:])
+    assert first.returncode == 0, first.stderr[-3000:]
+    finished = directory / "rows" / "full-sentences__seed0.json"
+    stamp = finished.stat().st_mtime_ns
+    # start both rows; kill the process as soon as DOC-SENTENCES has written a checkpoint
+    environment = os.environ | {"WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    process = subprocess.Popen([sys.executable, "-m", "experiments", *args], cwd=ROOT, env=environment,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(directory.glob("work/doc-sentences__seed0__*/checkpoints/*.ckpt")):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert list(directory.glob("work/doc-sentences__seed0__*/checkpoints/*.ckpt")), "no checkpoint before the kill"
+    assert not (directory / "rows" / "doc-sentences__seed0.json").exists()
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "FULL-SENTENCES seed 0: done, skipped" in again.stdout
+    assert finished.stat().st_mtime_ns == stamp
+    result = json.loads((directory / "rows" / "doc-sentences__seed0.json").read_text())
+    assert result["steps"] > 0 and "mlm_loss" in result["metrics"] and "downstream_avg" in result["metrics"]
+    table = (directory / "table.md").read_text()
+    assert "DOC-SENTENCES | 1 |" in table and "SEGMENT-PAIR+NSP | 0 |" in table
+    assert (directory / "curves.png").stat().st_size > 1000 and (directory / "metrics.png").stat().st_size > 1000
+    assert len(list(csv_rows(directory / "table.csv"))) == 5
+
+
+def csv_rows(path):
+    import csv
+
+    with open(path) as handle:
+        yield from csv.reader(handle)
+
+
+def test_same_row_same_seed_gives_identical_metrics(tmp_path):
+    for name in ("a", "b"):
+        done = cli("run", "ablation-embedding-sharing", "--preset", "smoke", "--rows", "GDES",
+                   "--results-dir", str(tmp_path / name))
+        assert done.returncode == 0, done.stderr[-3000:]
+    a = row_metrics(tmp_path / "a" / "ablation-embedding-sharing" / "smoke", "gdes")
+    b = row_metrics(tmp_path / "b" / "ablation-embedding-sharing" / "smoke", "gdes")
+    assert a == b and {"cosine_generator", "cosine_discriminator", "disc_auc", "sentiment"} <= set(a)
+
+
+def test_two_process_ddp_smoke_row_on_cpu(tmp_path):
+    done = cli("run", "ablation-nsp", "--preset", "smoke", "--rows", "DOC-SENTENCES", "--devices", "2",
+               "--strategy", "ddp", "--accelerator", "cpu", "--results-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "ablation-nsp" / "smoke" / "rows" / "doc-sentences__seed0.json").read_text())
+    assert result["hardware"]["devices"] == "2" and np.isfinite(result["metrics"]["mlm_loss"])
+    # both processes trained: the tokens seen count both ranks' batches
+    assert result["tokens_seen"] > 0.5 * result["padded_tokens"]
+
+
+def test_wandb_logs_offline_without_network_and_nothing_when_disabled(tmp_path):
+    args = ("run", "ablation-nsp", "--preset", "smoke", "--rows", "DOC-SENTENCES")
+    offline = cli(*args, "--results-dir", str(tmp_path / "offline"),
+                  env={"WANDB_MODE": "", "WANDB_API_KEY": "", "HOME": str(tmp_path), "WANDB_DIR": ""})
+    assert offline.returncode == 0, offline.stderr[-3000:]
+    runs = list((tmp_path / "offline").rglob("offline-run-*"))
+    assert len(runs) == 2  # the row's run and the table's run
+    files = {p.name for run in runs for p in run.rglob("*")}
+    assert any(name.endswith(".wandb") for name in files)
+    logged = b"".join(p.read_bytes() for run in runs for p in run.rglob("*.wandb"))
+    assert b"val/mlm_loss" in logged and b"table" in logged
+    disabled = cli(*args, "--results-dir", str(tmp_path / "disabled"), env={"WANDB_MODE": "disabled"})
+    assert disabled.returncode == 0
+    assert not list((tmp_path / "disabled").rglob("offline-run-*")) and not list((tmp_path / "disabled").rglob("wandb"))
+
+
+def test_every_experiment_and_row_smoke_runs(tmp_path):
+    """CI runs every (experiment, row) pair end to end at the smoke preset."""
+    done = cli("run", "all", "--preset", "smoke", "--results-dir", str(tmp_path), timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for experiment in EXPERIMENTS.values():
+        directory = tmp_path / experiment.id / "smoke"
+        payload = json.loads((directory / "table.json").read_text())
+        assert all(row[1] == "1" for row in payload["rows"]), payload["rows"]
+        assert all(claim["verdict"] in ("holds", "does not hold") for claim in payload["claims"])
+    index = (tmp_path / "README.md").read_text()
+    assert all(experiment.title in index for experiment in EXPERIMENTS.values())
