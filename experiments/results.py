@@ -58,10 +58,10 @@ def load_rows(experiment: Experiment, directory: Path) -> dict[str, RowSummary]:
     return found
 
 
-def _paired(rows: dict[str, RowSummary], a: str, b: str, metric: str) -> np.ndarray:
+def _paired(rows: dict[str, RowSummary], a: str, b: str, metric: str, metric_b: str = "") -> np.ndarray:
     """Per-seed differences a - b over the seeds both rows have, signed so that positive = a better."""
     va = dict(zip(rows[a].seeds, rows[a].values.get(metric, [])))
-    vb = dict(zip(rows[b].seeds, rows[b].values.get(metric, [])))
+    vb = dict(zip(rows[b].seeds, rows[b].values.get(metric_b or metric, [])))
     common = sorted(set(va) & set(vb))
     sign = -1.0 if lower_is_better(metric) else 1.0
     return np.array([sign * (va[s] - vb[s]) for s in common])
@@ -75,15 +75,24 @@ def _effect(diffs: np.ndarray) -> str:
 def check_claim(claim: Claim, rows: dict[str, RowSummary], order: list[str]) -> tuple[str, str]:
     """(verdict, measured effect): verdict is holds / does not hold / not measured."""
     among = [r for r in (claim.among or tuple(order)) if r in rows and claim.metric in rows[r].values]
-    needed = [claim.a, claim.b] if claim.kind in ("at_least", "gap_smaller") else [claim.a, *claim.among]
+    needed = [claim.a, claim.b] if claim.kind in ("at_least", "close", "gap_smaller") else [claim.a, *claim.among]
     missing = [r for r in needed if r and (r not in rows or claim.metric not in rows[r].values)]
+    if claim.kind == "at_least" and claim.metric_b and not missing and claim.metric_b not in rows[claim.b].values:
+        missing = [f"{claim.b} {claim.metric_b}"]
     if missing:
         return "not measured", f"missing rows: {', '.join(missing)}"
-    if claim.kind == "at_least":
-        diffs = _paired(rows, claim.a, claim.b, claim.metric)
+    if claim.kind in ("at_least", "close"):
+        diffs = _paired(rows, claim.a, claim.b, claim.metric, claim.metric_b)
         if len(diffs) == 0:
             return "not measured", "no seed in common"
-        return ("holds" if diffs.mean() >= -claim.margin else "does not hold"), _effect(diffs)
+        holds = diffs.mean() >= -claim.margin if claim.kind == "at_least" else abs(diffs.mean()) <= claim.margin
+        return ("holds" if holds else "does not hold"), _effect(diffs)
+    if claim.kind == "best" and claim.winners:
+        sign = -1.0 if lower_is_better(claim.metric) else 1.0
+        best = max(among, key=lambda r: sign * rows[r].mean(claim.metric))
+        runner_up = max((r for r in among if r != best), key=lambda r: sign * rows[r].mean(claim.metric))
+        return ("holds" if best in claim.winners else "does not hold"), \
+            f"best is {best}; vs {runner_up}: {_effect(_paired(rows, best, runner_up, claim.metric))}"
     if claim.kind in ("worst", "best"):
         sign = -1.0 if lower_is_better(claim.metric) else 1.0
         quality = {r: sign * rows[r].mean(claim.metric) for r in among}

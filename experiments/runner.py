@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -30,6 +31,7 @@ from ablations.encoder import Encoder
 from datamodules.downstream import FineTuneDataModule, load_task
 from datamodules.errors import UsageError
 from datamodules.pretraining import PretrainingDataModule
+from datamodules.tokenization import UNK_ID
 from experiments import tracking
 from experiments.presets import Preset, configure
 from experiments.spec import Experiment, Row, RunConfig, budget_of, steps_for
@@ -128,7 +130,8 @@ class RowPlan:
 
     @property
     def work_dir(self) -> Path:
-        return self.directory / "work" / f"{self.name}__{self.config.config_hash()}"
+        """Pretraining checkpoints and logs, keyed by what decides the pretrained weights (and the seed)."""
+        return self.directory / "work" / f"pretrain-{self.config.pretraining_hash()}__seed{self.seed}"
 
     def is_done(self) -> bool:
         if not self.result_path.exists():
@@ -232,6 +235,9 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
     if config.objective == "rtd":
         metrics |= module.embedding_similarity()
     tokenized = data.load()
+    heldout_tokens = np.asarray(tokenized.val.tokens)
+    metrics["unk_rate"] = float((heldout_tokens == UNK_ID).mean()) if len(heldout_tokens) else 0.0
+    metrics["parameters"] = float(sum(p.numel() for p in module.parameters()))  # shared tensors once
     encoder_config = module.discriminator_config() if config.objective == "rtd" else module.encoder.config
     metrics |= fine_tune_all(config, encoder_config, module.encoder_state(), tokenized, p.seed, hardware)
     for fraction in config.evaluate_at:

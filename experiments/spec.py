@@ -75,7 +75,18 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return _hash(self.to_dict())
+
+    def pretraining_hash(self) -> str:
+        """Hash of what decides the pretrained weights: rows that differ only in fine-tuning share them."""
+        fields = self.to_dict()
+        for name in ("finetune", "tasks"):
+            fields.pop(name)
+        return _hash(fields)
+
+
+def _hash(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def apply_changes(config: Any, changes: dict[str, Any]) -> Any:
@@ -108,9 +119,10 @@ class Row:
 class Claim:
     """A paper's claim as a check on measured numbers.
 
-    kind "at_least": mean over seeds of (a - b) >= -margin, on `metric`, paired by seed.
+    kind "at_least": mean over seeds of (a - b) >= -margin, on `metric` (b's `metric_b` if given), paired by seed.
+    kind "close": |mean of (a - b)| <= margin ("only slight differences").
     kind "worst": row `a` has the worst mean `metric` among `among` (default: every row).
-    kind "best": row `a` has the best mean `metric` among `among`.
+    kind "best": the best mean `metric` among `among` belongs to a row of `winners` (default: row `a`).
     kind "order": rows `among` are in non-increasing order of quality on `metric` (each step within margin).
     kind "gap": in row `a`, `metric` - `metric_b` > margin (e.g. cosine of E_G above that of E_D).
     kind "gap_smaller": that gap is smaller in row `a` than in row `b`.
@@ -124,6 +136,7 @@ class Claim:
     among: tuple[str, ...] = ()
     margin: float = 0.0
     metric_b: str = ""
+    winners: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,8 +165,8 @@ def lower_is_better(metric: str) -> bool:
 
 
 def steps_for(config: RunConfig, budget: str, reference: RunConfig) -> int:
-    """Optimizer steps that give `config` the table's budget: the reference's tokens, or its training FLOPs."""
-    tokens = reference.train_tokens
+    """Optimizer steps that give `config` the table's budget: its tokens, or the reference's training FLOPs."""
+    tokens = config.train_tokens
     if budget == "flops":
         tokens = tokens * reference.training_flops_per_token() / config.training_flops_per_token()
     return max(1, math.ceil(tokens / config.tokens_per_step))

@@ -1,0 +1,43 @@
+"""RoBERTa Table 3 (Liu et al. 2019, §5): batch size at equal compute.
+
+Batch x steps is constant (the same tokens): the preset's batch (the paper's 256), 8x (2K) and 32x (8K),
+the larger ones by gradient accumulation so they fit any machine. Peak learning rates keep the paper's
+ratios 1 : 7 : 10 (1e-4, 7e-4, 1e-3), centred so that the 2K row uses the preset's learning rate.
+"""
+from experiments.spec import Claim, Experiment, Row, RunConfig
+
+
+def whole_large_batches(config) -> int:
+    """A budget that the 32x batch divides, so every row gets exactly the same tokens."""
+    step = 32 * config.data.tokens_per_batch
+    return max(1, round(config.train_tokens / step)) * step
+
+
+def lr(ratio: float):
+    return lambda optim_root: optim_root.optim.peak_lr * ratio / 7.0
+
+
+def row(name: str, accumulation: int, ratio: float, paper: dict) -> Row:
+    return Row(name, {"train_tokens": whole_large_batches, "gradient_accumulation": accumulation,
+                      "optim.peak_lr": lr(ratio)}, paper)
+
+
+EXPERIMENT = Experiment(
+    id="ablation-batch-size",
+    title="RoBERTa Table 3: batch size at equal compute",
+    paper="Liu et al. 2019 (RoBERTa), Table 3; paper: BERT-base, batch 256 / 2K / 8K for 1M / 125K / 31K steps",
+    base=RunConfig(objective="mlm"),
+    rows=(
+        row("batch 1x (256)", 1, 1.0, {"ppl": 3.99, "MNLI-m": 84.7, "SST-2": 92.7, "peak lr": 1e-4}),
+        row("batch 8x (2K)", 8, 7.0, {"ppl": 3.68, "MNLI-m": 85.2, "SST-2": 92.9, "peak lr": 7e-4}),
+        row("batch 32x (8K)", 32, 10.0, {"ppl": 3.77, "MNLI-m": 84.6, "SST-2": 92.8, "peak lr": 1e-3}),
+    ),
+    metrics=("mlm_ppl", "mlm_loss", "sentiment", "topic", "downstream_avg"),
+    paper_columns=("ppl", "MNLI-m", "SST-2", "peak lr"),
+    claims=(
+        Claim("The middle batch (8x) gives the best held-out perplexity at equal compute", "best", "mlm_ppl",
+              a="batch 8x (2K)", winners=("batch 8x (2K)",)),
+        Claim("The middle batch (8x) gives the best downstream average at equal compute", "best", "downstream_avg",
+              a="batch 8x (2K)", winners=("batch 8x (2K)",)),
+    ),
+)
