@@ -166,7 +166,8 @@ def _write_split(tokenizer, kind: str, documents, directory: Path, batch_size: i
             sentences = [s for doc in batch["sentences"] for s in doc]
             ids = encode_sentences(tokenizer, kind, sentences)
             sentence_lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
-            tokens.write(np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(sentence_lengths.sum())).tobytes())
+            if ids:
+                tokens.write(np.concatenate([np.asarray(x, dtype=np.int32) for x in ids]).tobytes())
             lengths.write(sentence_lengths.tobytes())
             doc_sizes.write(np.array([len(doc) for doc in batch["sentences"]], dtype=np.int32).tobytes())
 

@@ -202,10 +202,11 @@ def _plots(experiment: Experiment, rows: dict[str, RowSummary], directory: Path)
         return written
     figure, axis = plt.subplots(figsize=(7, 4))
     for name in ordered:
-        for i, path in enumerate(rows[name].curves):
-            if not path.exists():
+        for i, work in enumerate(rows[name].curves):
+            logs = sorted(work.glob("log-*/metrics.csv"))
+            if not logs:
                 continue
-            frame = pd.read_csv(path)
+            frame = pd.concat([pd.read_csv(log) for log in logs]).sort_values("step")
             column = next((c for c in ("val/mlm_loss", "val/generator_mlm_loss") if c in frame), None)
             if column is None:
                 continue

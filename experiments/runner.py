@@ -217,7 +217,9 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
     eval_interval = max(1, p.steps // p.preset.eval_every) * accumulation
     checkpoint_every = max(1, p.steps // p.preset.checkpoints)
     fraction_steps = {max(1, round(f * p.steps)): f for f in config.evaluate_at}
-    loggers = [CSVLogger(str(work), name="", version="pretrain")]
+    # one CSV log per session: Lightning empties an existing log directory, and a resumed run must keep its curve
+    session = len(list(work.glob("log-*")))
+    loggers = [CSVLogger(str(work), name="", version=f"log-{session}")]
     wandb_logger = tracking.logger_for(p)
     if wandb_logger is not None:
         loggers.append(wandb_logger)
@@ -251,7 +253,7 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
         "train_flops": budget_of(config, p.steps, "flops"), "budget_rule": p.experiment.budget,
         "wall_time_s": round(time.time() - start, 1), "git_commit": git_commit(),
         "hardware": dataclasses.asdict(hardware) | {"precision": hardware.precision or default_precision()},
-        "curves": str((work / "pretrain" / "metrics.csv").relative_to(p.directory)),
+        "curves": str(work.relative_to(p.directory)),  # log-*/metrics.csv: the pretraining curves, per session
     }
     if trainer.is_global_zero:
         write_json_atomically(p.result_path, result)
