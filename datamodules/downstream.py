@@ -7,7 +7,8 @@
 - `files:<train>,<validation>`: local CSV / JSON(L) files with GLUE's columns (e.g. sentence or
   sentence1/sentence2, and label), loaded with the same `datasets` API as the hub.
 
-The offline tasks have no official split; a stratified split with a fixed seed (0) keeps them fixed.
+The offline tasks have no official split; a stratified split with a fixed seed (0) keeps them fixed, after
+removing repeated texts (so that no text is in both train and validation).
 """
 from __future__ import annotations
 
@@ -98,7 +99,26 @@ def _stratified_split(labels: np.ndarray, validation_fraction: float) -> tuple[n
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(validation))
 
 
+def _deduplicate(texts: list[str], labels: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Both offline sets repeat some texts; a repeat across train and validation would leak. Keep one copy,
+    and drop texts that appear with different labels."""
+    seen: dict[str, int] = {}
+    conflicting = set()
+    for text, label in zip(texts, labels.tolist()):
+        key = " ".join(text.split()).lower()
+        if seen.setdefault(key, label) != label:
+            conflicting.add(key)
+    kept = {}
+    for i, text in enumerate(texts):
+        key = " ".join(text.split()).lower()
+        if key not in conflicting and key not in kept:
+            kept[key] = i
+    order = sorted(kept.values())
+    return [texts[i] for i in order], labels[order]
+
+
 def _split(spec: TaskSpec, texts: list[str], labels: np.ndarray, validation_fraction=0.2) -> TaskData:
+    texts, labels = _deduplicate(texts, labels)
     train, validation = _stratified_split(labels, validation_fraction)
     return TaskData(spec, ([(texts[i],) for i in train], labels[train]),
                     ([(texts[i],) for i in validation], labels[validation]))

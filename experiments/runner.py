@@ -230,7 +230,8 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
                        accumulate_grad_batches=accumulation, gradient_clip_val=config.optim.gradient_clip,
                        logger=loggers, callbacks=callbacks, use_distributed_sampler=False, log_every_n_steps=max(1, p.steps // 50))
     last = work / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
+    # our own checkpoint, written by this runner: it holds the config dataclasses, so not weights-only
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None, weights_only=False)
     trainer.validate(module, datamodule=data, verbose=False)
     metrics = _metrics(trainer)
     metrics.pop("loss", None)

@@ -318,3 +318,46 @@ def test_datamodule_batches_list_masked_positions_and_count_tokens(cache):
     heldout = next(iter(data.val_dataloader()[0]))
     again = next(iter(data.val_dataloader()[0]))
     assert (heldout["input_ids"] == again["input_ids"]).all()  # the held-out set is fixed
+
+
+# -- downstream tasks -------------------------------------------------------------------------------------
+
+
+def test_offline_tasks_have_fixed_stratified_splits():
+    from datamodules.downstream import load_sentiment, load_topic
+
+    for load, classes in ((load_sentiment, 2), (load_topic, 5)):
+        first, second = load(), load()
+        assert first.validation[0] == second.validation[0]  # the split never moves
+        train_labels, val_labels = first.train[1], first.validation[1]
+        assert len(np.unique(train_labels)) == classes
+        train_share = np.bincount(train_labels) / len(train_labels)
+        val_share = np.bincount(val_labels) / len(val_labels)
+        assert np.abs(train_share - val_share).max() < 0.01  # stratified
+        assert not set(first.validation[0]) & set(first.train[0])  # no text in both
+
+
+def test_local_files_in_glue_schema_load_with_the_hub_api(tmp_path):
+    from datamodules.downstream import load_task
+
+    rows = "sentence1,sentence2,label\n" + "\n".join(f"A man eats {i}.,Someone eats {i}.,{i % 2}" for i in range(20))
+    (tmp_path / "train.csv").write_text(rows)
+    (tmp_path / "dev.csv").write_text(rows)
+    task = load_task(f"files:{tmp_path / 'train.csv'},{tmp_path / 'dev.csv'}")
+    assert task.spec.text_fields == ("sentence1", "sentence2") and task.spec.num_labels == 2
+    assert task.train[0][3] == ("A man eats 3.", "Someone eats 3.") and task.train[1][3] == 1
+    assert task.spec.metric == "accuracy" and task.majority_score() == 50.0
+    with pytest.raises(UsageError, match="unknown downstream task"):
+        load_task("imdb")
+
+
+def test_sentence_pairs_are_encoded_with_segments_and_truncated_longest_first(tiny_tokenizer):
+    from datamodules.downstream import encode_examples
+
+    long_a = "word " * 100
+    encoded = encode_examples(tiny_tokenizer, "bpe", [(long_a, "short one.")], max_length=32)[0]
+    ids, segments = encoded
+    assert len(ids) == 32 and ids[0] == CLS_ID and ids[-1] == SEP_ID and (ids == SEP_ID).sum() == 2
+    assert segments[-1] == 1 and segments[1] == 0
+    b_length = int((segments == 1).sum()) - 1
+    assert b_length == len(tiny_tokenizer.encode(" short one.", add_special_tokens=False).ids)

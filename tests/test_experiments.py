@@ -112,15 +112,18 @@ def test_killed_sweep_resumes_and_finished_rows_are_untouched(tmp_path):
     finished = directory / "rows" / "full-sentences__seed0.json"
     stamp = finished.stat().st_mtime_ns
     # start both rows; kill the process as soon as DOC-SENTENCES has written a checkpoint
+    from experiments.runner import plan
+
+    work = plan(EXPERIMENTS["ablation-nsp"], PRESETS["smoke"], 1, ["DOC-SENTENCES"], None, tmp_path)[0].work_dir
     environment = os.environ | {"WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
     process = subprocess.Popen([sys.executable, "-m", "experiments", *args], cwd=ROOT, env=environment,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not list(directory.glob("work/doc-sentences__seed0__*/checkpoints/*.ckpt")):
+    while time.time() < deadline and not list(work.glob("checkpoints/*.ckpt")):
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert list(directory.glob("work/doc-sentences__seed0__*/checkpoints/*.ckpt")), "no checkpoint before the kill"
+    assert list(work.glob("checkpoints/*.ckpt")), "no checkpoint before the kill"
     assert not (directory / "rows" / "doc-sentences__seed0.json").exists()
     again = cli(*args)
     assert again.returncode == 0, again.stderr[-3000:]
