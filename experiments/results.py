@@ -75,10 +75,13 @@ def _effect(diffs: np.ndarray) -> str:
 def check_claim(claim: Claim, rows: dict[str, RowSummary], order: list[str]) -> tuple[str, str]:
     """(verdict, measured effect): verdict is holds / does not hold / not measured."""
     among = [r for r in (claim.among or tuple(order)) if r in rows and claim.metric in rows[r].values]
-    needed = [claim.a, claim.b] if claim.kind in ("at_least", "close", "gap_smaller") else [claim.a, *claim.among]
-    missing = [r for r in needed if r and (r not in rows or claim.metric not in rows[r].values)]
-    if claim.kind == "at_least" and claim.metric_b and not missing and claim.metric_b not in rows[claim.b].values:
-        missing = [f"{claim.b} {claim.metric_b}"]
+    if claim.kind in ("at_least", "close"):
+        needed = [(claim.a, claim.metric), (claim.b, claim.metric_b or claim.metric)]
+    elif claim.kind in ("gap", "gap_smaller"):
+        needed = [(r, m) for r in (claim.a, claim.b) for m in (claim.metric, claim.metric_b)]
+    else:
+        needed = [(r, claim.metric) for r in (claim.a, *claim.among)]
+    missing = [r for r, metric in needed if r and (r not in rows or metric not in rows[r].values)]
     if missing:
         return "not measured", f"missing rows: {', '.join(missing)}"
     if claim.kind in ("at_least", "close"):
@@ -115,8 +118,6 @@ def check_claim(claim: Claim, rows: dict[str, RowSummary], order: list[str]) -> 
             values = rows[row].values
             return {s: x - y for s, x, y in zip(rows[row].seeds, values[claim.metric], values.get(claim.metric_b, []))}
 
-        if claim.metric_b not in rows[claim.a].values:
-            return "not measured", f"missing {claim.metric_b}"
         if claim.kind == "gap":
             diffs = np.array(list(gaps(claim.a).values()))
             return ("holds" if diffs.mean() > claim.margin else "does not hold"), \

@@ -98,14 +98,15 @@ def is_global_zero() -> bool:
 class SaveEncoderAt(Callback):
     """Saves the encoder to fine-tune from at given fractions of training (ELECTRA's early checkpoints)."""
 
-    def __init__(self, directory: Path, steps: dict[int, float]):
-        self.directory, self.steps = directory, steps
+    def __init__(self, directory: Path, fractions: tuple[float, ...], total_steps: int):
+        self.directory = directory
+        self.steps = {f: max(1, round(f * total_steps)) for f in fractions}
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        fraction = self.steps.get(trainer.global_step)
-        path = self.directory / f"encoder_at_{fraction}.pt"
-        if fraction is not None and trainer.is_global_zero and not path.exists():
-            torch.save(module.encoder_state(), path)
+        for fraction, step in self.steps.items():
+            path = self.directory / f"encoder_at_{fraction}.pt"
+            if trainer.global_step == step and trainer.is_global_zero and not path.exists():
+                torch.save(module.encoder_state(), path)
 
 
 @dataclass
@@ -216,7 +217,6 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
     accumulation = config.gradient_accumulation
     eval_interval = max(1, p.steps // p.preset.eval_every) * accumulation
     checkpoint_every = max(1, p.steps // p.preset.checkpoints)
-    fraction_steps = {max(1, round(f * p.steps)): f for f in config.evaluate_at}
     # one CSV log per session: Lightning empties an existing log directory, and a resumed run must keep its curve
     session = len(list(work.glob("log-*")))
     loggers = [CSVLogger(str(work), name="", version=f"log-{session}")]
@@ -225,7 +225,7 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
         loggers.append(wandb_logger)
     callbacks = [ModelCheckpoint(dirpath=str(work / "checkpoints"), every_n_train_steps=checkpoint_every,
                                  save_last=True, save_top_k=1, monitor=None, enable_version_counter=False),
-                 SaveEncoderAt(work, fraction_steps)]
+                 SaveEncoderAt(work, config.evaluate_at, p.steps)]
     trainer = _trainer(hardware, max_steps=p.steps, val_check_interval=eval_interval, check_val_every_n_epoch=None,
                        accumulate_grad_batches=accumulation, gradient_clip_val=config.optim.gradient_clip,
                        logger=loggers, callbacks=callbacks, use_distributed_sampler=False, log_every_n_steps=max(1, p.steps // 50))

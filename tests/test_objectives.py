@@ -208,12 +208,12 @@ def test_mlm_nsp_training_lowers_both_losses(tmp_path):
 def test_fine_tuning_a_pretrained_checkpoint_beats_the_majority_class(data):
     torch.manual_seed(0)
     encoder = ENCODER.replace(hidden_size=64, num_heads=4, ffn_size=256)
-    pretrained = train(MLMModule(encoder, OptimConfig(peak_lr=2e-3, max_steps=100)), data, 100)
+    pretrained = train(MLMModule(encoder, OptimConfig(peak_lr=2e-3, max_steps=300)), data, 300)
     task = load_sentiment()
-    config = FineTuneConfig(peak_lr=1e-3, epochs=3, batch_size=32, max_length=64)
+    config = FineTuneConfig(peak_lr=1e-3, epochs=4, batch_size=32, max_length=64)
     finetune_data = FineTuneDataModule(task, data.tokenized.tokenizer, "bpe", 64, 32, seed=0,
-                                       max_train_examples=3000, max_validation_examples=800)
-    steps = math.ceil(3000 / 32 * 3)
+                                       max_train_examples=4000, max_validation_examples=800)
+    steps = math.ceil(4000 / 32 * 4)
     module = FineTuneModule(encoder, 2, "accuracy", config, steps, pretrained.encoder_state())
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
