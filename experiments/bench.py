@@ -34,6 +34,15 @@ BATCH, LENGTH = 32, 128
 # ------------------------------------------------------------------------------------- preprocessing
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since it started its program. (ru_maxrss would also count the
+    parent's pages that a forked child held before exec, so it reads the parent's size.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _preprocess_child(cache: str, repeat: int) -> None:
     """Run in a subprocess: build (or open) the corpus and tokens; print seconds and peak RSS."""
     from datamodules.corpus import CorpusConfig, load_corpus
@@ -43,9 +52,8 @@ def _preprocess_child(cache: str, repeat: int) -> None:
     corpus = load_corpus(CorpusConfig(repeat=repeat), Path(cache))
     tokens = tokenize_corpus(corpus, TokenizerConfig(vocab_size=8192))
     seconds = time.perf_counter() - start
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": max(own, children), "tokens": tokens.train.stats()["tokens"]}))
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the segmentation worker processes
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": max(peak_rss_mb(), workers), "tokens": tokens.train.stats()["tokens"]}))
 
 
 def preprocess(cache: Path, repeat: int = 1) -> dict:
@@ -225,7 +233,7 @@ def _memory_child(kind: str, which: int, bf16: bool) -> None:
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
         contender.step(random_batch(generator, SMALL["vocab_size"]), bf16)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(peak_rss_mb())
 
 
 # ------------------------------------------------------------------------------------ data vs step
