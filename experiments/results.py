@@ -219,8 +219,12 @@ def _plots(experiment: Experiment, rows: dict[str, RowSummary], directory: Path)
     figure.tight_layout(), figure.savefig(directory / "curves.png", dpi=110), plt.close(figure)
     written.append("curves.png")
     metrics = [m for m in experiment.metrics if any(m in rows[r].values for r in ordered) and not m.endswith("ppl")]
-    figure, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), squeeze=False)
-    for axis, metric in zip(axes[0], metrics):
+    columns = min(4, len(metrics))
+    grid_rows = math.ceil(len(metrics) / columns)
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(3.4 * columns, 3.2 * grid_rows), squeeze=False)
+    for axis in axes.flat[len(metrics):]:
+        axis.axis("off")
+    for axis, metric in zip(axes.flat, metrics):
         means = [rows[r].mean(metric) for r in ordered]
         errors = [rows[r].std(metric) for r in ordered]
         axis.bar(range(len(ordered)), means, yerr=errors, color=[f"C{i}" for i in range(len(ordered))], capsize=3)
