@@ -133,6 +133,8 @@ class Attention(nn.Module):
 
     def _position_scores(self, q, k, table, index):
         """c2p[i,j] = Qc[i].Kr[delta(i,j)] and p2c[i,j] = Kc[j].Qr[delta(j,i)] (paper) or [delta(i,j)] (code)."""
+        if self._can_shift(q.shape[2], k.shape[2]):
+            return self._position_scores_by_shift(q, k, table)
         shared = self.config.share_position_projections
         batch, heads, q_len, _ = q.shape
         k_len = k.shape[2]
@@ -148,6 +150,35 @@ class Attention(nn.Module):
             p2c_index = index if self.config.p2c_index == "paper" else index.transpose(0, 1)
             scores = scores + torch.gather(p2c, -1, p2c_index.expand(batch, heads, k_len, q_len)).transpose(-1, -2)
         return scores
+
+    def _can_shift(self, q_len: int, k_len: int) -> bool:
+        """Without buckets and with L <= k no distance is clipped, so delta(i,j) = i - j + k exactly."""
+        return not self.config.position_buckets and q_len == k_len <= self.config.relative_span
+
+    def _position_scores_by_shift(self, q, k, table):
+        """The same scores without gathers: only the 2L-1 table rows k-L+1 .. k+L-1 can be used, and
+        a row-dependent diagonal of (L x 2L-1) scores is read by Transformer-XL's pad-and-reshape shift."""
+        length, span, shared = q.shape[2], self.config.relative_span, self.config.share_position_projections
+        window = table[span - length + 1: span + length]  # row c <-> distance c - (L - 1)
+        scores = 0
+        if self.config.c2p:
+            keys = self._heads((self.key if shared else self.position_key)(window.flip(0))[None])
+            scores = scores + relative_shift(q @ keys.transpose(-1, -2))  # [i, j] <-> row k + i - j
+        if self.config.p2c:
+            rows = window.flip(0) if self.config.p2c_index == "paper" else window
+            queries = self._heads((self.query if shared else self.position_query)(rows)[None])
+            # [j, i] <-> row k + j - i (paper, flipped window) or k - j + i (code, window as is)
+            scores = scores + relative_shift(k @ queries.transpose(-1, -2)).transpose(-1, -2)
+        return scores
+
+
+def relative_shift(scores: torch.Tensor) -> torch.Tensor:
+    """(..., L, 2L-1) -> (..., L, L) with out[a, b] = scores[a, L - 1 - a + b], by padding one column and
+    re-reading the flat rows with a stride one shorter (no gather, and a cheap backward)."""
+    length = scores.shape[-2]
+    padded = F.pad(scores, (0, 1)).flatten(-2)  # rows of 2L
+    shifted = padded[..., length - 1: length - 1 + length * (2 * length - 1)]
+    return shifted.unflatten(-1, (length, 2 * length - 1))[..., :length]
 
 
 class Block(nn.Module):

@@ -45,17 +45,30 @@ def direct_disentangled_attention(attention, x, table, config):
     return attention.output(torch.cat(outputs, -1))[None]
 
 
-def test_fast_disentangled_attention_equals_the_papers_formula():
-    encoder = random_weights(Encoder(DEBERTA)).eval()
+def test_relative_shift_reads_the_right_diagonal():
+    from ablations.encoder import relative_shift
+
+    length = 5
+    scores = torch.arange(length * (2 * length - 1), dtype=torch.float).view(length, 2 * length - 1)
+    out = relative_shift(scores)
+    expected = torch.stack([scores[a, length - 1 - a + torch.arange(length)] for a in range(length)])
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("span, length", [(6, 15), (16, 12)], ids=["clipped-gather", "unclipped-shift"])
+def test_fast_disentangled_attention_equals_the_papers_formula(span, length):
+    config = DEBERTA.replace(relative_span=span)
+    encoder = random_weights(Encoder(config)).eval()
     attention = encoder.blocks[0].attention
-    x = torch.randn(1, 15, DEBERTA.hidden_size)
-    bias, relative = encoder.attention_inputs(None, 15, "cpu")
+    assert attention._can_shift(length, length) == (length <= span)
+    x = torch.randn(1, length, config.hidden_size)
+    bias, relative = encoder.attention_inputs(None, length, "cpu")
     with torch.no_grad():
         fast = attention(x, bias, relative)
-        slow = direct_disentangled_attention(attention, x, relative[0], DEBERTA)
+        slow = direct_disentangled_attention(attention, x, relative[0], config)
     assert torch.allclose(fast, slow, atol=1e-4)
     # the code's p2c index gives a different (also tested against HF) result
-    code = Encoder(DEBERTA.replace(p2c_index="code")).eval()
+    code = Encoder(config.replace(p2c_index="code")).eval()
     code.load_state_dict(encoder.state_dict())
     with torch.no_grad():
         assert not torch.allclose(code.blocks[0].attention(x, bias, relative), slow, atol=1e-3)
