@@ -280,7 +280,6 @@ def load_corpus(config: CorpusConfig, cache_dir: Path = DEFAULT_CACHE_DIR) -> Co
 
 def _build(config: CorpusConfig, directory: Path) -> None:
     import datasets
-    import numpy as np
 
     datasets.disable_progress_bars()
     if next(iter_documents(config), None) is None:

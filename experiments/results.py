@@ -242,7 +242,6 @@ def write_index(results_dir: Path, experiments: list[Experiment]) -> Path:
               "(and after every `make ablation-*`). Numbers are as measured; see each table for seeds.\n")
     for experiment in experiments:
         for table_path in sorted((results_dir / experiment.id).glob("*/table.json")):
-            payload = json.loads(table_path.read_text())
             relative = table_path.parent.relative_to(results_dir)
             markdown = (table_path.parent / "table.md").read_text()
             markdown = markdown.replace("](", f"]({relative}/").replace("# ", "## ", 1)

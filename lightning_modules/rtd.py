@@ -23,7 +23,7 @@ from torchmetrics.classification import BinaryAUROC
 
 from ablations.config import EncoderConfig
 from ablations.encoder import Encoder
-from ablations.heads import MLMHead, RTDHead, gather_positions, init_head
+from ablations.heads import MLMHead, RTDHead, init_head
 from ablations.sharing import SHARING, average_cosine_similarity, materialized_discriminator, share_embeddings
 from datamodules.errors import require
 from datamodules.tokenization import NUM_SPECIAL
