@@ -115,41 +115,61 @@ class Attention(nn.Module):
         """x: keys/values (B, L, H); query_input: queries if they differ (the EMD), else x.
         key_padding_bias: (B, 1, 1, L) additive, -inf at padded keys.
         relative: (table (2k, H), index (Lq, L)) for disentangled attention."""
-        q = self._heads(self.query(x if query_input is None else query_input))
-        k, v = self._heads(self.key(x)), self._heads(self.value(x))
+        q, k, v = (self._heads(t) for t in self._project(x, query_input))
         bias = key_padding_bias.to(q.dtype)  # (B, 1, 1, L): cast the small tensor, never the (B, h, L, L) one
         if self.position_terms:
-            bias = self._position_scores(q, k, *relative).mul_(self.scale) + bias
+            bias = self._position_scores(q, k, *relative) + bias  # already scaled: see _scaled_positions
         p = self.config.attention_dropout if self.training else 0.0
         if p and q.device.type == "cpu":
-            # CPU SDPA runs exactly this math whenever dropout is on; doing it here swaps in the cheap mask
-            scores = torch.baddbmm(bias.expand(*q.shape[:3], k.shape[2]).flatten(0, 1), q.flatten(0, 1),
-                                   k.flatten(0, 1).transpose(1, 2), alpha=self.scale).view(*q.shape[:3], -1)
-            out = dropout(torch.softmax(scores, -1).to(q.dtype), p, True) @ v
+            # CPU SDPA runs exactly this math whenever dropout is on; doing it here swaps in the cheap mask.
+            # A key-padding bias stays (B*h, 1, L) and is broadcast by baddbmm, never materialised per query.
+            bias = bias.expand(*q.shape[:2], *bias.shape[2:]).flatten(0, 1)
+            scores = torch.baddbmm(bias, q.flatten(0, 1), k.flatten(0, 1).transpose(1, 2), alpha=self.scale)
+            out = dropout(torch.softmax(scores.view(*q.shape[:3], -1), -1).to(q.dtype), p, True) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, scale=self.scale)
         batch, _, length, _ = out.shape
         return self.output(out.transpose(1, 2).reshape(batch, length, self.config.hidden_size))
 
+    def _project(self, x, query_input=None):
+        """q, k, v (B, L, H). Self-attention runs the three projections as one GEMM over the concatenated
+        weights (one pass over x and, backwards, one gradient GEMM instead of three and two adds)."""
+        if query_input is not None:
+            return self.query(query_input), self.key(x), self.value(x)
+        layers = (self.query, self.key, self.value)
+        weight = torch.cat([layer.weight for layer in layers])
+        bias = torch.cat([layer.bias for layer in layers])
+        return F.linear(x, weight, bias).split(self.config.hidden_size, -1)
+
+    def _scaled_positions(self, projection: nn.Linear, rows: torch.Tensor) -> torch.Tensor:
+        """Projected relative embeddings as heads (1, h, R, d), times the attention scale: folding the
+        scale into these few rows spares a pass over every (B, h, L, L) score tensor."""
+        return self._heads((projection(rows) * self.scale)[None])
+
     def _position_scores(self, q, k, table, index):
-        """c2p[i,j] = Qc[i].Kr[delta(i,j)] and p2c[i,j] = Kc[j].Qr[delta(j,i)] (paper) or [delta(i,j)] (code)."""
+        """Scaled c2p[i,j] = Qc[i].Kr[delta(i,j)] and p2c[i,j] = Kc[j].Qr[delta(j,i)] (paper) or
+        [delta(i,j)] (code), each times the attention scale."""
         if self._can_shift(q.shape[2], k.shape[2]):
             return self._position_scores_by_shift(q, k, table)
-        shared = self.config.share_position_projections
         batch, heads, q_len, _ = q.shape
         k_len = k.shape[2]
         scores = 0
         if self.config.c2p:
-            position_keys = self._heads((self.key if shared else self.position_key)(table)[None])  # (1, h, 2k, d)
-            c2p = q @ position_keys.transpose(-1, -2)  # (B, h, Lq, 2k)
+            c2p = q @ self._scaled_positions(self._position_key_projection(), table).transpose(-1, -2)  # (B, h, Lq, 2k)
             scores = scores + torch.gather(c2p, -1, index.expand(batch, heads, q_len, k_len))
         if self.config.p2c:
-            position_queries = self._heads((self.query if shared else self.position_query)(table)[None])
-            p2c = k @ position_queries.transpose(-1, -2)  # (B, h, Lk, 2k): row j holds Kc[j].Qr[r]
+            # (B, h, Lk, 2k): row j holds Kc[j].Qr[r]
+            p2c = k @ self._scaled_positions(self._position_query_projection(), table).transpose(-1, -2)
             # entry [j, i] must hold Kc[j].Qr[delta(j,i)] (paper) = index[j, i], or delta(i,j) (code) = index[i, j]
             p2c_index = index if self.config.p2c_index == "paper" else index.transpose(0, 1)
             scores = scores + torch.gather(p2c, -1, p2c_index.expand(batch, heads, k_len, q_len)).transpose(-1, -2)
         return scores
+
+    def _position_key_projection(self) -> nn.Linear:
+        return self.key if self.config.share_position_projections else self.position_key
+
+    def _position_query_projection(self) -> nn.Linear:
+        return self.query if self.config.share_position_projections else self.position_query
 
     def _can_shift(self, q_len: int, k_len: int) -> bool:
         """Without buckets and with L <= k no distance is clipped, so delta(i,j) = i - j + k exactly."""
@@ -157,27 +177,28 @@ class Attention(nn.Module):
 
     def _position_scores_by_shift(self, q, k, table):
         """The same scores without gathers: only the 2L-1 table rows k-L+1 .. k+L-1 can be used, and
-        a row-dependent diagonal of (L x 2L-1) scores is read by Transformer-XL's pad-and-reshape shift."""
-        length, span, shared = q.shape[2], self.config.relative_span, self.config.share_position_projections
+        a row-dependent diagonal of (L x 2L-1) scores is read by Transformer-XL's shift. One zero row
+        appended to the window makes each GEMM write the (L x 2L) layout the shift reads as a view."""
+        length, span = q.shape[2], self.config.relative_span
         window = table[span - length + 1: span + length]  # row c <-> distance c - (L - 1)
         scores = 0
         if self.config.c2p:
-            keys = self._heads((self.key if shared else self.position_key)(window.flip(0))[None])
+            keys = self._scaled_positions(self._position_key_projection(), F.pad(window.flip(0), (0, 0, 0, 1)))
             scores = scores + relative_shift(q @ keys.transpose(-1, -2))  # [i, j] <-> row k + i - j
         if self.config.p2c:
             rows = window.flip(0) if self.config.p2c_index == "paper" else window
-            queries = self._heads((self.query if shared else self.position_query)(rows)[None])
+            queries = self._scaled_positions(self._position_query_projection(), F.pad(rows, (0, 0, 0, 1)))
             # [j, i] <-> row k + j - i (paper, flipped window) or k - j + i (code, window as is)
             scores = scores + relative_shift(k @ queries.transpose(-1, -2)).transpose(-1, -2)
         return scores
 
 
 def relative_shift(scores: torch.Tensor) -> torch.Tensor:
-    """(..., L, 2L-1) -> (..., L, L) with out[a, b] = scores[a, L - 1 - a + b], by padding one column and
-    re-reading the flat rows with a stride one shorter (no gather, and a cheap backward)."""
+    """(..., L, 2L) -> (..., L, L) with out[a, b] = scores[a, L - 1 - a + b]: the flat rows re-read with a
+    stride one shorter (a view: no copy, no gather). The last column is never read."""
     length = scores.shape[-2]
-    padded = F.pad(scores, (0, 1)).flatten(-2)  # rows of 2L
-    shifted = padded[..., length - 1: length - 1 + length * (2 * length - 1)]
+    assert scores.shape[-1] == 2 * length, "relative_shift expects (L, 2L) scores (window plus one spare row)"
+    shifted = scores.flatten(-2)[..., length - 1: length - 1 + length * (2 * length - 1)]
     return shifted.unflatten(-1, (length, 2 * length - 1))[..., :length]
 
 
@@ -264,6 +285,12 @@ class Encoder(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, embedding_noise=None):
         x = self.embeddings(input_ids, token_type_ids, embedding_noise)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # CPU autocast keeps LayerNorm in its input's dtype, so an fp32 residual stream would be cast
+            # to bf16 again at every Linear (q, k and v each) and every gradient cast back. Carrying the
+            # stream in the autocast dtype, as bf16 training usually does, removes those copies; weights,
+            # optimizer state and losses stay fp32. (On GPUs autocast runs LayerNorm in fp32 anyway.)
+            x = x.to(torch.get_autocast_dtype("cpu"))
         bias, relative = self.attention_inputs(attention_mask, input_ids.shape[1], input_ids.device)
         for block in self.blocks:
             x = block(x, bias, relative)

@@ -49,7 +49,7 @@ def test_relative_shift_reads_the_right_diagonal():
     from ablations.encoder import relative_shift
 
     length = 5
-    scores = torch.arange(length * (2 * length - 1), dtype=torch.float).view(length, 2 * length - 1)
+    scores = torch.arange(length * 2 * length, dtype=torch.float).view(length, 2 * length)
     out = relative_shift(scores)
     expected = torch.stack([scores[a, length - 1 - a + torch.arange(length)] for a in range(length)])
     assert torch.equal(out, expected)
@@ -115,7 +115,7 @@ def test_switching_off_a_term_removes_exactly_that_term():
         table = model.relative_norm(model.relative_table.weight)
         index = relative_position_index(12, 12, config, "cpu")
         q, k = attention._heads(attention.query(x)), attention._heads(attention.key(x))
-        return attention._position_scores(q, k, table, index)
+        return attention._position_scores(q, k, table, index) / attention.scale  # each config has its scale
 
     with torch.no_grad():
         both = position_scores(DEBERTA)
