@@ -40,17 +40,30 @@ def relative_position_index(query_length: int, key_length: int, config: EncoderC
     return (relative + span).clamp(0, 2 * span - 1)
 
 
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout. On the CPU, torch's Bernoulli sampler costs as much as a matmul of the same
+def keep_mask(shape, p: float) -> torch.Tensor:
+    """A CPU dropout mask (True = keep). torch's Bernoulli sampler costs as much as a matmul of the same
     size; here four 16-bit uniforms come from each 64-bit draw of the same generator (so seeding still
-    makes runs reproducible), with p exact to 1/65536. Elsewhere, torch's own (fused) dropout."""
+    makes runs reproducible), with p exact to 1/65536."""
+    numel = math.prod(shape)
+    draws = torch.empty((numel + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    return draws.view(torch.int16)[:numel].view(shape) >= -32768 + round(p * 65536)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout: the cheap mask on the CPU, torch's own (fused) dropout elsewhere."""
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
-    draws = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
-    keep = draws.view(torch.int16)[: x.numel()].view(x.shape) >= -32768 + round(p * 65536)
-    return x * keep * (1.0 / (1.0 - p))
+    return x * keep_mask(x.shape, p) * (1.0 / (1.0 - p))
+
+
+def dropout_add(residual: torch.Tensor, x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """residual + dropout(x). On the CPU one addcmul does the mask, the 1/(1-p) scale and the add in a
+    single pass over the activations (three otherwise, and as many backwards)."""
+    if not training or p == 0.0 or x.device.type != "cpu":
+        return residual + dropout(x, p, training)
+    return torch.addcmul(residual, x, keep_mask(x.shape, p), value=1.0 / (1.0 - p))
 
 
 class Dropout(nn.Module):
@@ -125,7 +138,9 @@ class Attention(nn.Module):
             # A key-padding bias stays (B*h, 1, L) and is broadcast by baddbmm, never materialised per query.
             bias = bias.expand(*q.shape[:2], *bias.shape[2:]).flatten(0, 1)
             scores = torch.baddbmm(bias, q.flatten(0, 1), k.flatten(0, 1).transpose(1, 2), alpha=self.scale)
-            out = dropout(torch.softmax(scores.view(*q.shape[:3], -1), -1).to(q.dtype), p, True) @ v
+            probs = torch.softmax(scores.view(*q.shape[:3], -1), -1).to(q.dtype)
+            # dropout's 1/(1-p) is applied to the (B, h, L, d) output, half the size of the probabilities
+            out = ((probs * keep_mask(probs.shape, p)) @ v).mul_(1.0 / (1.0 - p))
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, scale=self.scale)
         batch, _, length, _ = out.shape
@@ -217,13 +232,14 @@ class Block(nn.Module):
 
     def forward(self, x, key_padding_bias, relative=None, query_input=None):
         residual = x if query_input is None else query_input
+        p, training = self.dropout.p, self.training
         if self.pre_norm:
             attended = self.attention(self.attention_norm(x), key_padding_bias, relative,
                                       None if query_input is None else self.attention_norm(query_input))
-            h = residual + self.dropout(attended)
-            return h + self.dropout(self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(h)))))
-        h = self.attention_norm(residual + self.dropout(self.attention(x, key_padding_bias, relative, query_input)))
-        return self.ffn_norm(h + self.dropout(self.ffn_out(F.gelu(self.ffn_in(h)))))
+            h = dropout_add(residual, attended, p, training)
+            return dropout_add(h, self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(h)))), p, training)
+        h = self.attention_norm(dropout_add(residual, self.attention(x, key_padding_bias, relative, query_input), p, training))
+        return self.ffn_norm(dropout_add(h, self.ffn_out(F.gelu(self.ffn_in(h))), p, training))
 
 
 class EnhancedMaskDecoder(nn.Module):

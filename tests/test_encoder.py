@@ -182,3 +182,21 @@ def test_invalid_encoder_configs_are_reported_together():
     with pytest.raises(UsageError) as error:
         EncoderConfig(hidden_size=30, num_heads=4, attention="sparse").validate()
     assert "not divisible" in str(error.value) and "unknown attention" in str(error.value)
+
+
+def test_cpu_dropout_drops_a_fraction_p_and_keeps_the_mean():
+    from ablations.encoder import dropout, dropout_add
+
+    torch.manual_seed(0)
+    x = torch.ones(400_000)
+    y = dropout(x, 0.1, training=True)
+    assert abs((y == 0).float().mean().item() - 0.1) < 0.003
+    assert torch.unique(y).tolist() == pytest.approx([0.0, 1 / 0.9])
+    assert abs(y.mean().item() - 1.0) < 0.005
+    # the fused residual form draws the same mask from the same generator state
+    residual = torch.randn_like(x)
+    torch.manual_seed(1)
+    fused = dropout_add(residual, x, 0.1, training=True)
+    torch.manual_seed(1)
+    assert torch.allclose(fused, residual + dropout(x, 0.1, training=True))
+    assert torch.equal(dropout_add(residual, x, 0.1, training=False), residual + x)
