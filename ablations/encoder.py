@@ -121,30 +121,32 @@ class Attention(nn.Module):
         self.scale = 1.0 / math.sqrt(config.head_size * (1 + self.position_terms))
 
     def _heads(self, x):
+        """(B, L, H) -> (h, B, L, d), contiguous. Head-major: the same tensor is (h*B, L, d) for the
+        per-sequence attention GEMMs and (h, B*L, d) for DeBERTa's position GEMMs, both as views."""
         batch, length, _ = x.shape
-        return x.view(batch, length, self.config.num_heads, self.config.head_size).transpose(1, 2)
+        return x.view(batch, length, self.config.num_heads, self.config.head_size).permute(2, 0, 1, 3).contiguous()
 
     def forward(self, x, key_padding_bias, relative=None, query_input=None):
         """x: keys/values (B, L, H); query_input: queries if they differ (the EMD), else x.
-        key_padding_bias: (B, 1, 1, L) additive, -inf at padded keys.
+        key_padding_bias: (1, B, 1, L) additive, -inf at padded keys (head-major, like q, k, v).
         relative: (table (2k, H), index (Lq, L)) for disentangled attention."""
         q, k, v = (self._heads(t) for t in self._project(x, query_input))
-        bias = key_padding_bias.to(q.dtype)  # (B, 1, 1, L): cast the small tensor, never the (B, h, L, L) one
+        bias = key_padding_bias.to(q.dtype)  # cast the small tensor, never the (h, B, L, L) one
         if self.position_terms:
             bias = self._position_scores(q, k, *relative) + bias  # already scaled: see _scaled_positions
         p = self.config.attention_dropout if self.training else 0.0
         if p and q.device.type == "cpu":
             # CPU SDPA runs exactly this math whenever dropout is on; doing it here swaps in the cheap mask.
-            # A key-padding bias stays (B*h, 1, L) and is broadcast by baddbmm, never materialised per query.
+            # A key-padding bias stays (h*B, 1, L) and is broadcast by baddbmm, never materialised per query.
             bias = bias.expand(*q.shape[:2], *bias.shape[2:]).flatten(0, 1)
             scores = torch.baddbmm(bias, q.flatten(0, 1), k.flatten(0, 1).transpose(1, 2), alpha=self.scale)
             probs = torch.softmax(scores.view(*q.shape[:3], -1), -1).to(q.dtype)
-            # dropout's 1/(1-p) is applied to the (B, h, L, d) output, half the size of the probabilities
+            # dropout's 1/(1-p) is applied to the (h, B, L, d) output, half the size of the probabilities
             out = ((probs * keep_mask(probs.shape, p)) @ v).mul_(1.0 / (1.0 - p))
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, scale=self.scale)
-        batch, _, length, _ = out.shape
-        return self.output(out.transpose(1, 2).reshape(batch, length, self.config.hidden_size))
+        _, batch, length, _ = out.shape
+        return self.output(out.permute(1, 2, 0, 3).reshape(batch, length, self.config.hidden_size))
 
     def _project(self, x, query_input=None):
         """q, k, v (B, L, H). Self-attention runs the three projections as one GEMM over the concatenated
@@ -157,27 +159,34 @@ class Attention(nn.Module):
         return F.linear(x, weight, bias).split(self.config.hidden_size, -1)
 
     def _scaled_positions(self, projection: nn.Linear, rows: torch.Tensor) -> torch.Tensor:
-        """Projected relative embeddings as heads (1, h, R, d), times the attention scale: folding the
-        scale into these few rows spares a pass over every (B, h, L, L) score tensor."""
-        return self._heads((projection(rows) * self.scale)[None])
+        """Projected relative embeddings as heads (h, R, d), times the attention scale: folding the
+        scale into these few rows spares a pass over every (h, B, L, L) score tensor."""
+        return self._heads((projection(rows) * self.scale)[None])[:, 0]
+
+    @staticmethod
+    def _against_positions(x, positions):
+        """(h, B, L, d) x (h, R, d) -> (h, B, L, R): one GEMM per head over all B*L rows (no copy of the
+        positions per sequence, and their gradient is one GEMM, not B of them summed)."""
+        heads, batch, length, _ = x.shape
+        return torch.bmm(x.flatten(1, 2), positions.transpose(1, 2)).view(heads, batch, length, -1)
 
     def _position_scores(self, q, k, table, index):
         """Scaled c2p[i,j] = Qc[i].Kr[delta(i,j)] and p2c[i,j] = Kc[j].Qr[delta(j,i)] (paper) or
         [delta(i,j)] (code), each times the attention scale."""
         if self._can_shift(q.shape[2], k.shape[2]):
             return self._position_scores_by_shift(q, k, table)
-        batch, heads, q_len, _ = q.shape
+        heads, batch, q_len, _ = q.shape
         k_len = k.shape[2]
         scores = 0
         if self.config.c2p:
-            c2p = q @ self._scaled_positions(self._position_key_projection(), table).transpose(-1, -2)  # (B, h, Lq, 2k)
-            scores = scores + torch.gather(c2p, -1, index.expand(batch, heads, q_len, k_len))
+            c2p = self._against_positions(q, self._scaled_positions(self._position_key_projection(), table))
+            scores = scores + torch.gather(c2p, -1, index.expand(heads, batch, q_len, k_len))  # c2p: (h, B, Lq, 2k)
         if self.config.p2c:
-            # (B, h, Lk, 2k): row j holds Kc[j].Qr[r]
-            p2c = k @ self._scaled_positions(self._position_query_projection(), table).transpose(-1, -2)
+            # (h, B, Lk, 2k): row j holds Kc[j].Qr[r]
+            p2c = self._against_positions(k, self._scaled_positions(self._position_query_projection(), table))
             # entry [j, i] must hold Kc[j].Qr[delta(j,i)] (paper) = index[j, i], or delta(i,j) (code) = index[i, j]
             p2c_index = index if self.config.p2c_index == "paper" else index.transpose(0, 1)
-            scores = scores + torch.gather(p2c, -1, p2c_index.expand(batch, heads, k_len, q_len)).transpose(-1, -2)
+            scores = scores + torch.gather(p2c, -1, p2c_index.expand(heads, batch, k_len, q_len)).transpose(-1, -2)
         return scores
 
     def _position_key_projection(self) -> nn.Linear:
@@ -199,12 +208,12 @@ class Attention(nn.Module):
         scores = 0
         if self.config.c2p:
             keys = self._scaled_positions(self._position_key_projection(), F.pad(window.flip(0), (0, 0, 0, 1)))
-            scores = scores + relative_shift(q @ keys.transpose(-1, -2))  # [i, j] <-> row k + i - j
+            scores = scores + relative_shift(self._against_positions(q, keys))  # [i, j] <-> row k + i - j
         if self.config.p2c:
             rows = window.flip(0) if self.config.p2c_index == "paper" else window
             queries = self._scaled_positions(self._position_query_projection(), F.pad(rows, (0, 0, 0, 1)))
             # [j, i] <-> row k + j - i (paper, flipped window) or k - j + i (code, window as is)
-            scores = scores + relative_shift(k @ queries.transpose(-1, -2)).transpose(-1, -2)
+            scores = scores + relative_shift(self._against_positions(k, queries)).transpose(-1, -2)
         return scores
 
 
@@ -290,7 +299,7 @@ class Encoder(nn.Module):
             bias = torch.zeros(1, 1, 1, length, device=device)
         else:
             bias = torch.zeros(attention_mask.shape, device=device).masked_fill(~attention_mask.bool(), float("-inf"))
-            bias = bias[:, None, None, :]
+            bias = bias[None, :, None, :]  # (1, B, 1, L): head-major, see Attention._heads
         relative = None
         if self.relative_table is not None:
             table = self.relative_table.weight
