@@ -133,8 +133,13 @@ def _cell(summary: RowSummary | None, metric: str) -> str:
     if summary is None or metric not in summary.values:
         return "-"
     mean, std = summary.mean(metric), summary.std(metric)
+    several = len(summary.values[metric]) > 1
+    if metric == "parameters":  # counts: whole numbers with separators
+        return f"{mean:,.0f} +- {std:,.0f}" if several else f"{mean:,.0f}"
+    if metric.endswith("_rate"):  # rare events (unknown tokens): a percentage that keeps small values visible
+        return f"{100 * mean:.4f}% +- {100 * std:.4f}%" if several else f"{100 * mean:.4f}%"
     digits = 3 if abs(mean) < 10 else 1
-    return f"{mean:.{digits}f} +- {std:.{digits}f}" if len(summary.values[metric]) > 1 else f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} +- {std:.{digits}f}" if several else f"{mean:.{digits}f}"
 
 
 def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
