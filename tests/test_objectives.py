@@ -233,3 +233,25 @@ def test_invalid_rtd_configs():
     with pytest.raises(UsageError, match="must be the discriminator's size"):
         RTDConfig(sharing="all", generator_width=0.5).validate()
     assert MaskingConfig(replacement="electra").mix == (0.85, 0.15, 0.0)
+
+
+def test_the_discriminator_learns_to_tell_replaced_from_original(data):
+    """A control for the RTD plumbing (inputs, labels, head, loss): when every replacement is one fixed
+    token, the discriminator must find them all, and only them. (Real, weak generators at small scale
+    draw plausible tokens, and then it stays near the base rate of its labels for a long time.)"""
+    torch.manual_seed(0)
+    module = RTDModule(ENCODER, OptimConfig(peak_lr=2e-3, max_steps=80), RTDConfig(sharing="nes"))
+    corrupt = module.corrupt
+
+    def always_token_7(batch, logits, sampler=None):
+        return corrupt(batch, torch.full_like(logits, -1e4).index_fill(1, torch.tensor([7]), 0.0), sampler)
+
+    module.corrupt = always_token_7
+    train(module, data, steps=80)
+    module.eval()
+    batch = collate([data.train_set[i] for i in range(32)])
+    with torch.no_grad():
+        out = module.losses(batch)
+    assert float(out["replaced_fraction"]) > 0.9  # nearly every masked position now holds token 7
+    assert float(out["recall"]) > 0.9 and float(out["precision"]) > 0.9, out
+    assert float(out["disc_loss"]) < 0.1
