@@ -54,7 +54,8 @@ def load_rows(experiment: Experiment, directory: Path) -> dict[str, RowSummary]:
         summary.train_flops.append(record["train_flops"])
         summary.wall_time_s.append(record["wall_time_s"])
         summary.curves.append(directory / record["curves"])
-        summary.commits.add(record["git_commit"][:8])
+        commit = record["git_commit"]
+        summary.commits.add(commit[:8] + ("-dirty" if commit.endswith("-dirty") else ""))
     return found
 
 

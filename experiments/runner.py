@@ -76,10 +76,16 @@ def slug(name: str) -> str:
     return "".join(c.lower() if c.isalnum() else "-" for c in name).strip("-")
 
 
+@lru_cache(maxsize=1)
 def git_commit() -> str:
+    """The commit of the code this process runs, read once when the first row starts (a row that ends
+    after a later commit still ran the earlier code); "-dirty" when tracked files had uncommitted changes."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or "unknown"
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=5).stdout.strip()
+        return (commit + ("-dirty" if changed else "")) if commit else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -205,6 +211,7 @@ def _metrics(trainer: L.Trainer, prefix: str = "val/") -> dict[str, float]:
 def run_row(p: RowPlan, hardware: Hardware) -> dict:
     """Pretrain (resuming if interrupted), evaluate on the held-out blocks, fine-tune, write the row JSON."""
     start = time.time()
+    commit = git_commit()
     config, work = p.config, p.work_dir
     work.mkdir(parents=True, exist_ok=True)
     L.seed_everything(p.seed, workers=True, verbose=False)
@@ -252,7 +259,7 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
         "config_hash": config.config_hash(), "config": config.to_dict(), "metrics": metrics,
         "steps": p.steps, "tokens_seen": module.tokens_seen, "padded_tokens": p.steps * config.tokens_per_step,
         "train_flops": budget_of(config, p.steps, "flops"), "budget_rule": p.experiment.budget,
-        "wall_time_s": round(time.time() - start, 1), "git_commit": git_commit(),
+        "wall_time_s": round(time.time() - start, 1), "git_commit": commit,
         "hardware": dataclasses.asdict(hardware) | {"precision": hardware.precision or default_precision()},
         "curves": str(work.relative_to(p.directory)),  # log-*/metrics.csv: the pretraining curves, per session
     }
