@@ -237,11 +237,11 @@ class Block(nn.Module):
         self.ffn_in = nn.Linear(config.hidden_size, config.ffn_size)
         self.ffn_out = nn.Linear(config.ffn_size, config.hidden_size)
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = Dropout(config.dropout)
+        self.dropout_p = config.dropout  # applied with the residual add, see dropout_add
 
     def forward(self, x, key_padding_bias, relative=None, query_input=None):
         residual = x if query_input is None else query_input
-        p, training = self.dropout.p, self.training
+        p, training = self.dropout_p, self.training
         if self.pre_norm:
             attended = self.attention(self.attention_norm(x), key_padding_bias, relative,
                                       None if query_input is None else self.attention_norm(query_input))
