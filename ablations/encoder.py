@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablations.config import EncoderConfig
+from ablations.fast_ops import Dropout, Linear, dropout_add, keep_mask, linear
 
 
 def log_bucket_position(relative: torch.Tensor, bucket_size: int, max_position: int) -> torch.Tensor:
@@ -40,41 +41,6 @@ def relative_position_index(query_length: int, key_length: int, config: EncoderC
     return (relative + span).clamp(0, 2 * span - 1)
 
 
-def keep_mask(shape, p: float) -> torch.Tensor:
-    """A CPU dropout mask (True = keep). torch's Bernoulli sampler costs as much as a matmul of the same
-    size; here four 16-bit uniforms come from each 64-bit draw of the same generator (so seeding still
-    makes runs reproducible), with p exact to 1/65536."""
-    numel = math.prod(shape)
-    draws = torch.empty((numel + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
-    return draws.view(torch.int16)[:numel].view(shape) >= -32768 + round(p * 65536)
-
-
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout: the cheap mask on the CPU, torch's own (fused) dropout elsewhere."""
-    if not training or p == 0.0:
-        return x
-    if x.device.type != "cpu":
-        return F.dropout(x, p, True)
-    return x * keep_mask(x.shape, p) * (1.0 / (1.0 - p))
-
-
-def dropout_add(residual: torch.Tensor, x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """residual + dropout(x). On the CPU one addcmul does the mask, the 1/(1-p) scale and the add in a
-    single pass over the activations (three otherwise, and as many backwards)."""
-    if not training or p == 0.0 or x.device.type != "cpu":
-        return residual + dropout(x, p, training)
-    return torch.addcmul(residual, x, keep_mask(x.shape, p), value=1.0 / (1.0 - p))
-
-
-class Dropout(nn.Module):
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x):
-        return dropout(x, self.p, self.training)
-
-
 class Embeddings(nn.Module):
     """Word (+ absolute position for BERT/RoBERTa) (+ segment) embeddings -> LayerNorm -> dropout
     [-> projection to the hidden size, ELECTRA-Small]. DeBERTa has no absolute positions at the input."""
@@ -88,7 +54,7 @@ class Embeddings(nn.Module):
         self.token_type = nn.Embedding(config.type_vocab_size, dim) if config.type_vocab_size else None
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.dropout)
-        self.project = nn.Linear(dim, config.hidden_size) if dim != config.hidden_size else None
+        self.project = Linear(dim, config.hidden_size) if dim != config.hidden_size else None
 
     def forward(self, input_ids, token_type_ids=None, noise=None):
         x = self.word(input_ids)
@@ -110,14 +76,14 @@ class Attention(nn.Module):
         super().__init__()
         self.config = config
         hidden = config.hidden_size
-        self.query, self.key, self.value = (nn.Linear(hidden, hidden) for _ in range(3))
-        self.output = nn.Linear(hidden, hidden)
+        self.query, self.key, self.value = (Linear(hidden, hidden) for _ in range(3))
+        self.output = Linear(hidden, hidden)
         self.disentangled = config.attention == "disentangled"
         self.position_terms = int(config.c2p) + int(config.p2c) if self.disentangled else 0
         if self.disentangled and not config.share_position_projections:
             # each switched-off term removes its projection: -C2P has no position keys, -P2C no position queries
-            self.position_key = nn.Linear(hidden, hidden) if config.c2p else None
-            self.position_query = nn.Linear(hidden, hidden) if config.p2c else None
+            self.position_key = Linear(hidden, hidden) if config.c2p else None
+            self.position_query = Linear(hidden, hidden) if config.p2c else None
         self.scale = 1.0 / math.sqrt(config.head_size * (1 + self.position_terms))
 
     def _heads(self, x):
@@ -156,7 +122,7 @@ class Attention(nn.Module):
         layers = (self.query, self.key, self.value)
         weight = torch.cat([layer.weight for layer in layers])
         bias = torch.cat([layer.bias for layer in layers])
-        return F.linear(x, weight, bias).split(self.config.hidden_size, -1)
+        return linear(x, weight, bias).split(self.config.hidden_size, -1)
 
     def _scaled_positions(self, projection: nn.Linear, rows: torch.Tensor) -> torch.Tensor:
         """Projected relative embeddings as heads (h, R, d), times the attention scale: folding the
@@ -234,8 +200,8 @@ class Block(nn.Module):
         self.pre_norm = config.pre_layer_norm
         self.attention = Attention(config)
         self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.ffn_in = nn.Linear(config.hidden_size, config.ffn_size)
-        self.ffn_out = nn.Linear(config.ffn_size, config.hidden_size)
+        self.ffn_in = Linear(config.hidden_size, config.ffn_size)
+        self.ffn_out = Linear(config.ffn_size, config.hidden_size)
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout_p = config.dropout  # applied with the residual add, see dropout_add
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablations.config import EncoderConfig
-from ablations.encoder import Dropout
+from ablations.fast_ops import Dropout, Linear, linear
 
 
 def gather_positions(hidden: torch.Tensor, flat_positions: torch.Tensor) -> torch.Tensor:
@@ -20,14 +20,14 @@ class MLMHead(nn.Module):
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.embedding_dim)
+        self.dense = Linear(config.hidden_size, config.embedding_dim)
         self.norm = nn.LayerNorm(config.embedding_dim, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden, flat_positions, word_embeddings: torch.Tensor):
         x = gather_positions(hidden, flat_positions) if flat_positions is not None else hidden
         x = self.norm(F.gelu(self.dense(x)))
-        return x @ word_embeddings.t() + self.bias
+        return linear(x, word_embeddings, self.bias)
 
 
 class NSPHead(nn.Module):
@@ -35,8 +35,8 @@ class NSPHead(nn.Module):
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
-        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
-        self.classifier = nn.Linear(config.hidden_size, 2)
+        self.pooler = Linear(config.hidden_size, config.hidden_size)
+        self.classifier = Linear(config.hidden_size, 2)
 
     def forward(self, hidden):
         return self.classifier(torch.tanh(self.pooler(hidden[:, 0])))
@@ -47,8 +47,8 @@ class RTDHead(nn.Module):
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.out = nn.Linear(config.hidden_size, 1)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
+        self.out = Linear(config.hidden_size, 1)
 
     def forward(self, hidden):
         return self.out(F.gelu(self.dense(hidden))).squeeze(-1)
@@ -59,9 +59,9 @@ class ClassificationHead(nn.Module):
 
     def __init__(self, config: EncoderConfig, num_labels: int):
         super().__init__()
-        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.pooler = Linear(config.hidden_size, config.hidden_size)
         self.dropout = Dropout(config.dropout)
-        self.out = nn.Linear(config.hidden_size, num_labels)
+        self.out = Linear(config.hidden_size, num_labels)
 
     def forward(self, hidden):
         return self.out(self.dropout(torch.tanh(self.pooler(self.dropout(hidden[:, 0])))))

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ablations.config import EncoderConfig
 from ablations.encoder import Encoder, log_bucket_position, relative_position_index
@@ -185,7 +186,7 @@ def test_invalid_encoder_configs_are_reported_together():
 
 
 def test_cpu_dropout_drops_a_fraction_p_and_keeps_the_mean():
-    from ablations.encoder import dropout, dropout_add
+    from ablations.fast_ops import dropout, dropout_add
 
     torch.manual_seed(0)
     x = torch.ones(400_000)
@@ -200,3 +201,31 @@ def test_cpu_dropout_drops_a_fraction_p_and_keeps_the_mean():
     torch.manual_seed(1)
     assert torch.allclose(fused, residual + dropout(x, 0.1, training=True))
     assert torch.equal(dropout_add(residual, x, 0.1, training=False), residual + x)
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 24), (5, 24)])
+@pytest.mark.parametrize("out_features", [40, 16])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_cpu_linear_matches_torch_in_value_and_gradients(shape, out_features, with_bias):
+    from ablations import fast_ops
+
+    if not fast_ops.ONEDNN_LINEAR:
+        pytest.skip("this torch build has no oneDNN")
+    torch.manual_seed(0)
+    x = torch.randn(shape, requires_grad=True)
+    weight = torch.randn(out_features, shape[-1], requires_grad=True)
+    bias = torch.randn(out_features, requires_grad=True) if with_bias else None
+    ours = fast_ops.linear(x, weight, bias)
+    assert type(ours.grad_fn).__name__ == "_OneDNNLinearBackward"  # the oneDNN path ran, not F.linear
+    grad = torch.randn_like(ours)
+    inputs = [x, weight] + ([bias] if with_bias else [])
+    ours_grads = torch.autograd.grad(ours, inputs, grad)
+    reference = F.linear(x, weight, bias)
+    reference_grads = torch.autograd.grad(reference, inputs, grad)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    for mine, theirs in zip(ours_grads, reference_grads):
+        assert mine.shape == theirs.shape
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+    # under autocast (and on other devices) it is F.linear
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast_ops.linear(x, weight, bias).dtype == torch.bfloat16
