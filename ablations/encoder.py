@@ -108,7 +108,7 @@ class Attention(nn.Module):
             scores = torch.baddbmm(bias, q.flatten(0, 1), k.flatten(0, 1).transpose(1, 2), alpha=self.scale)
             probs = torch.softmax(scores.view(*q.shape[:3], -1), -1).to(q.dtype)
             # dropout's 1/(1-p) is applied to the (h, B, L, d) output, half the size of the probabilities
-            out = ((probs * keep_mask(probs.shape, p)) @ v).mul_(1.0 / (1.0 - p))
+            out = ((probs * keep_mask(probs.shape, p, probs.dtype)) @ v).mul_(1.0 / (1.0 - p))
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, scale=self.scale)
         _, batch, length, _ = out.shape

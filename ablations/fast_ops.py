@@ -84,13 +84,15 @@ class Linear(nn.Linear):
 # ---------------------------------------------------------------------------------------- dropout
 
 
-def keep_mask(shape, p: float) -> torch.Tensor:
-    """A CPU dropout mask (True = keep). torch's Bernoulli sampler costs as much as a matmul of the same
-    size; here four 16-bit uniforms come from each 64-bit draw of the same generator (so seeding still
-    makes runs reproducible), with p exact to 1/65536."""
+def keep_mask(shape, p: float, dtype: torch.dtype) -> torch.Tensor:
+    """A CPU dropout mask, 1 = keep, in `dtype` (that of the tensor it multiplies: a bool mask is cast
+    again by every multiply and its backward). torch's Bernoulli sampler costs as much as a matmul of
+    the same size; here four 16-bit uniforms come from each 64-bit draw of the same generator (so
+    seeding still makes runs reproducible), with p exact to 1/65536."""
     numel = math.prod(shape)
     draws = torch.empty((numel + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
-    return draws.view(torch.int16)[:numel].view(shape) >= -32768 + round(p * 65536)
+    uniform16 = draws.view(torch.int16)[:numel].view(shape)
+    return torch.ge(uniform16, -32768 + round(p * 65536), out=torch.empty(shape, dtype=dtype))
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -99,7 +101,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
-    return x * keep_mask(x.shape, p) * (1.0 / (1.0 - p))
+    return x * keep_mask(x.shape, p, x.dtype) * (1.0 / (1.0 - p))
 
 
 def dropout_add(residual: torch.Tensor, x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -107,7 +109,7 @@ def dropout_add(residual: torch.Tensor, x: torch.Tensor, p: float, training: boo
     single pass over the activations (three otherwise, and as many backwards)."""
     if not training or p == 0.0 or x.device.type != "cpu":
         return residual + dropout(x, p, training)
-    return torch.addcmul(residual, x, keep_mask(x.shape, p), value=1.0 / (1.0 - p))
+    return torch.addcmul(residual, x, keep_mask(x.shape, p, x.dtype), value=1.0 / (1.0 - p))
 
 
 class Dropout(nn.Module):

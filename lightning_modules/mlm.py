@@ -27,6 +27,13 @@ def masked_lm(encoder: Encoder, head: MLMHead, batch: dict, input_ids=None):
     return head(states, batch["mlm_positions"], encoder.embeddings.word.weight), hidden
 
 
+def mlm_loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy in fp32 and accuracy, both from one fp32 copy of the (possibly bf16) logits:
+    an argmax over bf16 is ~6x slower on the CPU than over fp32 (measured, 628 x 8192)."""
+    logits = logits.float()
+    return F.cross_entropy(logits, labels), (logits.detach().argmax(-1) == labels).float().mean()
+
+
 class HeldoutMLM(torch.nn.Module):
     """Held-out MLM loss / perplexity / accuracy, averaged over masked tokens (not batches)."""
 
@@ -37,8 +44,9 @@ class HeldoutMLM(torch.nn.Module):
     def update(self, logits, labels):
         count = labels.numel()
         if count:
-            self.loss.update(F.cross_entropy(logits.float(), labels), weight=count)
-            self.accuracy.update((logits.argmax(-1) == labels).float().mean(), weight=count)
+            loss, accuracy = mlm_loss_and_accuracy(logits, labels)
+            self.loss.update(loss, weight=count)
+            self.accuracy.update(accuracy, weight=count)
 
     def log_to(self, module, prefix: str = "val/mlm"):
         loss = self.loss.compute()
@@ -60,8 +68,8 @@ class MLMModule(ObjectiveModule):
 
     def losses(self, batch):
         logits, hidden = masked_lm(self.encoder, self.mlm_head, batch)
-        mlm = F.cross_entropy(logits.float(), batch["mlm_labels"])
-        out = {"mlm_loss": mlm, "mlm_acc": (logits.argmax(-1) == batch["mlm_labels"]).float().mean()}
+        mlm, accuracy = mlm_loss_and_accuracy(logits, batch["mlm_labels"])
+        out = {"mlm_loss": mlm, "mlm_acc": accuracy}
         loss = mlm
         if self.nsp_head is not None:
             nsp_logits = self.nsp_head(hidden)

@@ -28,7 +28,7 @@ from ablations.sharing import SHARING, average_cosine_similarity, materialized_d
 from datamodules.errors import require
 from datamodules.tokenization import NUM_SPECIAL
 from lightning_modules.base import ObjectiveModule, OptimConfig
-from lightning_modules.mlm import HeldoutMLM, masked_lm
+from lightning_modules.mlm import HeldoutMLM, masked_lm, mlm_loss_and_accuracy
 
 VARIANTS = ("electra", "electra-15", "replace-mlm", "all-tokens-mlm")
 
@@ -117,12 +117,12 @@ class RTDModule(ObjectiveModule):
         """The losses and stats, plus what validation reuses: generator logits, RTD logits, replaced."""
         generator_logits, _ = masked_lm(self.generator, self.generator_head, batch)
         labels = batch["mlm_labels"]
-        mlm = F.cross_entropy(generator_logits.float(), labels)
+        mlm, generator_accuracy = mlm_loss_and_accuracy(generator_logits, labels)
         corrupted, original, replaced = self.corrupt(batch, generator_logits, sampler)
         mask = batch["attention_mask"]
         hidden = self.discriminator(corrupted, mask, batch["token_type_ids"])
         out = {"generator_mlm_loss": mlm,
-               "generator_mlm_acc": (generator_logits.argmax(-1) == labels).float().mean(),
+               "generator_mlm_acc": generator_accuracy,
                "replaced_fraction": replaced.sum() / max(1, labels.numel())}
         variant = self.rtd.variant
         extras = {"generator_logits": generator_logits, "replaced": replaced}
@@ -140,8 +140,8 @@ class RTDModule(ObjectiveModule):
             extras["rtd_logits"] = logits
         elif variant == "replace-mlm":
             logits = self.discriminator_mlm_head(hidden, batch["mlm_positions"], self.discriminator.embeddings.word.weight)
-            disc = F.cross_entropy(logits.float(), labels)
-            out |= {"disc_mlm_loss": disc, "disc_mlm_acc": (logits.argmax(-1) == labels).float().mean()}
+            disc, disc_accuracy = mlm_loss_and_accuracy(logits, labels)
+            out |= {"disc_mlm_loss": disc, "disc_mlm_acc": disc_accuracy}
             out["loss"] = mlm + disc
         else:  # all-tokens-mlm with the copy mechanism
             disc = self._all_tokens_loss(hidden, corrupted, original, mask)
