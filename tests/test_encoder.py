@@ -229,3 +229,28 @@ def test_cpu_linear_matches_torch_in_value_and_gradients(shape, out_features, wi
     # under autocast (and on other devices) it is F.linear
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert fast_ops.linear(x, weight, bias).dtype == torch.bfloat16
+
+
+def test_cpu_random_words_are_splitmix64_keyed_by_torchs_generator():
+    from ablations.fast_ops import random_words
+
+    def splitmix64(state: int) -> int:  # the published algorithm, on Python integers
+        z = state % 2**64
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 % 2**64
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EB % 2**64
+        return z ^ (z >> 31)
+
+    torch.manual_seed(3)
+    key = torch.empty((), dtype=torch.int64).random_(-(2**63), 2**63 - 1).item()
+    torch.manual_seed(3)
+    words = random_words(1000)
+    expected = [splitmix64(key + i * 0x9E3779B97F4A7C15) for i in (0, 1, 2, 999)]
+    assert [w % 2**64 for w in words[[0, 1, 2, 999]].tolist()] == expected
+    # the 16-bit lanes the dropout masks use are uniform and uncorrelated with their neighbours
+    lanes = random_words(250_000).view(torch.int16).double().view(-1, 4)
+    assert lanes.mean(0).abs().max() < 150  # uniform on [-32768, 32767]: sd of a mean of 250k is 38
+    assert lanes.std(0).sub(65536 / math.sqrt(12)).abs().max() < 100
+    within_word = torch.corrcoef(lanes.T) - torch.eye(4, dtype=torch.double)
+    next_word = torch.corrcoef(torch.stack([lanes[:-1, 0], lanes[1:, 0]]))[0, 1]
+    assert within_word.abs().max() < 0.01 and abs(next_word) < 0.01  # sd of a correlation over 250k is 0.002
+    assert not torch.equal(random_words(8), random_words(8))  # each call draws a new key
