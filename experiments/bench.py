@@ -4,7 +4,7 @@
    repeated 10x, to show memory stays bounded as the corpus grows.
 2. Building and masking one batch vs one training step of a small model.
 3. Training steps of our encoders vs HuggingFace transformers at the same configuration and on the same
-   batches, interleaved round by round, each model in its own process (see `Worker`): MLM vs BertForMaskedLM (fp32, bf16), DeBERTa vs DebertaV2ForMaskedLM (fp32, bf16),
+   batches, interleaved round by round, each model and precision in its own process (see `Worker`): MLM vs BertForMaskedLM (fp32, bf16), DeBERTa vs DebertaV2ForMaskedLM (fp32, bf16),
    RTD vs ELECTRA built from ElectraForMaskedLM + ElectraForPreTraining with shared embeddings (bf16).
    Tokens/s, model FLOPs per token, achieved FLOP/s and peak memory of each.
 
@@ -190,19 +190,20 @@ class HFElectra(torch.nn.Module):
 
 
 class Worker:
-    """One contender in its own process, stepping on command. A user trains one model per process; in a
-    shared one, HF's allocations (about 186k page faults per DeBERTa bf16 step, as measured, against
-    none of ours once warm) left the allocator in a state that slowed the other model by 5-15%."""
+    """One contender at one precision in its own process, stepping on command, as a user's training run
+    would be. In a shared process the models' allocations interact: HF's steps take ~180k page faults each
+    (measured; ours none once warm), and the allocator state each model leaves moved the other's speed by
+    5-20% either way; switching precision within one process does the same."""
 
-    def __init__(self, kind: str, which: int, steps: int):
+    def __init__(self, kind: str, which: int, bf16: bool, steps: int):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "experiments.bench", "--worker", kind, str(which), str(steps)],
+            [sys.executable, "-m", "experiments.bench", "--worker", kind, str(which), str(int(bf16)), str(steps)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         hello = self._reply()
         self.name, self.flops_per_token = hello["name"], hello["flops_per_token"]
 
-    def seconds_per_step(self, bf16: bool, steps: int) -> float:
-        self.process.stdin.write(f"{int(bf16)} {steps}\n")
+    def seconds_per_step(self, steps: int) -> float:
+        self.process.stdin.write(f"{steps}\n")
         self.process.stdin.flush()
         return self._reply()["seconds_per_step"]
 
@@ -220,49 +221,46 @@ class Worker:
 WORKER_REPLY = "BENCH-WORKER "
 
 
-def _worker(kind: str, which: int, steps: int) -> None:
+def _worker(kind: str, which: int, bf16: bool, steps: int) -> None:
     """The worker's side: build the model and the batches (seeded: both workers train on the same ones),
-    then time `steps` training steps per request."""
+    then time `count` training steps per request."""
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, 16)))
     contender = contenders(kind, only=which)[which]
     generator = torch.Generator().manual_seed(0)
     batches = [random_batch(generator, SMALL["vocab_size"]) for _ in range(steps)]
     print(WORKER_REPLY + json.dumps({"name": contender.name, "flops_per_token": contender.flops_per_token}), flush=True)
     for request in sys.stdin:
-        bf16, count = (int(field) for field in request.split())
+        count = int(request)
         start = time.perf_counter()
         for batch in batches[:count]:
-            contender.step(batch, bool(bf16))
+            contender.step(batch, bf16)
         print(WORKER_REPLY + json.dumps({"seconds_per_step": (time.perf_counter() - start) / count}), flush=True)
 
 
 def measure(kind: str, precisions: list[bool], steps: int, rounds: int) -> list[dict]:
-    """Ours and HF's, each in its worker, interleaved round by round on the same batches; median step time."""
-    pair = (Worker(kind, 0, steps), Worker(kind, 1, steps))
-    try:
-        for worker in pair:  # warm-up: first calls allocate and pick kernels
-            for bf16 in precisions:
-                worker.seconds_per_step(bf16, 2)
-        times = {(worker.name, bf16): [] for worker in pair for bf16 in precisions}
-        for _ in range(rounds):
-            for bf16 in precisions:
-                for worker in pair:
-                    times[(worker.name, bf16)].append(worker.seconds_per_step(bf16, steps))
-    finally:
-        for worker in pair:
-            worker.close()
+    """Per precision, ours and HF's, each in its worker, interleaved round by round on the same batches;
+    the median step time of each."""
     rows = []
     for bf16 in precisions:
-        ours, theirs = pair
-        our_time = statistics.median(times[(ours.name, bf16)])
-        their_time = statistics.median(times[(theirs.name, bf16)])
-        for worker, seconds in ((ours, our_time), (theirs, their_time)):
+        pair = (Worker(kind, 0, bf16, steps), Worker(kind, 1, bf16, steps))
+        try:
+            for worker in pair:  # warm-up: first calls allocate and pick kernels
+                worker.seconds_per_step(2)
+            times = ([], [])
+            for _ in range(rounds):
+                for worker, seconds in zip(pair, times):
+                    seconds.append(worker.seconds_per_step(steps))
+        finally:
+            for worker in pair:
+                worker.close()
+        medians = [statistics.median(seconds) for seconds in times]
+        for worker, seconds in zip(pair, medians):
             tokens_per_s = BATCH * LENGTH / seconds
             rows.append({"model": worker.name, "precision": "bf16" if bf16 else "fp32",
                          "step_s": round(seconds, 4), "tokens_per_s": round(tokens_per_s),
                          "model_flops_per_token": f"{worker.flops_per_token:.3e}",
                          "achieved_gflops": round(worker.flops_per_token * tokens_per_s / 1e9, 1)})
-        rows[-2]["speedup_vs_hf"] = round(their_time / our_time, 2)
+        rows[-2]["speedup_vs_hf"] = round(medians[1] / medians[0], 2)
     return rows
 
 
@@ -316,12 +314,13 @@ def main(argv=None) -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "bench.json")
     parser.add_argument("--preprocess-child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
-    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.preprocess_child:
         return _preprocess_child(args.preprocess_child[0], int(args.preprocess_child[1]))
     if args.worker:
-        return _worker(args.worker[0], int(args.worker[1]), int(args.worker[2]))
+        kind, which, bf16, steps = args.worker
+        return _worker(kind, int(which), bool(int(bf16)), int(steps))
     if args.memory_child:
         return _memory_child(args.memory_child[0], int(args.memory_child[1]), bool(int(args.memory_child[2])))
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, 16)))
