@@ -4,8 +4,8 @@
   weight gradient) go through oneDNN instead of torch's default BLAS. On AMD CPUs MKL's sgemm takes its
   AVX2 path even where AVX-512 is available; oneDNN dispatches on the CPU's instruction set and runs the
   same fp32 GEMM about 2.2x faster on the 2-core development machine (`make bench` measures the effect).
-  Results are fp32 GEMMs either way (no reduced-precision math mode). Under autocast, on GPUs, or
-  where oneDNN is missing, it is `F.linear`.
+  Results are fp32 GEMMs either way (no reduced-precision math mode). Under autocast, on GPUs, under
+  torch.compile (which picks its own GEMMs), or where oneDNN is missing, it is `F.linear`.
 - `dropout` / `dropout_add`: on the CPU a mask from 16-bit slices of SplitMix64 random words (torch's
   Bernoulli sampler costs as much as a matmul of the same size), and the residual add fused with it.
 """
@@ -69,7 +69,7 @@ class _OneDNNLinear(torch.autograd.Function):
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear, with its GEMMs on oneDNN for fp32 on the CPU (see the module docstring)."""
     if (ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")):
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
         return _OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 

@@ -254,3 +254,18 @@ def test_cpu_random_words_are_splitmix64_keyed_by_torchs_generator():
     next_word = torch.corrcoef(torch.stack([lanes[:-1, 0], lanes[1:, 0]]))[0, 1]
     assert within_word.abs().max() < 0.01 and abs(next_word) < 0.01  # sd of a correlation over 250k is 0.002
     assert not torch.equal(random_words(8), random_words(8))  # each call draws a new key
+
+
+def test_compiled_encoder_matches_eager_and_trains():
+    """`--compile` (speed only) must give the eager model's outputs; the CPU fast paths step aside for it."""
+    torch.manual_seed(0)
+    config = EncoderConfig(num_layers=2, hidden_size=64, num_heads=2, ffn_size=128, vocab_size=500, max_positions=64)
+    eager = Encoder(config).eval()
+    compiled = Encoder(config).eval()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile()
+    ids = torch.randint(5, 500, (2, 16))
+    out = compiled(ids)
+    torch.testing.assert_close(out, eager(ids), rtol=1e-4, atol=1e-4)
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in compiled.blocks.parameters())
