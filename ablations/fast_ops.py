@@ -49,7 +49,7 @@ class _OneDNNLinear(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         flat = x.reshape(-1, x.shape[-1])
-        return torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "").view(*x.shape[:-1], -1)
+        return torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "").view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     @once_differentiable
@@ -68,7 +68,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear, with its GEMMs on oneDNN for fp32 on the CPU (see the module docstring)."""
-    if (ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+    if (ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.numel()
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
         return _OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)

@@ -229,6 +229,11 @@ def test_cpu_linear_matches_torch_in_value_and_gradients(shape, out_features, wi
     # under autocast (and on other devices) it is F.linear
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert fast_ops.linear(x, weight, bias).dtype == torch.bfloat16
+    # no rows (say, no masked position in a batch) is an empty result with zero weight gradient
+    empty = fast_ops.linear(x[:0], weight, bias)
+    assert empty.shape == (0, *ours.shape[1:])
+    empty.sum().backward()
+    assert weight.grad is not None and not weight.grad.any()
 
 
 def test_cpu_random_words_are_splitmix64_keyed_by_torchs_generator():
