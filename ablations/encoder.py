@@ -213,7 +213,8 @@ class Block(nn.Module):
                                       None if query_input is None else self.attention_norm(query_input))
             h = dropout_add(residual, attended, p, training)
             return dropout_add(h, self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(h)))), p, training)
-        h = self.attention_norm(dropout_add(residual, self.attention(x, key_padding_bias, relative, query_input), p, training))
+        attended = self.attention(x, key_padding_bias, relative, query_input)
+        h = self.attention_norm(dropout_add(residual, attended, p, training))
         return self.ffn_norm(dropout_add(h, self.ffn_out(F.gelu(self.ffn_in(h))), p, training))
 
 

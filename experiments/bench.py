@@ -4,8 +4,9 @@
    repeated 10x, to show memory stays bounded as the corpus grows.
 2. Building and masking one batch vs one training step of a small model.
 3. Training steps of our encoders vs HuggingFace transformers at the same configuration and on the same
-   batches, interleaved round by round, each model and precision in its own process (see `Worker`): MLM vs BertForMaskedLM (fp32, bf16), DeBERTa vs DebertaV2ForMaskedLM (fp32, bf16),
-   RTD vs ELECTRA built from ElectraForMaskedLM + ElectraForPreTraining with shared embeddings (bf16).
+   batches, interleaved round by round, each model and precision in its own process (see `Worker`):
+   MLM vs BertForMaskedLM (fp32, bf16), DeBERTa vs DebertaV2ForMaskedLM (fp32, bf16), RTD vs ELECTRA
+   built from ElectraForMaskedLM + ElectraForPreTraining with shared embeddings (bf16).
    Tokens/s, model FLOPs per token, achieved FLOP/s and peak memory of each.
 
 Writes results/bench.json. `--quick` runs fewer steps (for a fast look; the figures are noisier).
@@ -29,6 +30,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(num_layers=4, hidden_size=256, num_heads=4, ffn_size=1024, vocab_size=8192, max_positions=512)
 BATCH, LENGTH = 32, 128
+
+
+def use_all_cores() -> None:
+    """Every process of the bench (coordinator, timing workers, memory probes) runs on the same threads."""
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 16)))
 
 
 # ------------------------------------------------------------------------------------- preprocessing
@@ -224,7 +230,7 @@ WORKER_REPLY = "BENCH-WORKER "
 def _worker(kind: str, which: int, bf16: bool, steps: int) -> None:
     """The worker's side: build the model and the batches (seeded: both workers train on the same ones),
     then time `count` training steps per request."""
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 16)))
+    use_all_cores()
     contender = contenders(kind, only=which)[which]
     generator = torch.Generator().manual_seed(0)
     batches = [random_batch(generator, SMALL["vocab_size"]) for _ in range(steps)]
@@ -272,7 +278,7 @@ def peak_memory_mb(kind: str, which: int, bf16: bool) -> float:
 
 
 def _memory_child(kind: str, which: int, bf16: bool) -> None:
-    torch.set_num_threads(2)
+    use_all_cores()
     contender = contenders(kind, only=which)[which]
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
@@ -323,7 +329,7 @@ def main(argv=None) -> None:
         return _worker(kind, int(which), bool(int(bf16)), int(steps))
     if args.memory_child:
         return _memory_child(args.memory_child[0], int(args.memory_child[1]), bool(int(args.memory_child[2])))
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 16)))
+    use_all_cores()
     parts = args.only.split(",")
     steps, rounds = (3, 2) if args.quick else (5, 4)
     report = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}}
