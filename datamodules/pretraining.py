@@ -3,7 +3,10 @@
 Batches hold a target number of (padded) tokens rather than a fixed number of sequences, so short
 inputs (SENTENCE-PAIR, the ends of documents in DOC-SENTENCES) get more sequences per batch, as RoBERTa
 does (§4.2). Every row, whatever its training format, is validated on the same held-out blocks:
-DOC-SENTENCES over the held-out documents, masked once with a fixed seed and BERT's 80/10/10 mix.
+DOC-SENTENCES over the held-out documents, masked once with a fixed seed. Every row masks the same
+held-out positions; what fills them is the replacement mix the row trains with (BERT's 80/10/10 for MLM,
+ELECTRA's 85/15 or DeBERTa-RTD's 100% [MASK] for a generator), so each model is evaluated on the
+inputs it learned from.
 """
 from __future__ import annotations
 
@@ -24,7 +27,13 @@ from datamodules.tokenization import PAD_ID, TokenizedCorpus, TokenizerConfig, t
 
 HELDOUT_FORMAT = "doc-sentences"
 HELDOUT_SEED = 12345
-HELDOUT_MASKING = MaskingConfig()
+HELDOUT_MASKING = MaskingConfig()  # the selection (15%, fixed seed); the mix follows the row, see heldout_masking
+
+
+def heldout_masking(training: MaskingConfig) -> MaskingConfig:
+    """The shared held-out selection with the row's own replacement mix. mask_tokens draws the selected
+    positions before the replacement actions, so every mix masks exactly the same positions."""
+    return dataclasses.replace(HELDOUT_MASKING, replacement=training.replacement)
 
 
 @dataclass(frozen=True)
@@ -194,11 +203,12 @@ class PretrainingDataModule(L.LightningDataModule):
         self.train_format = InputFormat(config.input_format, tokenized.train, config.block_size, self.seed)
         self.train_set = MaskedExamples(self.train_format, config.masking, tokenized.vocab_size, self.seed)
         heldout_format = InputFormat(HELDOUT_FORMAT, tokenized.val, config.block_size, HELDOUT_SEED)
-        self.heldout_set = MaskedExamples(heldout_format, HELDOUT_MASKING, tokenized.vocab_size, HELDOUT_SEED)
+        masking = heldout_masking(config.masking)
+        self.heldout_set = MaskedExamples(heldout_format, masking, tokenized.vocab_size, HELDOUT_SEED)
         self.nsp_val_set = None
         if config.has_nsp and len(tokenized.val.document_sentences) >= 2:
             nsp_format = InputFormat(config.input_format, tokenized.val, config.block_size, HELDOUT_SEED)
-            self.nsp_val_set = MaskedExamples(nsp_format, HELDOUT_MASKING, tokenized.vocab_size, HELDOUT_SEED)
+            self.nsp_val_set = MaskedExamples(nsp_format, masking, tokenized.vocab_size, HELDOUT_SEED)
 
     def train_dataloader(self) -> DataLoader:
         sampler = TokenBudgetBatches(self.train_set, self.config.tokens_per_batch, self.seed, shuffle=True)

@@ -320,6 +320,27 @@ def test_datamodule_batches_list_masked_positions_and_count_tokens(cache):
     assert (heldout["input_ids"] == again["input_ids"]).all()  # the held-out set is fixed
 
 
+@pytest.mark.parametrize("mix, allowed", [("electra", "mask or original"), ("deberta-rtd", "mask only")])
+def test_heldout_inputs_of_an_rtd_generator_use_the_masking_it_trained_with(cache, mix, allowed):
+    """Same held-out positions for every row, filled by the row's own mix: an ELECTRA generator (85/15)
+    never sees a random token there, a DeBERTa-RTD one (100% [MASK]) only [MASK]."""
+    def heldout(replacement):
+        config = PretrainingDataConfig(corpus=SMALL_NEWS, tokenizer=SMALL_TOKENIZER, block_size=64, tokens_per_batch=1024,
+                                       masking=MaskingConfig(replacement=replacement))
+        data = PretrainingDataModule(config, seed=0, cache_dir=cache)
+        data.setup()
+        return [b for _, b in zip(range(3), data.val_dataloader()[0])]
+
+    for bert, rtd in zip(heldout("bert"), heldout(mix)):
+        assert (bert["mlm_positions"] == rtd["mlm_positions"]).all() and (bert["mlm_labels"] == rtd["mlm_labels"]).all()
+        inputs = rtd["input_ids"].reshape(-1)[rtd["mlm_positions"]]
+        is_mask, is_original = inputs == MASK_ID, inputs == rtd["mlm_labels"]
+        assert (is_mask | is_original).all() if allowed == "mask or original" else is_mask.all()
+        assert is_original.any() == (allowed == "mask or original")
+        bert_inputs = bert["input_ids"].reshape(-1)[bert["mlm_positions"]]
+        assert ((bert_inputs != MASK_ID) & (bert_inputs != bert["mlm_labels"])).any()  # BERT's 10% random tokens
+
+
 # -- downstream tasks -------------------------------------------------------------------------------------
 
 
