@@ -43,7 +43,11 @@ class NSPHead(nn.Module):
 
 
 class RTDHead(nn.Module):
-    """ELECTRA's discriminator head: dense -> GELU -> dense to one logit per token (replaced or not)."""
+    """ELECTRA's discriminator head: dense -> GELU -> dense to one logit per token (replaced or not).
+
+    The one-unit projection runs in fp32 even under bf16 autocast: bf16 keeps 8 bits of mantissa, so
+    logits that differ by less than ~0.4% tie, and a collapsed or barely trained discriminator then
+    reads as AUC 0.5000 exactly. It is one dot product per token, so the cost is nil."""
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
@@ -51,7 +55,9 @@ class RTDHead(nn.Module):
         self.out = Linear(config.hidden_size, 1)
 
     def forward(self, hidden):
-        return self.out(F.gelu(self.dense(hidden))).squeeze(-1)
+        features = F.gelu(self.dense(hidden))
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.out(features.float()).squeeze(-1)
 
 
 class ClassificationHead(nn.Module):

@@ -7,14 +7,14 @@ BERT (MLM). Steps are set so every row spends the same training FLOPs (counted b
 from datamodules.masking import MaskingConfig
 from datamodules.pretraining import PretrainingDataConfig
 from experiments.spec import Claim, Experiment, Row, RunConfig
-from lightning_modules.rtd import RTDConfig
+from lightning_modules.rtd import HEAD_BIAS_PRIOR_NOTE, RTDConfig
 
 EXPERIMENT = Experiment(
     id="ablation-electra-efficiency",
     title="ELECTRA Table 5: efficiency analysis",
     paper="Clark et al. 2020 (ELECTRA), Table 5; paper: base size, GLUE dev score",
     base=RunConfig(objective="rtd", data=PretrainingDataConfig(masking=MaskingConfig(replacement="electra")),
-                   rtd=RTDConfig(sharing="es", generator_width=0.25)),
+                   rtd=RTDConfig(sharing="es", generator_width=0.25, head_bias_prior=True)),
     rows=(
         Row("ELECTRA", {"rtd.variant": "electra"}, {"GLUE": 85.0}),
         Row("All-Tokens MLM", {"rtd.variant": "all-tokens-mlm"}, {"GLUE": 84.3}),
@@ -22,7 +22,7 @@ EXPERIMENT = Experiment(
         Row("ELECTRA 15%", {"rtd.variant": "electra-15"}, {"GLUE": 82.4}),
         Row("BERT", {"objective": "mlm", "data.masking.replacement": "bert"}, {"GLUE": 82.2}),
     ),
-    metrics=("sentiment", "topic", "downstream_avg"),
+    metrics=("disc_auc", "disc_loss", "disc_token_cosine", "generator_mlm_acc", "sentiment", "topic", "downstream_avg"),
     paper_columns=("GLUE",),
     budget="flops",
     claims=(
@@ -33,4 +33,5 @@ EXPERIMENT = Experiment(
         Claim("Most of the gain comes from all tokens: All-Tokens MLM >= Replace MLM", "at_least", "downstream_avg",
               a="All-Tokens MLM", b="Replace MLM"),
     ),
+    notes=HEAD_BIAS_PRIOR_NOTE,
 )

@@ -6,7 +6,7 @@ size sweep ties token and position embeddings (ES) and scales the generator's wi
 from datamodules.masking import MaskingConfig
 from datamodules.pretraining import PretrainingDataConfig
 from experiments.spec import Claim, Experiment, Row, RunConfig
-from lightning_modules.rtd import RTDConfig
+from lightning_modules.rtd import HEAD_BIAS_PRIOR_NOTE, RTDConfig
 
 SWEEP = (("1/8", 0.125), ("1/4", 0.25), ("1/2", 0.5), ("3/4", 0.75), ("1", 1.0))
 
@@ -15,14 +15,15 @@ EXPERIMENT = Experiment(
     title="ELECTRA 3.2: weight tying and generator size",
     paper="Clark et al. 2020 (ELECTRA), §3.2 and Figure 3 (left); paper: GLUE dev score",
     base=RunConfig(objective="rtd", data=PretrainingDataConfig(masking=MaskingConfig(replacement="electra")),
-                   rtd=RTDConfig(sharing="es", generator_width=1.0)),
+                   rtd=RTDConfig(sharing="es", generator_width=1.0, head_bias_prior=True)),
     rows=(
         Row("no tying", {"rtd.sharing": "nes", "rtd.generator_width": 1.0}, {"GLUE": 83.6}),
         Row("tie token embeddings", {"rtd.sharing": "es", "rtd.generator_width": 1.0}, {"GLUE": 84.3}),
         Row("tie all weights", {"rtd.sharing": "all", "rtd.generator_width": 1.0}, {"GLUE": 84.4}),
         *(Row(f"generator {name} width", {"rtd.sharing": "es", "rtd.generator_width": width}) for name, width in SWEEP),
     ),
-    metrics=("generator_mlm_acc", "disc_acc", "disc_auc", "sentiment", "topic", "downstream_avg"),
+    metrics=("generator_mlm_acc", "disc_acc", "disc_auc", "disc_loss", "disc_token_cosine", "sentiment", "topic",
+             "downstream_avg"),
     paper_columns=("GLUE",),
     claims=(
         Claim("Tying token embeddings helps: tie token embeddings >= no tying", "at_least", "downstream_avg",
@@ -33,4 +34,5 @@ EXPERIMENT = Experiment(
               among=tuple(f"generator {name} width" for name, _ in SWEEP),
               winners=("generator 1/4 width", "generator 1/2 width")),
     ),
+    notes=HEAD_BIAS_PRIOR_NOTE,
 )

@@ -6,7 +6,7 @@ ELECTRA row is also fine-tuned from its checkpoints at 6.25 / 12.5 / 25 / 50% of
 from datamodules.masking import MaskingConfig
 from datamodules.pretraining import PretrainingDataConfig
 from experiments.spec import Claim, Experiment, Row, RunConfig
-from lightning_modules.rtd import RTDConfig
+from lightning_modules.rtd import HEAD_BIAS_PRIOR_NOTE, RTDConfig
 
 FRACTIONS = (0.0625, 0.125, 0.25, 0.5)
 HALF_WIDTH_EMBEDDINGS = {"encoder.embedding_size": lambda c: c.encoder.hidden_size // 2}
@@ -16,14 +16,14 @@ EXPERIMENT = Experiment(
     title="ELECTRA Table 1: ELECTRA-Small vs BERT-Small at equal FLOPs",
     paper="Clark et al. 2020 (ELECTRA), Table 1; paper: 1.4e18 FLOPs, GLUE dev score",
     base=RunConfig(objective="rtd", data=PretrainingDataConfig(masking=MaskingConfig(replacement="electra")),
-                   rtd=RTDConfig(sharing="es", generator_width=0.25)),
+                   rtd=RTDConfig(sharing="es", generator_width=0.25, head_bias_prior=True)),
     rows=(
         Row("ELECTRA-Small", HALF_WIDTH_EMBEDDINGS | {"evaluate_at": FRACTIONS},
             {"GLUE": 79.9, "GLUE @50%": 79.0, "GLUE @25%": 77.7, "GLUE @12.5%": 76.0, "GLUE @6.25%": 74.1}),
         Row("BERT-Small", HALF_WIDTH_EMBEDDINGS | {"objective": "mlm", "data.masking.replacement": "bert"},
             {"GLUE": 75.1}),
     ),
-    metrics=("downstream_avg", "downstream_avg@0.5", "downstream_avg@0.25", "downstream_avg@0.125",
+    metrics=("disc_auc", "disc_loss", "disc_token_cosine", "generator_mlm_acc", "downstream_avg", "downstream_avg@0.5", "downstream_avg@0.25", "downstream_avg@0.125",
              "downstream_avg@0.0625", "sentiment", "topic"),
     paper_columns=("GLUE", "GLUE @50%", "GLUE @25%", "GLUE @12.5%", "GLUE @6.25%"),
     budget="flops",
@@ -33,4 +33,5 @@ EXPERIMENT = Experiment(
         Claim("Early checkpoints already do well: ELECTRA-Small at 25% of training >= BERT-Small at 100%",
               "at_least", "downstream_avg@0.25", a="ELECTRA-Small", b="BERT-Small", metric_b="downstream_avg"),
     ),
+    notes=HEAD_BIAS_PRIOR_NOTE,
 )

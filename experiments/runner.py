@@ -195,7 +195,7 @@ def cached_task(name: str):
 def build_module(config: RunConfig, vocab_size: int):
     encoder = config.encoder.replace(vocab_size=vocab_size)
     if config.objective == "rtd":
-        return RTDModule(encoder, config.optim, config.rtd)
+        return RTDModule(encoder, config.optim, config.rtd, config.data.masking.probability)
     return MLMModule(encoder, config.optim, nsp=config.data.has_nsp)
 
 

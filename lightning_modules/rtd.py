@@ -14,11 +14,13 @@ ELECTRA's efficiency-analysis variants (Table 5) are settings of the same module
 """
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import BinaryAUROC
 
 from ablations.config import EncoderConfig
@@ -43,6 +45,11 @@ class RTDConfig:
     generator_depth: float = 1.0  # G's layers / D's (DeBERTaV3: 0.5 at the same width)
     temperature: float = 1.0  # Gumbel-max sampling temperature
     variant: str = "electra"  # electra | electra-15 | replace-mlm | all-tokens-mlm
+    # departure (ELECTRA's code starts the bias at 0): start the RTD head's output bias at the log-odds of
+    # the share of replaced tokens at initialisation. At 0 every original token's BCE gradient points the
+    # same way, and under Adam the whole network rather than this one bias absorbs the base rate: the
+    # discriminator's token states collapse to one vector within ~30 steps (README, "RTD at small").
+    head_bias_prior: bool = False
 
     def validate(self) -> None:
         problems = []
@@ -59,6 +66,21 @@ class RTDConfig:
         require(problems, "RTD config")
 
 
+# Said in the notes of every table whose rows set `head_bias_prior`.
+HEAD_BIAS_PRIOR_NOTE = (
+    "Departure (`rtd.head_bias_prior`): the RTD head's output bias starts at the log-odds of the replaced share "
+    "(about 15%), not at ELECTRA's 0. At 0, every discriminator here collapsed within ~30 steps (all held-out "
+    "token states one vector, logits flat); see the README, 'RTD at small'.")
+
+
+def replaced_share_at_init(masking_probability: float, vocab_size: int, variant: str) -> float:
+    """The share of RTD-loss tokens that are replaced while G is still untrained (its samples nearly
+    uniform, so a sample equals the original about once in V draws): every selected token for ELECTRA 15%
+    (the loss covers only those), the masking probability of all tokens otherwise."""
+    replaced = 1.0 - 1.0 / max(2, vocab_size - NUM_SPECIAL)
+    return replaced if variant == "electra-15" else masking_probability * replaced
+
+
 def generator_config(discriminator: EncoderConfig, rtd: RTDConfig) -> EncoderConfig:
     """G is D scaled in width and/or depth; it keeps D's embedding size so tables can be shared."""
     width = rtd.generator_width
@@ -71,6 +93,31 @@ def generator_config(discriminator: EncoderConfig, rtd: RTDConfig) -> EncoderCon
     )
 
 
+class TokenCosine(Metric):
+    """Mean cosine similarity over all pairs of distinct token states, exactly, in O(n d): with unit rows
+    u_i and s = sum_i u_i, sum_{i != j} u_i . u_j = |s|^2 - n (as in ablations.sharing). Summed over
+    batches and devices, so it covers every held-out token. Near 1, every token has the same state."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.add_state("unit_sum", torch.zeros(width, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, states: torch.Tensor) -> None:
+        self.unit_sum += F.normalize(states.double(), dim=-1).sum(0)
+        self.count += states.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        n = self.count
+        return (self.unit_sum @ self.unit_sum - n) / (n * (n - 1)).clamp(min=1)
+
+
+# A discriminator whose token states are this alike, or whose logits are this flat, says the same thing
+# for every token: it has collapsed (a learning one stays far below; README, "RTD at small").
+COLLAPSED_TOKEN_COSINE = 0.9
+COLLAPSED_LOGIT_STD = 0.05
+
+
 def gumbel_max_sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None):
     """argmax(logits / T + Gumbel noise) == a sample from softmax(logits / T), without a host sync."""
     uniform = torch.rand(logits.shape, device=logits.device, generator=generator).clamp_(1e-9, 1 - 1e-9)
@@ -78,7 +125,7 @@ def gumbel_max_sample(logits: torch.Tensor, temperature: float, generator: torch
 
 
 class RTDModule(ObjectiveModule):
-    def __init__(self, encoder: EncoderConfig, optim: OptimConfig, rtd: RTDConfig):
+    def __init__(self, encoder: EncoderConfig, optim: OptimConfig, rtd: RTDConfig, masking_probability: float = 0.15):
         super().__init__(optim)
         rtd.validate()
         self.save_hyperparameters()
@@ -92,10 +139,17 @@ class RTDModule(ObjectiveModule):
             self.discriminator_mlm_head = init_head(MLMHead(discriminator_config))
         if rtd.variant in ("electra", "electra-15", "all-tokens-mlm"):
             self.rtd_head = init_head(RTDHead(discriminator_config))  # for all-tokens-mlm: the copy gate
+        if rtd.head_bias_prior and rtd.variant in ("electra", "electra-15"):
+            share = replaced_share_at_init(masking_probability, encoder.vocab_size, rtd.variant)
+            torch.nn.init.constant_(self.rtd_head.out.bias, math.log(share / (1 - share)))
         self.heldout = HeldoutMLM()
         self.val_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in (
             "disc_acc", "disc_loss", "replaced_fraction", "precision", "recall")})
         self.val_auc = BinaryAUROC()
+        # the learning check: are D's token states still distinct, and do its logits still differ?
+        self.val_token_cosine = TokenCosine(discriminator_config.hidden_size)
+        self.val_logit_mean, self.val_logit_square = MeanMetric(), MeanMetric()
+        self.collapse_reported = False
         self.val_sampler_seed = 0
 
     # -- the step -----------------------------------------------------------------------------------
@@ -125,7 +179,7 @@ class RTDModule(ObjectiveModule):
                "generator_mlm_acc": generator_accuracy,
                "replaced_fraction": replaced.sum() / max(1, labels.numel())}
         variant = self.rtd.variant
-        extras = {"generator_logits": generator_logits, "replaced": replaced}
+        extras = {"generator_logits": generator_logits, "replaced": replaced, "hidden": hidden}
         if variant in ("electra", "electra-15"):
             logits = self.rtd_head(hidden)
             weights = mask.float()
@@ -186,9 +240,12 @@ class RTDModule(ObjectiveModule):
         for name, metric in self.val_metrics.items():
             if name in out:
                 metric.update(out[name], weight=weight)
+        mask = batch["attention_mask"]
+        self.val_token_cosine.update(extras["hidden"][mask])
         if "rtd_logits" in extras:
-            mask = batch["attention_mask"]
-            self.val_auc.update(extras["rtd_logits"][mask].float(), extras["replaced"][mask].long())
+            logits = extras["rtd_logits"][mask].float()  # fp32 from the head (see RTDHead)
+            self.val_auc.update(logits, extras["replaced"][mask].long())
+            self.val_logit_mean.update(logits), self.val_logit_square.update(logits.square())
 
     def on_validation_epoch_end(self):
         self.heldout.log_to(self, "val/generator_mlm")
@@ -201,6 +258,27 @@ class RTDModule(ObjectiveModule):
             self.val_auc.reset()
         for name, value in self.embedding_similarity().items():
             self.log(f"val/{name}", value)
+        self._learning_check()
+
+    def _learning_check(self):
+        """Log D's token-state similarity and logit spread; say once, in one line, if D has collapsed."""
+        cosine = float(self.val_token_cosine.compute())
+        self.log("val/disc_token_cosine", cosine, sync_dist=True)
+        self.val_token_cosine.reset()
+        logit_std = None
+        if self.val_logit_mean.update_count:
+            mean, square = self.val_logit_mean.compute(), self.val_logit_square.compute()
+            logit_std = float((square - mean.square()).clamp(min=0).sqrt())
+            self.log("val/disc_logit_std", logit_std, sync_dist=True)
+            self.val_logit_mean.reset(), self.val_logit_square.reset()
+        collapsed = cosine > COLLAPSED_TOKEN_COSINE or (logit_std is not None and logit_std < COLLAPSED_LOGIT_STD)
+        if collapsed and not self.collapse_reported and not self.trainer.sanity_checking:
+            self.collapse_reported = True
+            if self.trainer.is_global_zero:
+                spread = f", logit std {logit_std:.3f}" if logit_std is not None else ""
+                print(f"warning: the RTD discriminator has collapsed at step {self.global_step}: held-out token "
+                      f"states have mean cosine {cosine:.3f}{spread} (it gives every token nearly the same "
+                      f"output; see the README, 'RTD at small')", file=sys.stderr, flush=True)
 
     def embedding_similarity(self) -> dict[str, float]:
         """Average pairwise cosine similarity of E_G and of E_D (non-special tokens), DeBERTaV3 §3."""

@@ -255,3 +255,38 @@ def test_the_discriminator_learns_to_tell_replaced_from_original(data):
     assert float(out["replaced_fraction"]) > 0.9  # nearly every masked position now holds token 7
     assert float(out["recall"]) > 0.9 and float(out["precision"]) > 0.9, out
     assert float(out["disc_loss"]) < 0.1
+
+
+@pytest.mark.parametrize("prior", [False, True], ids=["bias-at-zero", "bias-at-prior"])
+def test_discriminator_collapse_is_reported_and_the_base_rate_bias_prevents_it(prior, data, capsys):
+    """ELECTRA's zero-initialised output bias on the `small` schedule (peak 1e-3, 60 warm-up steps): within
+    60 steps every held-out token gets the same state and the same logit, and the learning check says so
+    in one line. Starting the bias at the base rate (`head_bias_prior`) keeps the states apart and the
+    logits spread, and the AUC rises."""
+    torch.manual_seed(0)
+    module = RTDModule(ENCODER, OptimConfig(peak_lr=1e-3, max_steps=1000),
+                       RTDConfig(sharing="es", generator_width=0.5, head_bias_prior=prior))
+    trainer = L.Trainer(max_steps=60, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                        limit_val_batches=0, inference_mode=False, gradient_clip_val=1.0)
+    trainer.fit(module, data)
+    trainer.limit_val_batches = 4
+    trainer.validate(module, data, verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    warned = "discriminator has collapsed" in capsys.readouterr().err
+    if prior:
+        assert metrics["val/disc_token_cosine"] < 0.5 and metrics["val/disc_logit_std"] > 0.1, metrics
+        assert metrics["val/disc_auc"] > 0.65 and not warned, metrics
+    else:
+        assert metrics["val/disc_token_cosine"] > 0.95 and metrics["val/disc_logit_std"] < 0.02, metrics
+        assert warned
+
+
+def test_base_rate_bias_is_the_log_odds_of_the_replaced_share():
+    from lightning_modules.rtd import replaced_share_at_init
+
+    module = RTDModule(ENCODER, OptimConfig(), RTDConfig(head_bias_prior=True), masking_probability=0.15)
+    share = 0.15 * (1 - 1 / (1000 - 5))
+    assert math.isclose(float(module.rtd_head.out.bias), math.log(share / (1 - share)), rel_tol=1e-6)
+    assert float(rtd_module("es").rtd_head.out.bias) == 0.0  # the reference code's zero, by default
+    assert replaced_share_at_init(0.15, 1000, "electra-15") > 0.99  # ELECTRA 15%: only selected tokens count
