@@ -2,7 +2,8 @@
 
 - SEGMENT-PAIR+NSP: BERT's input. Each document is cut into chunks of whole sentences that fill the
   block; each epoch a chunk is split at a random sentence boundary into segment A and, half of the time,
-  the rest of the chunk as B (a true continuation), otherwise a span from another document.
+  the rest of the chunk as B (a true continuation), otherwise a span of the same length from another
+  document, so that the sequence length says nothing about the label.
 - SENTENCE-PAIR+NSP: A is one natural sentence; B is the next sentence of the same document or, half of
   the time, a sentence of another document. Inputs are short, so token-budget batches hold more of them.
 - FULL-SENTENCES: contiguous full sentences packed up to the block size; a block may cross a document
@@ -172,26 +173,49 @@ class InputFormat:
             a_start, a_len = self.piece_start[first], self.piece_len[first]
             true_b_start, true_b_len = self.piece_start[first + 1], self.piece_len[first + 1]
             forced_random = np.zeros(len(first), bool)
-        is_random = (rng.random(len(first)) < 0.5) | forced_random
-        # B from another document: a random sentence start there, up to the room left
+        is_random = self._nsp_coin(forced_random, rng)
+        # B from another document, starting at a sentence. Its length must not give the label away (RoBERTa
+        # Table 2's NSP is meant to be solved from content): a random B is exactly as long as the true B
+        # of the same split would be (for SENTENCE-PAIR the natural length of the sentence drawn), and
+        # starts where the other document still has that many tokens. A chunk of one piece has no true B;
+        # its random B makes the pair as long as a true pair drawn from the other chunks.
         doc = self.piece_doc[first]
         other = rng.integers(0, self.num_documents - 1, size=len(first))
         other = other + (other >= doc)
-        sentence_in_other = self._random_piece_of(other, rng)
-        random_b_start = self.piece_start[sentence_in_other]
         if self.name == "sentence-pair":
-            random_b_len = self.piece_len[sentence_in_other]
+            sentence_in_other = self._random_piece_of(other, rng)
+            random_b_start, random_b_len = self.piece_start[sentence_in_other], self.piece_len[sentence_in_other]
         else:
-            doc_end = self.doc_token_starts[other + 1]
-            random_b_len = np.minimum(np.maximum(self.capacity - a_len, 1), doc_end - random_b_start)
+            wanted = true_b_len.copy()
+            if forced_random.any() and (~forced_random).any():
+                drawn = rng.choice(np.flatnonzero(~forced_random), size=int(forced_random.sum()))
+                wanted[forced_random] = a_len[drawn] + true_b_len[drawn] - a_len[forced_random]
+            wanted = np.minimum(np.maximum(wanted, 1), np.maximum(self.capacity - a_len, 1))
+            random_b_start = self.piece_start[self._random_piece_of(other, rng, room_for=wanted)]
+            random_b_len = np.minimum(wanted, self.doc_token_starts[other + 1] - random_b_start)
         b_start = np.where(is_random, random_b_start, true_b_start)
         b_len = np.where(is_random, random_b_len, true_b_len)
         a_len, b_len = _truncate_pair(a_len, b_len, self.capacity)
         return Examples(a_start, a_len, b_start, b_len, np.where(is_random, 0, 1).astype(np.int64))
 
-    def _random_piece_of(self, documents: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _nsp_coin(self, forced_random: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """NotNext with the probability that makes the labels 50/50 overall, counting the examples that
+        have no true continuation and must be NotNext (BERT's coin is 0.5 before those)."""
+        forced = int(forced_random.sum())
+        free = len(forced_random) - forced
+        p_random = min(1.0, max(0.0, (0.5 * len(forced_random) - forced) / free)) if free else 1.0
+        return (rng.random(len(forced_random)) < p_random) | forced_random
+
+    def _random_piece_of(self, documents: np.ndarray, rng: np.random.Generator,
+                         room_for: np.ndarray | None = None) -> np.ndarray:
+        """A uniformly drawn piece of each document; with `room_for`, among the pieces followed by at least
+        that many tokens of their document (the first piece when none is)."""
         doc_first = np.searchsorted(self.piece_doc, documents, side="left")
         doc_end = np.searchsorted(self.piece_doc, documents, side="right")
+        if room_for is not None:
+            latest_start = self.doc_token_starts[documents + 1] - room_for
+            last_ok = np.searchsorted(self.piece_start, latest_start, side="right")  # pieces starting <= latest
+            doc_end = np.clip(last_ok, doc_first + 1, doc_end)
         return doc_first + (rng.random(len(documents)) * (doc_end - doc_first)).astype(np.int64)
 
     def separators(self, epoch_examples: Examples) -> np.ndarray:

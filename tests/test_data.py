@@ -251,6 +251,28 @@ def masked_batch(tokenized, config, epoch=0, count=300, seed=0):
     return out
 
 
+def test_segment_pair_nsp_label_cannot_be_read_from_the_sequence_length(tokenized):
+    """A NotNext B is as long as the true B would have been: the two classes' lengths have the same
+    distribution (means within 2%, Kolmogorov-Smirnov does not reject at 1%), no length threshold predicts
+    the label better than 55%, and the labels stay 50/50 although one-piece chunks must be NotNext."""
+    fmt = make_format(tokenized, "segment-pair", block_size=128)
+    lengths, labels = [], []
+    for epoch in range(4):
+        examples = fmt.examples(epoch)
+        lengths.append(fmt.sequence_lengths(examples)), labels.append(examples.nsp_label)
+    lengths, labels = np.concatenate(lengths), np.concatenate(labels)
+    assert abs(labels.mean() - 0.5) <= 0.01, labels.mean()
+    is_next, not_next = np.sort(lengths[labels == 1]), np.sort(lengths[labels == 0])
+    assert abs(is_next.mean() / not_next.mean() - 1) < 0.02, (is_next.mean(), not_next.mean())
+    grid = np.arange(lengths.min(), lengths.max() + 2)
+    cdf_next = np.searchsorted(is_next, grid, side="right") / len(is_next)
+    cdf_not = np.searchsorted(not_next, grid, side="right") / len(not_next)
+    ks, n, m = np.abs(cdf_next - cdf_not).max(), len(is_next), len(not_next)
+    assert ks < 1.63 * np.sqrt((n + m) / (n * m)), ks  # the two-sample KS critical value at alpha = 0.01
+    rule = max(max(((lengths <= t) == (labels == side)).mean() for side in (0, 1)) for t in grid)
+    assert rule < 0.55, rule
+
+
 def test_masking_selects_fifteen_percent_of_real_tokens_with_80_10_10(tokenized):
     rows = masked_batch(tokenized, MaskingConfig())
     selected = sum(int((labels != IGNORE_INDEX).sum()) for _, _, labels in rows)
