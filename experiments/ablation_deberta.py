@@ -32,8 +32,10 @@ EXPERIMENT = Experiment(
     claims=(
         *(Claim(f"Each component helps: DeBERTa >= {name} (downstream average)", "at_least", "downstream_avg",
                 a="DeBERTa", b=name) for name in ("-EMD", "-C2P", "-P2C")),
+        # Table 4 reports downstream scores only: held-out MLM loss is the suite's proxy, and the EMD adds a
+        # layer to the MLM head, so a lower loss with the EMD partly measures head capacity
         *(Claim(f"Each component helps: DeBERTa <= {name} on held-out MLM loss", "at_least", "mlm_loss",
-                a="DeBERTa", b=name) for name in ("-EMD", "-C2P", "-P2C")),
+                a="DeBERTa", b=name, source="proxy") for name in ("-EMD", "-C2P", "-P2C")),
         Claim("DeBERTa >= RoBERTa-ReImp (downstream average)", "at_least", "downstream_avg",
               a="DeBERTa", b="RoBERTa-ReImp"),
     ),

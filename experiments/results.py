@@ -137,6 +137,8 @@ def _cell(summary: RowSummary | None, metric: str) -> str:
     several = len(summary.values[metric]) > 1
     if metric == "parameters":  # counts: whole numbers with separators
         return f"{mean:,.0f} +- {std:,.0f}" if several else f"{mean:,.0f}"
+    if metric.endswith("_lr"):  # learning rates: scientific notation
+        return f"{mean:.2e}"
     if metric.endswith("_rate"):  # rare events (unknown tokens): a percentage that keeps small values visible
         return f"{100 * mean:.4f}% +- {100 * std:.4f}%" if several else f"{100 * mean:.4f}%"
     digits = 3 if abs(mean) < 10 else 1
@@ -156,14 +158,14 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
         cells += [f"{int(np.mean(s.tokens_seen)):,}" if s else "-", f"{np.mean(s.train_flops):.2e}" if s else "-"]
         cells += [f"{row.paper[c]:g}" if c in row.paper else "-" for c in experiment.paper_columns]
         table.append(cells)
-    verdicts = [(c.text, *check_claim(c, rows, order)) for c in experiment.claims]
+    verdicts = [(c, *check_claim(c, rows, order)) for c in experiment.claims]
     majority = {k: float(np.mean(v)) for s in rows.values() for k, v in s.values.items() if k.endswith("_majority")}
     commits = sorted({c for s in rows.values() for c in s.commits})
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     plots = _plots(experiment, rows, directory)
     payload = {"experiment": experiment.id, "title": experiment.title, "paper": experiment.paper, "preset": preset,
                "built": stamp, "commits": commits, "header": header, "rows": table, "budget": experiment.budget,
-               "claims": [{"claim": t, "verdict": v, "effect": e} for t, v, e in verdicts],
+               "claims": [{"claim": c.text, "source": c.source, "verdict": v, "effect": e} for c, v, e in verdicts],
                "majority_baselines": majority, "plots": plots}
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "table.json").write_text(json.dumps(payload, indent=2))
@@ -186,9 +188,11 @@ def render_markdown(experiment: Experiment, payload: dict) -> str:
         out.write("\nMajority-class baselines: " + ", ".join(
             f"{k.replace('_majority', '')} {v:.1f}" for k, v in sorted(payload["majority_baselines"].items())) + "\n")
     if payload["claims"]:
-        out.write("\n## The paper's claims, checked on these numbers\n\n")
+        out.write("\n## The paper's claims, checked on these numbers\n\n"
+                  "(paper): the paper states it; (proxy): the paper measured something else, and this is the "
+                  "suite's stand-in for it.\n\n")
         for claim in payload["claims"]:
-            out.write(f"- {claim['claim']}: {claim['effect']}, **{claim['verdict']}**\n")
+            out.write(f"- ({claim['source']}) {claim['claim']}: {claim['effect']}, **{claim['verdict']}**\n")
     if experiment.notes:
         out.write(f"\n{experiment.notes}\n")
     for name in payload["plots"]:

@@ -248,6 +248,7 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
     heldout_tokens = np.asarray(tokenized.val.tokens)
     metrics["unk_rate"] = float((heldout_tokens == UNK_ID).mean()) if len(heldout_tokens) else 0.0
     metrics["parameters"] = float(sum(param.numel() for param in module.parameters()))  # shared tensors once
+    metrics["peak_lr"] = config.optim.peak_lr  # as used (some tables set it per row), shown where a table asks
     encoder_config = module.discriminator_config() if config.objective == "rtd" else module.encoder.config
     metrics |= fine_tune_all(config, encoder_config, module.encoder_state(), tokenized, p.seed, hardware)
     for fraction in config.evaluate_at:

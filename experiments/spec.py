@@ -126,6 +126,9 @@ class Claim:
     kind "order": rows `among` are in non-increasing order of quality on `metric` (each step within margin).
     kind "gap": in row `a`, `metric` - `metric_b` > margin (e.g. cosine of E_G above that of E_D).
     kind "gap_smaller": that gap is smaller in row `a` than in row `b`.
+
+    `source` says whose claim it is: "paper" when the paper states it about what it measured, "proxy"
+    when the paper reports something else (e.g. only downstream scores) and the suite checks a stand-in.
     """
 
     text: str
@@ -137,6 +140,7 @@ class Claim:
     margin: float = 0.0
     metric_b: str = ""
     winners: tuple[str, ...] = ()
+    source: str = "paper"  # paper | proxy
 
 
 @dataclass(frozen=True)
