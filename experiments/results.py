@@ -79,7 +79,9 @@ def check_claim(claim: Claim, rows: dict[str, RowSummary], order: list[str]) -> 
     if claim.kind in ("at_least", "close"):
         needed = [(claim.a, claim.metric), (claim.b, claim.metric_b or claim.metric)]
     elif claim.kind in ("gap", "gap_smaller"):
-        needed = [(r, m) for r in (claim.a, claim.b) for m in (claim.metric, claim.metric_b)]
+        metrics = (claim.metric, claim.metric_b)
+        metrics += tuple(f"{m}@init" for m in metrics) if claim.from_init else ()
+        needed = [(r, m) for r in (claim.a, claim.b) for m in metrics]
     else:
         needed = [(r, claim.metric) for r in (claim.a, *claim.among)]
     missing = [r for r, metric in needed if r and (r not in rows or metric not in rows[r].values)]
@@ -116,17 +118,22 @@ def check_claim(claim: Claim, rows: dict[str, RowSummary], order: list[str]) -> 
         return ("holds" if holds else "does not hold"), "; ".join(steps)
     if claim.kind in ("gap", "gap_smaller"):
         def gaps(row: str) -> dict[int, float]:
-            values = rows[row].values
-            return {s: x - y for s, x, y in zip(rows[row].seeds, values[claim.metric], values.get(claim.metric_b, []))}
+            """Per seed: metric - metric_b, less the same gap at initialisation for a from_init claim."""
+            values, out = rows[row].values, {}
+            for i, seed in enumerate(rows[row].seeds):
+                out[seed] = values[claim.metric][i] - values[claim.metric_b][i]
+                if claim.from_init:
+                    out[seed] -= values[f"{claim.metric}@init"][i] - values[f"{claim.metric_b}@init"][i]
+            return out
 
+        what = f"{claim.metric} - {claim.metric_b}" + (", change since init" if claim.from_init else "")
         if claim.kind == "gap":
             diffs = np.array(list(gaps(claim.a).values()))
-            return ("holds" if diffs.mean() > claim.margin else "does not hold"), \
-                f"{claim.metric} - {claim.metric_b} = {_effect(diffs)}"
+            return ("holds" if diffs.mean() > claim.margin else "does not hold"), f"{what} = {_effect(diffs)}"
         gap_a, gap_b = gaps(claim.a), gaps(claim.b)
         diffs = np.array([gap_b[s] - gap_a[s] for s in sorted(set(gap_a) & set(gap_b))])
         return ("holds" if len(diffs) and diffs.mean() > 0 else "does not hold"), \
-            f"gap {claim.b} - gap {claim.a} = {_effect(diffs)}"
+            f"gap {claim.b} - gap {claim.a} ({what}) = {_effect(diffs)}"
     raise ValueError(f"unknown claim kind {claim.kind}")
 
 

@@ -244,6 +244,7 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
     metrics.pop("loss", None)
     if config.objective == "rtd":
         metrics |= module.embedding_similarity()
+        metrics |= {f"{name}@init": value for name, value in module.initial_embedding_similarity.items()}
     tokenized = data.load()
     heldout_tokens = np.asarray(tokenized.val.tokens)
     metrics["unk_rate"] = float((heldout_tokens == UNK_ID).mean()) if len(heldout_tokens) else 0.0

@@ -126,6 +126,8 @@ class Claim:
     kind "order": rows `among` are in non-increasing order of quality on `metric` (each step within margin).
     kind "gap": in row `a`, `metric` - `metric_b` > margin (e.g. cosine of E_G above that of E_D).
     kind "gap_smaller": that gap is smaller in row `a` than in row `b`.
+    With `from_init`, a gap is its change since initialisation (the row's `<metric>@init` values), so that
+    a gap the model starts with (e.g. GDES's E_D = E_G at step 0) cannot make the claim hold.
 
     `source` says whose claim it is: "paper" when the paper states it about what it measured, "proxy"
     when the paper reports something else (e.g. only downstream scores) and the suite checks a stand-in.
@@ -141,6 +143,7 @@ class Claim:
     metric_b: str = ""
     winners: tuple[str, ...] = ()
     source: str = "paper"  # paper | proxy
+    from_init: bool = False  # gap kinds: the change of the gap since initialisation
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,8 @@ class RTDModule(ObjectiveModule):
         if rtd.head_bias_prior and rtd.variant in ("electra", "electra-15"):
             share = replaced_share_at_init(masking_probability, encoder.vocab_size, rtd.variant)
             torch.nn.init.constant_(self.rtd_head.out.bias, math.log(share / (1 - share)))
+        # where the tables start (DeBERTaV3's cosine claims are about what training changed)
+        self.initial_embedding_similarity = self.embedding_similarity()
         self.heldout = HeldoutMLM()
         self.val_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in (
             "disc_acc", "disc_loss", "replaced_fraction", "precision", "recall")})

@@ -96,6 +96,43 @@ def test_claims_are_checks_on_numbers_that_can_fail():
     assert check_claim(Claim("smaller", "gap_smaller", "g", a="N", b="G", metric_b="d"), gaps, ["N", "G"])[0] == "does not hold"
 
 
+
+def test_gap_claims_from_initialisation_count_only_what_training_changed():
+    """GDES's E_D starts equal to E_G and NES's starts random: a gap already there at step 0 must not
+    make a claim hold, and one that training opened must."""
+    def row(name, g, d, g0, d0):
+        return RowSummary(name, [0, 1], {"g": g, "d": d, "g@init": g0, "d@init": d0}, [], [], [], [], [], set())
+
+    inherited = {"R": row("R", [0.5, 0.5], [0.1, 0.1], [0.5, 0.5], [0.1, 0.1])}  # the gap was there at init
+    opened = {"R": row("R", [0.5, 0.6], [0.1, 0.1], [0.0, 0.0], [0.0, 0.0])}
+    claim = Claim("gap", "gap", "g", a="R", metric_b="d", from_init=True)
+    assert check_claim(Claim("gap", "gap", "g", a="R", metric_b="d"), inherited, ["R"])[0] == "holds"
+    assert check_claim(claim, inherited, ["R"])[0] == "does not hold"
+    verdict, effect = check_claim(claim, opened, ["R"])
+    assert verdict == "holds" and "change since init = +0.45" in effect
+    both = {"N": row("N", [0.5, 0.6], [0.1, 0.1], [0.0, 0.0], [0.0, 0.0]),
+            "G": row("G", [0.5, 0.5], [0.4, 0.4], [0.0, 0.0], [0.0, 0.0])}
+    smaller = Claim("smaller", "gap_smaller", "g", a="G", b="N", metric_b="d", from_init=True)
+    assert check_claim(smaller, both, ["N", "G"])[0] == "holds"
+    missing_init = {"R": RowSummary("R", [0], {"g": [0.5], "d": [0.1]}, [], [], [], [], [], set())}
+    assert check_claim(claim, missing_init, ["R"])[0] == "not measured"
+
+
+def test_rows_record_the_embedding_similarity_at_initialisation():
+    import torch
+
+    from ablations.config import EncoderConfig
+    from lightning_modules.base import OptimConfig
+    from lightning_modules.rtd import RTDConfig, RTDModule
+
+    encoder = EncoderConfig(vocab_size=500, hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, max_positions=64)
+    torch.manual_seed(0)
+    gdes = RTDModule(encoder, OptimConfig(), RTDConfig(sharing="gdes")).initial_embedding_similarity
+    nes = RTDModule(encoder, OptimConfig(), RTDConfig(sharing="nes")).initial_embedding_similarity
+    assert gdes["cosine_generator"] == gdes["cosine_discriminator"]  # E_D = E_G + 0 at step 0
+    assert abs(nes["cosine_discriminator"]) < 0.01  # a random table
+
+
 def test_every_claim_says_whether_it_is_the_papers_or_the_suites_proxy(tmp_path):
     from experiments.results import build_table
 
