@@ -42,6 +42,9 @@ class CorpusConfig:
     hub_name: str | None = None  # hub: config name, e.g. "wikitext-103-raw-v1"
     hub_split: str = "train"  # hub: which split to read
     max_documents: int | None = None  # keep only the first N documents (quick runs)
+    # train on only N of the training documents (a random subset); the held-out documents stay those of the
+    # whole corpus, so a small-corpus, many-epoch run (RoBERTa Table 1) is evaluated on the usual held-out set
+    max_train_documents: int | None = None
     repeat: int = 1  # read the source this many times (the memory benchmark's 10x corpus)
     val_fraction: float = 0.05  # share of documents held out for validation (at least one)
     max_sentence_chars: int = 100_000  # a longer "sentence" means a line with no sentence end: an error
@@ -61,6 +64,8 @@ class CorpusConfig:
             problems.append(f"repeat must be >= 1, got {self.repeat}")
         if self.max_documents is not None and self.max_documents < 2:
             problems.append("max_documents must be >= 2 (one document is held out for validation)")
+        if self.max_train_documents is not None and self.max_train_documents < 1:
+            problems.append("max_train_documents must be >= 1")
         for path in self.paths:
             if not Path(path).exists():
                 problems.append(f"corpus path {path} does not exist")
@@ -320,7 +325,7 @@ def _process(config: CorpusConfig, staging: Path) -> None:
         )
     order = np.random.default_rng(config.split_seed).permutation(len(documents))
     n_val = max(1, int(round(len(documents) * config.val_fraction)))
-    val_ids, train_ids = np.sort(order[:n_val]), np.sort(order[n_val:])
+    val_ids, train_ids = np.sort(order[:n_val]), np.sort(order[n_val:][:config.max_train_documents])
     documents.select(train_ids).flatten_indices().save_to_disk(str(staging / "train"))
     documents.select(val_ids).flatten_indices().save_to_disk(str(staging / "val"))
     shutil.rmtree(staging / "hf", ignore_errors=True)

@@ -248,6 +248,10 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
     tokenized = data.load()
     heldout_tokens = np.asarray(tokenized.val.tokens)
     metrics["unk_rate"] = float((heldout_tokens == UNK_ID).mean()) if len(heldout_tokens) else 0.0
+    # how many passes over its training text the row made, and how many masked tokens its held-out MLM
+    # figures average over (the resolution of any held-out-loss comparison)
+    metrics["epochs"] = module.tokens_seen / max(1, len(tokenized.train.tokens))
+    metrics["heldout_masked_tokens"] = float(sum(len(b["mlm_positions"]) for b in data.val_dataloader()[0]))
     metrics["parameters"] = float(sum(param.numel() for param in module.parameters()))  # shared tensors once
     metrics["peak_lr"] = config.optim.peak_lr  # as used (some tables set it per row), shown where a table asks
     encoder_config = module.discriminator_config() if config.objective == "rtd" else module.encoder.config

@@ -52,6 +52,18 @@ def test_corpus_cache_is_reused_and_rebuilt_when_config_changes(cache):
     assert other.directory != first.directory and len(other.val) == 20
 
 
+def test_a_capped_training_set_keeps_the_whole_corpus_held_out_documents(cache):
+    """RoBERTa Table 1 trains ~40 epochs on a few documents but is evaluated on the usual held-out set."""
+    whole = load_corpus(SMALL_NEWS, cache)
+    capped = load_corpus(CorpusConfig(max_documents=200, max_train_documents=20), cache)
+    assert len(capped.train) == 20 and len(capped.val) == len(whole.val) == 10
+    assert capped.val["sentences"] == whole.val["sentences"]
+    whole_train = {tuple(d) for d in whole.train["sentences"]}
+    assert all(tuple(d) in whole_train for d in capped.train["sentences"])  # a subset of the training split
+    with pytest.raises(UsageError, match="max_train_documents must be >= 1"):
+        CorpusConfig(max_train_documents=0).validate()
+
+
 def test_local_text_jsonl_and_one_document_per_file(tmp_path, cache):
     text = tmp_path / "docs.txt"
     text.write_text("First doc. It has two sentences.\n\nSecond doc here. Also two.\n\nThird one. Yes.\n")

@@ -157,6 +157,15 @@ def test_batch_size_rows_use_the_papers_rates_at_its_batch_and_its_ratios_below(
     assert "peak_lr" in experiment.metrics  # the table shows the rate each row used
 
 
+def test_masking_table_evaluates_on_every_held_out_block_of_the_whole_corpus():
+    experiment = EXPERIMENTS["ablation-masking"]
+    for row in experiment.rows:
+        config = configure(experiment.base, PRESETS["small"], row.changes)
+        assert config.data.max_heldout_blocks is None and config.data.corpus.max_documents is None
+        assert config.data.corpus.max_train_documents == 2_048_000 // 40 // 780  # ~40 epochs of the budget
+    assert {"epochs", "heldout_masked_tokens"} <= set(experiment.metrics)
+
+
 # -- end to end (smoke preset) ---------------------------------------------------------------------------
 
 
