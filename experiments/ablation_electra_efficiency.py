@@ -7,6 +7,7 @@ BERT (MLM). Steps are set so every row spends the same training FLOPs (counted b
 from datamodules.masking import MaskingConfig
 from datamodules.pretraining import PretrainingDataConfig
 from experiments.spec import Claim, Experiment, Row, RunConfig
+from lightning_modules.base import ELECTRA_RECIPE
 from lightning_modules.rtd import HEAD_BIAS_PRIOR_NOTE, RTDConfig
 
 EXPERIMENT = Experiment(
@@ -14,6 +15,7 @@ EXPERIMENT = Experiment(
     title="ELECTRA Table 5: efficiency analysis",
     paper="Clark et al. 2020 (ELECTRA), Table 5; paper: base size, GLUE dev score",
     base=RunConfig(objective="rtd", data=PretrainingDataConfig(masking=MaskingConfig(replacement="electra")),
+                   optim=ELECTRA_RECIPE,
                    rtd=RTDConfig(sharing="es", generator_width=0.25, head_bias_prior=True)),
     rows=(
         Row("ELECTRA", {"rtd.variant": "electra"}, {"GLUE": 85.0}),
@@ -33,5 +35,8 @@ EXPERIMENT = Experiment(
         Claim("Most of the gain comes from all tokens: All-Tokens MLM >= Replace MLM", "at_least", "downstream_avg",
               a="All-Tokens MLM", b="Replace MLM"),
     ),
-    notes=HEAD_BIAS_PRIOR_NOTE,
+    notes="Budget rule: equal training FLOPs per row (ablations/flops.py counts each variant's forward and "
+          "backward passes, generator included), so the variants with dearer steps train fewer of them; the table "
+          "shows each row's steps and FLOPs. The paper's text on how its Table 5 variants were budgeted was not "
+          "available here to check this rule against (shared/papers.md does not say). " + HEAD_BIAS_PRIOR_NOTE,
 )

@@ -6,6 +6,7 @@ size sweep ties token and position embeddings (ES) and scales the generator's wi
 from datamodules.masking import MaskingConfig
 from datamodules.pretraining import PretrainingDataConfig
 from experiments.spec import Claim, Experiment, Row, RunConfig
+from lightning_modules.base import ELECTRA_RECIPE
 from lightning_modules.rtd import HEAD_BIAS_PRIOR_NOTE, RTDConfig
 
 SWEEP = (("1/8", 0.125), ("1/4", 0.25), ("1/2", 0.5), ("3/4", 0.75), ("1", 1.0))
@@ -15,6 +16,7 @@ EXPERIMENT = Experiment(
     title="ELECTRA 3.2: weight tying and generator size",
     paper="Clark et al. 2020 (ELECTRA), §3.2 and Figure 3 (left); paper: GLUE dev score",
     base=RunConfig(objective="rtd", data=PretrainingDataConfig(masking=MaskingConfig(replacement="electra")),
+                   optim=ELECTRA_RECIPE,
                    rtd=RTDConfig(sharing="es", generator_width=1.0, head_bias_prior=True)),
     rows=(
         Row("no tying", {"rtd.sharing": "nes", "rtd.generator_width": 1.0}, {"GLUE": 83.6}),

@@ -1,11 +1,13 @@
 """ELECTRA Table 1's core (Clark et al. 2020, §3.3): ELECTRA-Small vs BERT-Small at equal training FLOPs.
 
 ELECTRA-Small's shape scaled to the preset: embeddings half the hidden size, a 1/4-width generator. The
-ELECTRA row is also fine-tuned from its checkpoints at 6.25 / 12.5 / 25 / 50% of training.
+paper's "ELECTRA-Small at 6.25 / 12.5 / 25 / 50% of training" are models trained for less time: here each
+is its own run of that share of the row's steps, with its own warm-up and decay (`early_points`).
 """
 from datamodules.masking import MaskingConfig
 from datamodules.pretraining import PretrainingDataConfig
 from experiments.spec import Claim, Experiment, Row, RunConfig
+from lightning_modules.base import ELECTRA_RECIPE
 from lightning_modules.rtd import HEAD_BIAS_PRIOR_NOTE, RTDConfig
 
 FRACTIONS = (0.0625, 0.125, 0.25, 0.5)
@@ -16,6 +18,7 @@ EXPERIMENT = Experiment(
     title="ELECTRA Table 1: ELECTRA-Small vs BERT-Small at equal FLOPs",
     paper="Clark et al. 2020 (ELECTRA), Table 1; paper: 1.4e18 FLOPs, GLUE dev score",
     base=RunConfig(objective="rtd", data=PretrainingDataConfig(masking=MaskingConfig(replacement="electra")),
+                   optim=ELECTRA_RECIPE,
                    rtd=RTDConfig(sharing="es", generator_width=0.25, head_bias_prior=True)),
     rows=(
         Row("ELECTRA-Small", HALF_WIDTH_EMBEDDINGS | {"evaluate_at": FRACTIONS},

@@ -9,13 +9,14 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from experiments.spec import Claim, Experiment, lower_is_better
+from lightning_modules.base import describe
 
 
 @dataclass
@@ -29,6 +30,8 @@ class RowSummary:
     wall_time_s: list[float]
     curves: list[Path]
     commits: set[str]
+    steps: list[int] = field(default_factory=list)  # optimizer steps trained, per seed
+    optim: dict = field(default_factory=dict)  # the optimiser settings it trained with (its config's `optim`)
 
     def mean(self, metric: str) -> float:
         values = self.values.get(metric, [])
@@ -52,6 +55,8 @@ def load_rows(experiment: Experiment, directory: Path) -> dict[str, RowSummary]:
         summary.tokens_seen.append(record["tokens_seen"])
         summary.padded_tokens.append(record["padded_tokens"])
         summary.train_flops.append(record["train_flops"])
+        summary.steps.append(record["steps"])
+        summary.optim = record["config"]["optim"]
         summary.wall_time_s.append(record["wall_time_s"])
         summary.curves.append(directory / record["curves"])
         commit = record["git_commit"]
@@ -156,16 +161,22 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
     """Write table.md / table.csv / table.json and the plots; return the table as data."""
     rows = load_rows(experiment, directory)
     order = [r.name for r in experiment.rows]
-    header = ["row", "seeds", *experiment.metrics, "tokens seen", "train FLOPs", *[f"paper {c}" for c in experiment.paper_columns]]
+    header = ["row", "seeds", *experiment.metrics, "steps", "tokens seen", "train FLOPs",
+              *[f"paper {c}" for c in experiment.paper_columns]]
     table = []
     for row in experiment.rows:
         s = rows.get(row.name)
         cells = [row.name, str(len(s.seeds)) if s else "0"]
         cells += [_cell(s, m) for m in experiment.metrics]
-        cells += [f"{int(np.mean(s.tokens_seen)):,}" if s else "-", f"{np.mean(s.train_flops):.2e}" if s else "-"]
+        cells += [f"{int(np.mean(s.steps)):,}" if s else "-", f"{int(np.mean(s.tokens_seen)):,}" if s else "-",
+                  f"{np.mean(s.train_flops):.2e}" if s else "-"]
         cells += [f"{row.paper[c]:g}" if c in row.paper else "-" for c in experiment.paper_columns]
         table.append(cells)
     verdicts = [(c, *check_claim(c, rows, order)) for c in experiment.claims]
+    optimisers: dict[str, list[str]] = {}  # one line per distinct setting, with the rows that used it
+    for name in order:
+        if name in rows and rows[name].optim:
+            optimisers.setdefault(describe(rows[name].optim), []).append(name)
     majority = {k: float(np.mean(v)) for s in rows.values() for k, v in s.values.items() if k.endswith("_majority")}
     commits = sorted({c for s in rows.values() for c in s.commits})
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -173,7 +184,7 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
     payload = {"experiment": experiment.id, "title": experiment.title, "paper": experiment.paper, "preset": preset,
                "built": stamp, "commits": commits, "header": header, "rows": table, "budget": experiment.budget,
                "claims": [{"claim": c.text, "source": c.source, "verdict": v, "effect": e} for c, v, e in verdicts],
-               "majority_baselines": majority, "plots": plots}
+               "majority_baselines": majority, "optimisers": optimisers, "plots": plots}
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "table.json").write_text(json.dumps(payload, indent=2))
     with open(directory / "table.csv", "w", newline="") as handle:
@@ -200,6 +211,8 @@ def render_markdown(experiment: Experiment, payload: dict) -> str:
                   "suite's stand-in for it.\n\n")
         for claim in payload["claims"]:
             out.write(f"- ({claim['source']}) {claim['claim']}: {claim['effect']}, **{claim['verdict']}**\n")
+    for line, names in payload["optimisers"].items():
+        out.write(f"\nOptimiser ({', '.join(names)}): {line}.\n")
     if experiment.notes:
         out.write(f"\n{experiment.notes}\n")
     for name in payload["plots"]:
@@ -236,6 +249,8 @@ def _plots(experiment: Experiment, rows: dict[str, RowSummary], directory: Path)
     figure.tight_layout(), figure.savefig(directory / "curves.png", dpi=110), plt.close(figure)
     written.append("curves.png")
     metrics = [m for m in experiment.metrics if any(m in rows[r].values for r in ordered) and not m.endswith("ppl")]
+    if not metrics:  # rows that measured none of the table's metrics: nothing to chart
+        return written
     columns = min(4, len(metrics))
     grid_rows = math.ceil(len(metrics) / columns)
     figure, axes = plt.subplots(grid_rows, columns, figsize=(3.4 * columns, 3.2 * grid_rows), squeeze=False)

@@ -208,11 +208,9 @@ def _metrics(trainer: L.Trainer, prefix: str = "val/") -> dict[str, float]:
     return {k[len(prefix):]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
 
 
-def run_row(p: RowPlan, hardware: Hardware) -> dict:
-    """Pretrain (resuming if interrupted), evaluate on the held-out blocks, fine-tune, write the row JSON."""
-    start = time.time()
-    commit = git_commit()
-    config, work = p.config, p.work_dir
+def pretrain(p: RowPlan, config: RunConfig, steps: int, work: Path, hardware: Hardware, extra_loggers=()):
+    """Train `config` for `steps` optimizer steps, checkpointing into `work` and resuming from its last
+    checkpoint; returns (module, data module, trainer). The row and each of its early points use it."""
     work.mkdir(parents=True, exist_ok=True)
     L.seed_everything(p.seed, workers=True, verbose=False)
     data = PretrainingDataModule(config.data, seed=p.seed, num_workers=hardware.num_workers)
@@ -222,23 +220,40 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
         for encoder in {id(m): m for m in module.modules() if isinstance(m, Encoder)}.values():
             encoder.compile()
     accumulation = config.gradient_accumulation
-    eval_interval = max(1, p.steps // p.preset.eval_every) * accumulation
-    checkpoint_every = max(1, p.steps // p.preset.checkpoints)
+    eval_interval = max(1, steps // p.preset.eval_every) * accumulation
+    checkpoint_every = max(1, steps // p.preset.checkpoints)
     # one CSV log per session: Lightning empties an existing log directory, and a resumed run must keep its curve
     session = len(list(work.glob("log-*")))
-    loggers = [CSVLogger(str(work), name="", version=f"log-{session}")]
-    wandb_logger = tracking.logger_for(p)
-    if wandb_logger is not None:
-        loggers.append(wandb_logger)
+    loggers = [CSVLogger(str(work), name="", version=f"log-{session}"), *extra_loggers]
     callbacks = [ModelCheckpoint(dirpath=str(work / "checkpoints"), every_n_train_steps=checkpoint_every,
-                                 save_last=True, save_top_k=1, monitor=None, enable_version_counter=False),
-                 SaveEncoderAt(work, config.evaluate_at, p.steps)]
-    trainer = _trainer(hardware, max_steps=p.steps, val_check_interval=eval_interval, check_val_every_n_epoch=None,
+                                 save_last=True, save_top_k=1, monitor=None, enable_version_counter=False)]
+    if config.early_points == "mid-run":
+        callbacks.append(SaveEncoderAt(work, config.evaluate_at, steps))
+    trainer = _trainer(hardware, max_steps=steps, val_check_interval=eval_interval, check_val_every_n_epoch=None,
                        accumulate_grad_batches=accumulation, gradient_clip_val=config.optim.gradient_clip,
-                       logger=loggers, callbacks=callbacks, use_distributed_sampler=False, log_every_n_steps=max(1, p.steps // 50))
+                       logger=loggers, callbacks=callbacks, use_distributed_sampler=False,
+                       log_every_n_steps=max(1, steps // 50))
     last = work / "checkpoints" / "last.ckpt"
     # our own checkpoint, written by this runner: it holds the config dataclasses, so not weights-only
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None, weights_only=False)
+    return module, data, trainer
+
+
+def early_point(config: RunConfig, fraction: float, steps: int) -> tuple[RunConfig, int]:
+    """ELECTRA Table 1's "at 25% of training": a run of that fraction of the row's steps with its own
+    warm-up and decay to zero (a mid-run checkpoint would still be at ~80% of the peak learning rate)."""
+    early_steps = max(1, round(fraction * steps))
+    return dataclasses.replace(config, optim=dataclasses.replace(config.optim, max_steps=early_steps),
+                               evaluate_at=()), early_steps
+
+
+def run_row(p: RowPlan, hardware: Hardware) -> dict:
+    """Pretrain (resuming if interrupted), evaluate on the held-out blocks, fine-tune, write the row JSON."""
+    start = time.time()
+    commit = git_commit()
+    config, work = p.config, p.work_dir
+    wandb_logger = tracking.logger_for(p)
+    module, data, trainer = pretrain(p, config, p.steps, work, hardware, [wandb_logger] if wandb_logger else [])
     trainer.validate(module, datamodule=data, verbose=False)
     metrics = _metrics(trainer)
     metrics.pop("loss", None)
@@ -256,15 +271,22 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
     metrics["peak_lr"] = config.optim.peak_lr  # as used (some tables set it per row), shown where a table asks
     encoder_config = module.discriminator_config() if config.objective == "rtd" else module.encoder.config
     metrics |= fine_tune_all(config, encoder_config, module.encoder_state(), tokenized, p.seed, hardware)
+    early_points = {}
     for fraction in config.evaluate_at:
-        state = torch.load(work / f"encoder_at_{fraction}.pt", weights_only=True)
+        if config.early_points == "mid-run":
+            state, early_steps = torch.load(work / f"encoder_at_{fraction}.pt", weights_only=True), None
+        else:
+            early_config, early_steps = early_point(config, fraction, p.steps)
+            state = pretrain(p, early_config, early_steps, work / f"early-{fraction:g}", hardware)[0].encoder_state()
         early = fine_tune_all(config, encoder_config, state, tokenized, p.seed, hardware)
         metrics |= {f"{k}@{fraction:g}": v for k, v in early.items() if not k.endswith("majority")}
+        early_points[f"{fraction:g}"] = {"steps": early_steps or round(fraction * p.steps), "schedule": config.early_points}
     result = {
         "experiment": p.experiment.id, "preset": p.preset.name, "row": p.row.name, "seed": p.seed,
         "config_hash": config.config_hash(), "config": config.to_dict(), "metrics": metrics,
         "steps": p.steps, "tokens_seen": module.tokens_seen, "padded_tokens": p.steps * config.tokens_per_step,
         "train_flops": budget_of(config, p.steps, "flops"), "budget_rule": p.experiment.budget,
+        "early_points": early_points,
         "wall_time_s": round(time.time() - start, 1), "git_commit": commit,
         "hardware": dataclasses.asdict(hardware) | {"precision": hardware.precision or default_precision()},
         "curves": str(work.relative_to(p.directory)),  # log-*/metrics.csv: the pretraining curves, per session

@@ -23,6 +23,7 @@ from lightning_modules.rtd import RTDConfig, generator_config
 
 OBJECTIVES = ("mlm", "rtd")
 BUDGET_RULES = ("tokens", "flops")
+EARLY_POINTS = ("own-schedule", "mid-run")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class RunConfig:
     train_tokens: int = 2_000_000  # the row's budget in (padded) training tokens, before the budget rule
     gradient_accumulation: int = 1  # micro-batches per optimizer step (large batches on any machine)
     evaluate_at: tuple[float, ...] = ()  # extra fine-tuning evaluations at these fractions of training
+    # how those points are trained: own-schedule (ELECTRA Table 1: a shorter run with its own warm-up and decay)
+    # | mid-run (checkpoints of this run, whose learning rate has not decayed; cheaper)
+    early_points: str = "own-schedule"
 
     def validate(self) -> None:
         problems = []
@@ -51,6 +55,8 @@ class RunConfig:
             problems.append("gradient_accumulation must be >= 1")
         if any(not 0 < f < 1 for f in self.evaluate_at):
             problems.append("evaluate_at fractions must be in (0, 1)")
+        if self.early_points not in EARLY_POINTS:
+            problems.append(f"unknown early_points {self.early_points!r} (valid: {', '.join(EARLY_POINTS)})")
         require(problems, "run config")
         self.data.validate(max_positions=self.encoder.max_positions)
         self.encoder.validate()

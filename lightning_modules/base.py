@@ -27,6 +27,18 @@ class OptimConfig:
     max_steps: int = 1000  # set by the runner from the token budget
 
 
+# ELECTRA's released code (model/optimization.py, configure_pretraining.py): Adam beta2 0.999 and 10k warm-up
+# steps of 1M; the rest as RoBERTa's. Its tables train every row, their BERT baselines included, with it.
+ELECTRA_RECIPE = OptimConfig(beta2=0.999, warmup_fraction=0.01)
+
+
+def describe(optim: dict) -> str:
+    """One line for a table's notes: the optimiser a row trained with."""
+    return (f"AdamW (beta1 {optim['beta1']}, beta2 {optim['beta2']}, eps {optim['eps']:g}, weight decay "
+            f"{optim['weight_decay']}), peak lr {optim['peak_lr']:.2e}, linear warm-up over "
+            f"{100 * optim['warmup_fraction']:g}% of the steps then linear decay to 0, gradient clip {optim['gradient_clip']}")
+
+
 def decay_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay for biases and norm weights (1-D parameters), as in BERT."""
     decay, no_decay = [], []

@@ -166,6 +166,44 @@ def test_masking_table_evaluates_on_every_held_out_block_of_the_whole_corpus():
     assert {"epochs", "heldout_masked_tokens"} <= set(experiment.metrics)
 
 
+def test_electra_small_early_points_are_shorter_runs_with_their_own_schedule():
+    """ELECTRA Table 1's "at 25% of training" is a model trained for a quarter of the time, so its learning
+    rate has warmed up and decayed to zero over its own steps, not a mid-run checkpoint at ~80% of peak."""
+    from experiments.runner import early_point, plan
+    from lightning_modules.base import warmup_linear_decay
+
+    row = plan(EXPERIMENTS["ablation-electra-small"], PRESETS["small"], 1, ["ELECTRA-Small"], None, Path("/unused"))[0]
+    assert row.config.early_points == "own-schedule" and row.config.evaluate_at == (0.0625, 0.125, 0.25, 0.5)
+    config, steps = early_point(row.config, 0.25, row.steps)
+    assert steps == round(0.25 * row.steps) and config.optim.max_steps == steps and config.evaluate_at == ()
+    warmup = int(config.optim.warmup_fraction * steps)
+    assert warmup_linear_decay(steps - 1, warmup, steps) < 0.01  # decayed by its own last step
+    full_warmup = int(row.config.optim.warmup_fraction * row.steps)
+    assert warmup_linear_decay(steps - 1, full_warmup, row.steps) > 0.7  # what a mid-run checkpoint had
+    assert config.pretraining_hash() != row.config.pretraining_hash()  # its own checkpoints and work directory
+
+
+@pytest.mark.parametrize("experiment_id, beta2, warmup", [
+    ("ablation-electra-small", 0.999, 0.01), ("ablation-electra-efficiency", 0.999, 0.01),
+    ("ablation-electra-sharing", 0.999, 0.01), ("ablation-nsp", 0.98, 0.06), ("ablation-embedding-sharing", 0.98, 0.06)])
+def test_each_table_trains_with_its_papers_optimiser_recipe(experiment_id, beta2, warmup, tmp_path):
+    """ELECTRA's released code: Adam beta2 0.999, 10k of 1M steps warm-up, for every row of its tables
+    (their BERT baselines were trained by the same code); RoBERTa's beta2 0.98 and 6% elsewhere."""
+    from experiments.results import build_table
+    from experiments.runner import plan, write_json_atomically
+
+    experiment = EXPERIMENTS[experiment_id]
+    plans = plan(experiment, PRESETS["small"], 1, None, None, tmp_path)
+    assert {(p.config.optim.beta2, p.config.optim.warmup_fraction) for p in plans} == {(beta2, warmup)}
+    p = plans[0]  # the table prints the optimiser each row trained with
+    write_json_atomically(p.result_path, {"experiment": experiment.id, "row": p.row.name, "seed": 0, "metrics": {},
+                                          "config": p.config.to_dict(), "tokens_seen": 1, "padded_tokens": 1,
+                                          "train_flops": 1.0, "wall_time_s": 1.0, "curves": "work", "steps": p.steps,
+                                          "git_commit": "abc"})
+    build_table(experiment, "small", p.directory)
+    assert f"Optimiser ({p.row.name}): AdamW (beta1 0.9, beta2 {beta2}," in (p.directory / "table.md").read_text()
+
+
 # -- end to end (smoke preset) ---------------------------------------------------------------------------
 
 
@@ -260,5 +298,14 @@ def test_every_experiment_and_row_smoke_runs(tmp_path):
         assert all(row[1] == "1" for row in payload["rows"]), payload["rows"]
         assert all(claim["verdict"] in ("holds", "does not hold") for claim in payload["claims"])
         assert all(claim["source"] in ("paper", "proxy") for claim in payload["claims"])
+        assert {"steps", "tokens seen", "train FLOPs"} <= set(payload["header"])
     index = (tmp_path / "README.md").read_text()
     assert all(experiment.title in index for experiment in EXPERIMENTS.values())
+    early = json.loads((tmp_path / "ablation-electra-small" / "smoke" / "rows" / "electra-small__seed0.json").read_text())
+    assert set(early["early_points"]) == {"0.0625", "0.125", "0.25", "0.5"}
+    assert all(point["schedule"] == "own-schedule" and point["steps"] >= 1 for point in early["early_points"].values())
+    assert "downstream_avg@0.25" in early["metrics"]
+    efficiency = json.loads((tmp_path / "ablation-electra-efficiency" / "smoke" / "table.json").read_text())
+    steps = {row[0]: int(row[efficiency["header"].index("steps")].replace(",", "")) for row in efficiency["rows"]}
+    assert steps["All-Tokens MLM"] < steps["ELECTRA"] < steps["BERT"]  # equal FLOPs, dearer steps: fewer of them
+    assert "Budget rule" in (tmp_path / "ablation-electra-efficiency" / "smoke" / "table.md").read_text()
