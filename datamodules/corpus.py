@@ -22,10 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from datamodules.errors import UsageError, require
+from filelock import FileLock
 
-# Bump when the processing below changes what ends up in the cache.
-CORPUS_CACHE_VERSION = 1
+from datamodules.errors import UsageError, require
+from datamodules.manifest import damage, seal
+
+# Bump when the processing below changes what ends up in the cache (2: caches carry a manifest).
+CORPUS_CACHE_VERSION = 2
 SOURCES = ("news", "files", "hub")
 DEFAULT_CACHE_DIR = Path(os.environ.get("ABLATIONS_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
 
@@ -38,6 +41,7 @@ class CorpusConfig:
     paths: tuple[str, ...] = ()  # files: files or directories to read
     one_document_per_file: bool = False  # files (plain text): each file is a document, not blank-line separated
     text_field: str = "text"  # files (JSON lines) and hub: the column that holds the text
+    skip_non_text: bool = False  # files (JSON lines): skip (and count) lines whose text is null or a number
     hub_path: str = ""  # hub: data set name, e.g. "wikitext"
     hub_name: str | None = None  # hub: config name, e.g. "wikitext-103-raw-v1"
     hub_split: str = "train"  # hub: which split to read
@@ -134,7 +138,8 @@ def _read_text_file(path: Path, one_document: bool) -> Iterator[str]:
         yield "\n".join(lines)
 
 
-def _read_jsonl_file(path: Path, field: str) -> Iterator[str]:
+def _read_jsonl_file(path: Path, field: str, skip_non_text: bool = False) -> Iterator[str]:
+    skipped = 0
     with open(path, "rb") as handle:
         for line_number, raw in enumerate(handle, 1):
             line = _decode(raw, path, line_number).strip()
@@ -146,7 +151,16 @@ def _read_jsonl_file(path: Path, field: str) -> Iterator[str]:
                 raise UsageError(f"{path} line {line_number}: not valid JSON ({error.msg})") from None
             if not isinstance(record, dict) or field not in record:
                 raise UsageError(f"{path} line {line_number}: no {field!r} field; set text_field to the text's key")
-            yield str(record[field])
+            text = record[field]
+            if not isinstance(text, str):  # null or a number would become the document "None" or "5"
+                if skip_non_text:
+                    skipped += 1
+                    continue
+                raise UsageError(f"{path} line {line_number}: the {field!r} field is {json.dumps(text)[:40]}, not text; "
+                                 f"fix or remove the line, or set data.corpus.skip_non_text=true to skip such lines")
+            yield text
+    if skipped:
+        print(f"warning: skipped {skipped:,} line(s) of {path} whose {field!r} field is not text (skip_non_text)")
 
 
 _WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
@@ -203,7 +217,7 @@ def iter_documents(config: CorpusConfig) -> Iterator[str]:
         else:
             for path in _local_files(config):
                 if path.suffix in (".jsonl", ".json"):
-                    yield from _read_jsonl_file(path, config.text_field)
+                    yield from _read_jsonl_file(path, config.text_field, config.skip_non_text)
                 else:
                     yield from _read_text_file(path, config.one_document_per_file)
 
@@ -274,8 +288,13 @@ def load_corpus(config: CorpusConfig, cache_dir: Path = DEFAULT_CACHE_DIR) -> Co
 
     config.validate()
     directory = Path(cache_dir) / f"corpus-{config.cache_key()}"
-    if not (directory / "done").exists():
-        _build(config, directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{directory}.lock"):  # two sweeps starting together build it once
+        problem = damage(directory) if (directory / "done").exists() else None
+        if problem:
+            print(f"warning: the corpus cache {directory} is damaged ({problem}); rebuilding it")
+        if problem or not (directory / "done").exists():
+            _build(config, directory)
     return Corpus(
         train=datasets.load_from_disk(str(directory / "train")),
         val=datasets.load_from_disk(str(directory / "val")),
@@ -330,6 +349,7 @@ def _process(config: CorpusConfig, staging: Path) -> None:
     documents.select(val_ids).flatten_indices().save_to_disk(str(staging / "val"))
     shutil.rmtree(staging / "hf", ignore_errors=True)
     (staging / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    seal(staging)
     (staging / "done").touch()
 
 

@@ -99,12 +99,18 @@ class TokenBudgetBatches(torch.utils.data.Sampler):
 
     The batches are a function of (seed, epoch). Under DDP every rank computes the same batches and takes
     every world_size-th one, cut to the same count so that no rank waits for a batch that never comes.
+    A run resumed in the middle of an epoch skips the batches it already trained on (`resume_at`), so it
+    sees the same data in the same order as a run that was never stopped.
     """
 
     def __init__(self, dataset: MaskedExamples, tokens_per_batch: int, seed: int, shuffle: bool, pad_multiple: int = 8):
         self.dataset, self.tokens_per_batch, self.seed, self.shuffle = dataset, tokens_per_batch, seed, shuffle
         self.pad_multiple = pad_multiple
         self.epoch = 0
+        self.skip: tuple[int, int] | None = None  # (epoch, batches already trained in it)
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        self.skip = (epoch, batches_done)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -140,7 +146,11 @@ class TokenBudgetBatches(torch.utils.data.Sampler):
         return batches
 
     def __iter__(self):
-        return iter(self._my_batches())
+        batches = self._my_batches()
+        if self.skip is not None and self.skip[0] == self.epoch:
+            batches = batches[self.skip[1]:]  # the length stays the epoch's: the Trainer counts from the skip
+        self.skip = None
+        return iter(batches)
 
     def __len__(self) -> int:
         return len(self._my_batches())
@@ -182,6 +192,7 @@ class PretrainingDataModule(L.LightningDataModule):
         super().__init__()
         self.config, self.seed, self.num_workers, self.cache_dir = config, seed, num_workers, Path(cache_dir)
         self.tokenized: TokenizedCorpus | None = None
+        self.resume_position: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     def prepare_data(self) -> None:
         self.load()
@@ -212,6 +223,9 @@ class PretrainingDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = TokenBudgetBatches(self.train_set, self.config.tokens_per_batch, self.seed, shuffle=True)
+        if self.resume_position is not None:
+            sampler.resume_at(*self.resume_position)
+            self.resume_position = None
         return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=collate,
                           num_workers=self.num_workers, persistent_workers=False)
 
@@ -226,6 +240,17 @@ class PretrainingDataModule(L.LightningDataModule):
         if self.nsp_val_set is not None:
             loaders.append(self._fixed_loader(self.nsp_val_set, self.config.max_heldout_blocks))
         return loaders
+
+    # Lightning stores these in every checkpoint and hands them back on resume (before train_dataloader)
+    def state_dict(self) -> dict:
+        if self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.resume_position = (state["epoch"], state["batches_done"])
 
     def hparams_for_logging(self) -> dict:
         return dataclasses.asdict(self.config) | {"seed": self.seed}

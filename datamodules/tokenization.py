@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from datamodules.corpus import Corpus
 from datamodules.errors import require
+from datamodules.manifest import damage, seal
 
 KINDS = ("bpe", "wordpiece")
 SPECIAL_TOKENS = {
@@ -31,7 +33,7 @@ SPECIAL_TOKENS = {
 }
 CLS_ID, PAD_ID, SEP_ID, UNK_ID, MASK_ID = range(5)
 NUM_SPECIAL = 5
-TOKENS_CACHE_VERSION = 1
+TOKENS_CACHE_VERSION = 2  # 2: caches carry a manifest (datamodules.manifest)
 
 
 @dataclass(frozen=True)
@@ -136,18 +138,23 @@ def tokenize_corpus(corpus: Corpus, config: TokenizerConfig) -> TokenizedCorpus:
 
     config.validate()
     directory = corpus.directory / f"tokens-{config.kind}-{config.cache_key()}"
-    if not (directory / "done").exists():
-        staging = directory.with_name(directory.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        batches = (batch["sentences"] for batch in corpus.train.iter(batch_size=64))
-        tokenizer = train_tokenizer(config, (s for doc_batch in batches for s in doc_batch))
-        tokenizer.save(str(staging / "tokenizer.json"))
-        for name, split in (("train", corpus.train), ("val", corpus.val)):
-            _write_split(tokenizer, config.kind, split, staging / name)
-        (staging / "done").touch()
-        shutil.rmtree(directory, ignore_errors=True)
-        staging.rename(directory)
+    with FileLock(f"{directory}.lock"):  # two sweeps starting together build it once
+        problem = damage(directory) if (directory / "done").exists() else None
+        if problem:
+            print(f"warning: the token cache {directory} is damaged ({problem}); rebuilding it")
+        if problem or not (directory / "done").exists():
+            staging = directory.with_name(directory.name + ".tmp")
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            batches = (batch["sentences"] for batch in corpus.train.iter(batch_size=64))
+            tokenizer = train_tokenizer(config, (s for doc_batch in batches for s in doc_batch))
+            tokenizer.save(str(staging / "tokenizer.json"))
+            for name, split in (("train", corpus.train), ("val", corpus.val)):
+                _write_split(tokenizer, config.kind, split, staging / name)
+            seal(staging)
+            (staging / "done").touch()
+            shutil.rmtree(directory, ignore_errors=True)
+            staging.rename(directory)
     return TokenizedCorpus(
         tokenizer=Tokenizer.from_file(str(directory / "tokenizer.json")),
         config=config,

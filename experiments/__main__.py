@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -33,8 +34,15 @@ def main(argv: list[str] | None = None) -> None:
     table.add_argument("--results-dir", default=None, type=Path)
     commands.add_parser("index", help="rebuild results/README.md from every table on disk")
     args = parser.parse_args(argv)
-    with exit_on_usage_error():
-        dispatch(args)
+    from experiments.durable import Stopped
+
+    try:
+        with exit_on_usage_error():
+            dispatch(args)
+    except Stopped as stop:
+        print(f"stopped by {signal.Signals(stop.signum).name}; a checkpoint was saved: run the same command again "
+              f"to resume (finished rows are kept)", file=sys.stderr)
+        raise SystemExit(128 + stop.signum) from None
 
 
 def dispatch(args) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.durable import write_atomically
 from experiments.spec import Claim, Experiment, lower_is_better
 from lightning_modules.base import describe
 
@@ -186,10 +187,12 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
                "claims": [{"claim": c.text, "source": c.source, "verdict": v, "effect": e} for c, v, e in verdicts],
                "majority_baselines": majority, "optimisers": optimisers, "plots": plots}
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "table.json").write_text(json.dumps(payload, indent=2))
-    with open(directory / "table.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows([header, *table])
-    (directory / "table.md").write_text(render_markdown(experiment, payload))
+    # each file whole or not at all: a sweep killed here, or a second sweep rebuilding beside it, corrupts nothing
+    write_atomically(directory / "table.json", json.dumps(payload, indent=2).encode())
+    table_csv = io.StringIO()
+    csv.writer(table_csv).writerows([header, *table])
+    write_atomically(directory / "table.csv", table_csv.getvalue().encode())
+    write_atomically(directory / "table.md", render_markdown(experiment, payload).encode())
     return payload
 
 
@@ -246,7 +249,7 @@ def _plots(experiment: Experiment, rows: dict[str, RowSummary], directory: Path)
                       color=f"C{ordered.index(name)}")
     axis.set_xlabel("optimizer step"), axis.set_ylabel("held-out MLM loss"), axis.set_title(experiment.title, fontsize=9)
     axis.legend(fontsize=7)
-    figure.tight_layout(), figure.savefig(directory / "curves.png", dpi=110), plt.close(figure)
+    figure.tight_layout(), _save_figure(figure, directory / "curves.png")
     written.append("curves.png")
     metrics = [m for m in experiment.metrics if any(m in rows[r].values for r in ordered) and not m.endswith("ppl")]
     if not metrics:  # rows that measured none of the table's metrics: nothing to chart
@@ -262,9 +265,18 @@ def _plots(experiment: Experiment, rows: dict[str, RowSummary], directory: Path)
         axis.bar(range(len(ordered)), means, yerr=errors, color=[f"C{i}" for i in range(len(ordered))], capsize=3)
         axis.set_xticks(range(len(ordered)), ordered, rotation=45, ha="right", fontsize=7)
         axis.set_title(metric, fontsize=9)
-    figure.tight_layout(), figure.savefig(directory / "metrics.png", dpi=110), plt.close(figure)
+    figure.tight_layout(), _save_figure(figure, directory / "metrics.png")
     written.append("metrics.png")
     return written
+
+
+def _save_figure(figure, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    image = io.BytesIO()
+    figure.savefig(image, dpi=110, format="png")
+    plt.close(figure)
+    write_atomically(path, image.getvalue())
 
 
 def write_index(results_dir: Path, experiments: list[Experiment]) -> Path:
@@ -279,6 +291,5 @@ def write_index(results_dir: Path, experiments: list[Experiment]) -> Path:
             markdown = markdown.replace("](", f"]({relative}/").replace("# ", "## ", 1)
             out.write(f"\n---\n\n{markdown}")
     path = results_dir / "README.md"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(out.getvalue())
+    write_atomically(path, out.getvalue().encode())
     return path

@@ -2,7 +2,10 @@
 
 - Every row is validated (config and data) before any training starts.
 - A finished row (its JSON exists with the same config hash) is skipped; an interrupted one resumes
-  from its last checkpoint, so a killed sweep loses at most the work since that checkpoint.
+  from its newest loadable checkpoint, with the same data order and random draws, so a killed sweep
+  loses at most the work since that checkpoint and its result is the same as an uninterrupted run's.
+- A row being trained by another sweep (its lock is held) is skipped and named at the end; Ctrl-C or
+  SIGTERM stops after the current step with a checkpoint (see experiments.durable).
 - Lightning's Trainer does the training; devices, strategy (DDP, FSDP), nodes and precision pass
   through. The corpus is prepared once (rank 0 of the first process), then read from the cache.
 - Results are written by rank 0 only, atomically; the table is rebuilt from the row files afterwards.
@@ -14,6 +17,7 @@ import json
 import logging
 import math
 import os
+import signal
 import subprocess
 import time
 import warnings
@@ -26,6 +30,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ablations.encoder import Encoder
 from datamodules.downstream import FineTuneDataModule, load_task
@@ -33,6 +38,8 @@ from datamodules.errors import UsageError
 from datamodules.pretraining import PretrainingDataModule
 from datamodules.tokenization import UNK_ID
 from experiments import tracking
+from experiments.durable import (AtomicCheckpointIO, Lock, SaveFinalStep, SeedEachBatch, StopOnRequest, StopRequest,
+                                 Stopped, resumable_checkpoint, write_json_atomically)
 from experiments.presets import Preset, configure
 from experiments.spec import Experiment, Row, RunConfig, budget_of, steps_for
 from lightning_modules.finetune import FineTuneModule
@@ -88,13 +95,6 @@ def git_commit() -> str:
         return (commit + ("-dirty" if changed else "")) if commit else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def write_json_atomically(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(temporary, path)  # readers see the old file or the new one, never half of one
 
 
 def is_global_zero() -> bool:
@@ -208,9 +208,9 @@ def _metrics(trainer: L.Trainer, prefix: str = "val/") -> dict[str, float]:
     return {k[len(prefix):]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
 
 
-def pretrain(p: RowPlan, config: RunConfig, steps: int, work: Path, hardware: Hardware, extra_loggers=()):
-    """Train `config` for `steps` optimizer steps, checkpointing into `work` and resuming from its last
-    checkpoint; returns (module, data module, trainer). The row and each of its early points use it."""
+def pretrain(p: RowPlan, config: RunConfig, steps: int, work: Path, hardware: Hardware, extra_loggers=(), log=print):
+    """Train `config` for `steps` optimizer steps, checkpointing into `work` and resuming from its newest
+    loadable checkpoint; returns (module, data module, trainer). The row and each of its early points use it."""
     work.mkdir(parents=True, exist_ok=True)
     L.seed_everything(p.seed, workers=True, verbose=False)
     data = PretrainingDataModule(config.data, seed=p.seed, num_workers=hardware.num_workers)
@@ -225,18 +225,44 @@ def pretrain(p: RowPlan, config: RunConfig, steps: int, work: Path, hardware: Ha
     # one CSV log per session: Lightning empties an existing log directory, and a resumed run must keep its curve
     session = len(list(work.glob("log-*")))
     loggers = [CSVLogger(str(work), name="", version=f"log-{session}"), *extra_loggers]
-    callbacks = [ModelCheckpoint(dirpath=str(work / "checkpoints"), every_n_train_steps=checkpoint_every,
-                                 save_last=True, save_top_k=1, monitor=None, enable_version_counter=False)]
+    checkpoints = work / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    # the two newest periodic checkpoints (and last.ckpt): if the newest is damaged, the one before it resumes
+    callbacks = [ModelCheckpoint(dirpath=str(checkpoints), every_n_train_steps=checkpoint_every, save_last=True,
+                                 save_top_k=2, monitor="step", mode="max", enable_version_counter=False),
+                 SaveFinalStep(last, checkpoint_every), SeedEachBatch(p.seed), StopOnRequest(last)]
     if config.early_points == "mid-run":
         callbacks.append(SaveEncoderAt(work, config.evaluate_at, steps))
     trainer = _trainer(hardware, max_steps=steps, val_check_interval=eval_interval, check_val_every_n_epoch=None,
                        accumulate_grad_batches=accumulation, gradient_clip_val=config.optim.gradient_clip,
                        logger=loggers, callbacks=callbacks, use_distributed_sampler=False,
-                       log_every_n_steps=max(1, steps // 50))
-    last = work / "checkpoints" / "last.ckpt"
+                       log_every_n_steps=max(1, steps // 50), plugins=[AtomicCheckpointIO()])
+    # every rank picks the same file; only rank 0 sets damaged ones aside
+    resume = resumable_checkpoint(checkpoints, log, set_aside=is_global_zero()) if checkpoints.exists() else None
     # our own checkpoint, written by this runner: it holds the config dataclasses, so not weights-only
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None, weights_only=False)
+    _fit(trainer, module, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=False)
     return module, data, trainer
+
+
+def _fit(trainer: L.Trainer, module, **kwargs) -> None:
+    """trainer.fit, then stop the row if Ctrl-C / SIGTERM asked for it (StopOnRequest ended the fit)."""
+    trainer.fit(module, **kwargs)
+    StopRequest.check()
+
+
+# Token-budget batches carry 98.5-99.2% of their planned padded tokens (measured on every format at smoke and
+# small: batches are packed by length, one partial batch per epoch); a row far below that did not train its plan.
+MIN_BUDGET_FILL = 0.9
+
+
+def check_budget(module, planned_tokens: int, name: str) -> None:
+    """A row never reports a budget it did not train (a damaged cache or a corpus too small for a batch)."""
+    fill = module.padded_tokens_seen / planned_tokens
+    if fill < MIN_BUDGET_FILL:
+        raise UsageError(
+            f"{name} trained on {module.padded_tokens_seen:,} padded tokens of its planned {planned_tokens:,} "
+            f"({fill:.1%}): the training data gives too few tokens per batch; check the corpus (a damaged cache "
+            f"under .cache/ can be deleted and is rebuilt) or lower data.tokens_per_batch. No result was written.")
 
 
 def early_point(config: RunConfig, fraction: float, steps: int) -> tuple[RunConfig, int]:
@@ -254,6 +280,7 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
     config, work = p.config, p.work_dir
     wandb_logger = tracking.logger_for(p)
     module, data, trainer = pretrain(p, config, p.steps, work, hardware, [wandb_logger] if wandb_logger else [])
+    check_budget(module, p.steps * config.tokens_per_step, p.name)
     trainer.validate(module, datamodule=data, verbose=False)
     metrics = _metrics(trainer)
     metrics.pop("loss", None)
@@ -277,7 +304,9 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
             state, early_steps = torch.load(work / f"encoder_at_{fraction}.pt", weights_only=True), None
         else:
             early_config, early_steps = early_point(config, fraction, p.steps)
-            state = pretrain(p, early_config, early_steps, work / f"early-{fraction:g}", hardware)[0].encoder_state()
+            early_module = pretrain(p, early_config, early_steps, work / f"early-{fraction:g}", hardware)[0]
+            check_budget(early_module, early_steps * config.tokens_per_step, f"{p.name} at {fraction:g}")
+            state = early_module.encoder_state()
         early = fine_tune_all(config, encoder_config, state, tokenized, p.seed, hardware)
         metrics |= {f"{k}@{fraction:g}": v for k, v in early.items() if not k.endswith("majority")}
         early_points[f"{fraction:g}"] = {"steps": early_steps or round(fraction * p.steps), "schedule": config.early_points}
@@ -307,11 +336,14 @@ def fine_tune_all(config: RunConfig, encoder_config, encoder_state: dict, tokeni
         data = FineTuneDataModule(task, tokenized.tokenizer, tokenized.config.kind, ft.max_length, ft.batch_size, seed,
                                   ft.max_train_examples, ft.max_validation_examples)
         steps = max(1, math.ceil(len(data.train_items) / ft.batch_size * ft.epochs))
+        if is_global_zero():
+            print(f"  fine-tuning on {name}: {steps} steps", flush=True)
         L.seed_everything(seed, workers=True, verbose=False)
         module = FineTuneModule(encoder_config, task.spec.num_labels, task.spec.metric, ft, steps, encoder_state)
         trainer = _trainer(hardware, max_steps=steps, logger=False, enable_checkpointing=False, gradient_clip_val=1.0,
-                           val_check_interval=steps, check_val_every_n_epoch=None)  # validate once, at the end
-        trainer.fit(module, datamodule=data)
+                           val_check_interval=steps, check_val_every_n_epoch=None,  # validate once, at the end
+                           callbacks=[StopOnRequest()])  # a stopped fine-tuning run is simply run again
+        _fit(trainer, module, datamodule=data)
         scores[name] = _metrics(trainer)["score"]
         scores[f"{name}_majority"] = task.majority_score()
     if config.tasks:
@@ -322,14 +354,39 @@ def fine_tune_all(config: RunConfig, encoder_config, encoder_state: dict, tokeni
 def run(experiment: Experiment, preset: Preset, seeds: int, rows: list[str] | None = None,
         tasks: tuple[str, ...] | None = None, hardware: Hardware = Hardware(),
         results_dir: Path = DEFAULT_RESULTS, log=print) -> list[RowPlan]:
+    """Train every row that is neither finished nor held by another sweep; returns the plans of the rows
+    still running elsewhere (the table is built from whatever row files exist)."""
     plans = plan(experiment, preset, seeds, rows, tasks, results_dir)
     prepare_data(plans)
+    StopRequest.install()
+    elsewhere = []
     for p in plans:
+        prefix = f"[{experiment.id}/{preset.name}] {p.row.name} seed {p.seed}"
         if p.is_done():
-            log(f"[{experiment.id}/{preset.name}] {p.row.name} seed {p.seed}: done, skipped")
+            log(f"{prefix}: done, skipped")
             continue
-        log(f"[{experiment.id}/{preset.name}] {p.row.name} seed {p.seed}: {p.steps} steps, "
-            f"{p.steps * p.config.tokens_per_step:,} tokens")
-        result = run_row(p, hardware)
-        log(f"[{experiment.id}/{preset.name}] {p.row.name} seed {p.seed}: finished in {result['wall_time_s']} s")
-    return plans
+        row_lock, work_lock = Lock(p.result_path.with_suffix(".lock")), Lock(p.work_dir.with_name(p.work_dir.name + ".lock"))
+        try:
+            # only the first process locks: the other ranks of a multi-process run follow it into the same row
+            if is_global_zero() and not (row_lock.acquire() and work_lock.acquire()):
+                held = row_lock if not row_lock.held else work_lock
+                log(f"{prefix}: being trained by another sweep ({held.describe()}), skipped")
+                elsewhere.append(p)
+                continue
+            if p.is_done():  # finished by another sweep between the check above and the lock
+                log(f"{prefix}: done, skipped")
+                continue
+            log(f"{prefix}: {p.steps} steps, {p.steps * p.config.tokens_per_step:,} tokens")
+            try:
+                result = run_row(p, hardware)
+            except SIGTERMException:  # Lightning's own SIGTERM handling (after StopOnRequest saved a checkpoint)
+                raise Stopped(signal.SIGTERM) from None
+            log(f"{prefix}: finished in {result['wall_time_s']} s")
+        finally:
+            work_lock.release()
+            row_lock.release()
+    if elsewhere:
+        log(f"[{experiment.id}/{preset.name}] still running elsewhere: "
+            + ", ".join(f"{p.row.name} seed {p.seed}" for p in elsewhere)
+            + "; the table below has the rows finished so far (`python -m experiments table` rebuilds it later)")
+    return elsewhere

@@ -61,6 +61,7 @@ class ObjectiveModule(L.LightningModule):
         super().__init__()
         self.optim = optim
         self.tokens_seen = 0  # non-pad tokens of every training batch; saved in checkpoints
+        self.padded_tokens_seen = 0  # the same with padding: what the budget counts, checked against the plan
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -70,6 +71,7 @@ class ObjectiveModule(L.LightningModule):
         batch_tokens = batch.get("num_tokens", 0)
         world = self.trainer.world_size if self._trainer is not None else 1
         self.tokens_seen += int(batch_tokens) * world
+        self.padded_tokens_seen += batch["input_ids"].numel() * world
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach() if torch.is_tensor(value) else value, prog_bar=name == "loss")
         self.log("train/tokens_per_step", float(batch_tokens) * world)
@@ -87,6 +89,8 @@ class ObjectiveModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["tokens_seen"] = self.tokens_seen
+        checkpoint["padded_tokens_seen"] = self.padded_tokens_seen
 
     def on_load_checkpoint(self, checkpoint):
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
+        self.padded_tokens_seen = checkpoint.get("padded_tokens_seen", 0)

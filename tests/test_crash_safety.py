@@ -1,0 +1,257 @@
+"""A sweep survives kills, damaged files, signals and a second sweep beside it, with nothing lost.
+
+The end-to-end tests run a two-row smoke sweep (FULL-SENTENCES and DOC-SENTENCES, sentiment only) and
+compare every interrupted sweep's table, metric for metric, with an uninterrupted one.
+"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.errors import UsageError
+from experiments.durable import Lock, resumable_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEP = ("run", "ablation-nsp", "--preset", "smoke", "--rows", "FULL-SENTENCES,DOC-SENTENCES", "--tasks", "sentiment")
+ROWS = ("full-sentences__seed0.json", "doc-sentences__seed0.json")
+
+
+def start(results: Path, log: Path, env=None) -> subprocess.Popen:
+    environment = os.environ | {"WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"} | (env or {})
+    return subprocess.Popen([sys.executable, "-m", "experiments", *SWEEP, "--results-dir", str(results)], cwd=ROOT,
+                            env=environment, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def finish(process: subprocess.Popen, timeout=600) -> int:
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+
+
+def last_phase(output: str) -> str:
+    """What the run was doing when it stopped, from its last progress line."""
+    markers = {"pretraining": " steps, ", "fine-tuning": "fine-tuning on", "writing the row": "finished in"}
+    position, phase = max((output.rfind(marker), phase) for phase, marker in markers.items())
+    return phase if position >= 0 else "start-up"
+
+
+def table_of(results: Path) -> dict:
+    directory = results / "ablation-nsp" / "smoke"
+    payload = json.loads((directory / "table.json").read_text())
+    metrics = {name: json.loads((directory / "rows" / name).read_text())["metrics"] for name in ROWS}
+    return {"rows": payload["rows"], "claims": payload["claims"], "metrics": metrics}
+
+
+def row_files(results: Path) -> dict:
+    directory = results / "ablation-nsp" / "smoke" / "rows"
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in directory.glob("*.json")} if directory.exists() else {}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted sweep: its table, and how long it took."""
+    results = tmp_path_factory.mktemp("reference")
+    began = time.time()
+    code = finish(start(results, results / "log.txt"))
+    seconds = time.time() - began
+    assert code == 0, (results / "log.txt").read_text()[-3000:]
+    directory = results / "ablation-nsp" / "smoke"  # a table of two of its four rows: the others shown as unmeasured
+    assert "DOC-SENTENCES | 1 |" in (directory / "table.md").read_text()
+    assert "SEGMENT-PAIR+NSP | 0 |" in (directory / "table.md").read_text()
+    assert (directory / "curves.png").stat().st_size > 1000 and (directory / "metrics.png").stat().st_size > 1000
+    assert len((directory / "table.csv").read_text().splitlines()) == 5  # header and the four rows
+    return table_of(results), seconds
+
+
+# -- fault injection -------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(900)
+def test_sweep_killed_again_and_again_gives_the_uninterrupted_table(reference, tmp_path):
+    """SIGKILL at seeded random moments in pretraining and fine-tuning, halfway through a checkpoint write and a
+    row-file write, a truncated last.ckpt, and a graceful SIGTERM; then the table equals the uninterrupted one."""
+    expected, reference_seconds = reference
+    rng = np.random.default_rng(2026)
+    results = tmp_path / "results"
+    work = results / "ablation-nsp" / "smoke" / "work"
+
+    def checkpoint_exists(_log):
+        return any(work.glob("*/checkpoints/*.ckpt"))
+
+    plan = [  # (what it interrupts, env, trigger on the run's output or files, seconds after the trigger, signal)
+        ("pretraining", {}, checkpoint_exists, rng.uniform(0.0, 1.0), signal.SIGKILL),
+        ("a checkpoint write", {"ABLATIONS_CRASH_AT": f"checkpoint:{rng.integers(1, 4)}"}, None, 0, None),
+        ("fine-tuning", {}, lambda log: "fine-tuning on" in log, rng.uniform(0.0, 1.5), signal.SIGKILL),
+        ("a row-file write", {"ABLATIONS_CRASH_AT": "row-file:1"}, None, 0, None),
+        ("a random moment", {}, lambda log: True, rng.uniform(2.0, 12.0), signal.SIGKILL),
+        ("pretraining, gracefully", {}, lambda log: "steps," in log.split("finished")[-1] and checkpoint_exists(log),
+         rng.uniform(0.0, 1.0), signal.SIGTERM),
+    ]
+    report, finished_before, spent = [], {}, 0.0
+    for number, (what, env, trigger, delay, signum) in enumerate(plan):
+        log = tmp_path / f"run-{number}.txt"
+        began = time.time()
+        process = start(results, log, env)
+        while trigger is not None and process.poll() is None and not trigger(log.read_text()):
+            time.sleep(0.05)
+        if trigger is not None:
+            time.sleep(delay)
+            if process.poll() is None:
+                os.killpg(process.pid, signum)
+        code = finish(process)
+        text = log.read_text()
+        seconds = time.time() - began
+        spent += seconds
+        how = f"{signal.Signals(signum).name} during {last_phase(text)}" if signum else "SIGKILL by itself, halfway through the write"
+        report.append(f"kill {number + 1}: {what}: {how}, {seconds:.1f} s into the run, exit {code}")
+        if signum == signal.SIGTERM:  # graceful: a checkpoint, a message, exit 128 + 15
+            assert code == 128 + signal.SIGTERM and "stopped by SIGTERM" in text, text[-2000:]
+        else:
+            assert code == -signal.SIGKILL, text[-2000:]
+        if number == 0:  # what a kill during a checkpoint write on an older version left: a cut last.ckpt
+            for last in work.glob("*/checkpoints/last.ckpt"):
+                last.write_bytes(last.read_bytes()[:1000])
+        now = row_files(results)
+        assert all(now.get(name) == stamp for name, stamp in finished_before.items()), "a finished row file was rewritten"
+        finished_before = now
+    began = time.time()
+    log = tmp_path / "final.txt"
+    assert finish(start(results, log)) == 0, log.read_text()[-3000:]
+    assert any("does not load" in (tmp_path / f"run-{n}.txt").read_text() for n in range(1, len(plan)))
+    assert all(row_files(results).get(name) == stamp for name, stamp in finished_before.items())
+    assert table_of(results) == expected
+    spent += time.time() - began
+    print("\n".join(report + [f"final run {time.time() - began:.1f} s; all {len(plan) + 1} runs {spent:.1f} s against "
+                              f"{reference_seconds:.1f} s uninterrupted: {(spent - reference_seconds) / len(plan):.1f} s "
+                              f"lost per kill, start-up included"]))
+
+
+def test_two_sweeps_side_by_side_train_each_row_once(reference, tmp_path):
+    expected, _ = reference
+    first, second = start(tmp_path, tmp_path / "a.txt"), start(tmp_path, tmp_path / "b.txt")
+    assert finish(first) == 0 and finish(second) == 0
+    trained = [re.findall(r"\] (\S+) seed 0: \d+ steps", (tmp_path / f"{n}.txt").read_text()) for n in "ab"]
+    assert sorted(trained[0] + trained[1]) == ["DOC-SENTENCES", "FULL-SENTENCES"], trained
+    sessions = [len(list(w.glob("log-*"))) for w in (tmp_path / "ablation-nsp" / "smoke" / "work").glob("pretrain-*")]
+    assert sessions == [1, 1]  # each pretraining ran once, never resumed by the other sweep
+    assert table_of(tmp_path)["metrics"] == expected["metrics"]
+    assert not list(tmp_path.rglob("*.lock"))  # both released their locks
+
+
+# -- one fault at a time ------------------------------------------------------------------------------------
+
+
+def save(path: Path, step: int) -> None:
+    torch.save({"global_step": step, "state_dict": {"w": torch.arange(1000.0)}}, path)
+
+
+def test_truncated_last_checkpoint_falls_back_to_the_older_one_and_none_restarts(tmp_path):
+    save(tmp_path / "epoch=0-step=12.ckpt", 12)
+    save(tmp_path / "epoch=0-step=24.ckpt", 24)
+    save(tmp_path / "last.ckpt", 24)
+    (tmp_path / "last.ckpt").write_bytes((tmp_path / "last.ckpt").read_bytes()[:500])
+    (tmp_path / "last.ckpt.tmp999").write_bytes(b"half")  # a killed write
+    damaged = bytearray((tmp_path / "epoch=0-step=24.ckpt").read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # one flipped byte inside a tensor: only the zip CRC sees it
+    (tmp_path / "epoch=0-step=24.ckpt").write_bytes(bytes(damaged))
+    lines = []
+    assert resumable_checkpoint(tmp_path, lines.append) == tmp_path / "epoch=0-step=12.ckpt"
+    assert len(lines) == 2 and all("does not load" in line for line in lines)
+    assert sorted(p.name.split(".damaged")[0] for p in tmp_path.glob("*.damaged-*")) == ["epoch=0-step=24.ckpt", "last.ckpt"]
+    assert not list(tmp_path.glob("*.tmp*"))
+    (tmp_path / "epoch=0-step=12.ckpt").write_bytes(b"not a checkpoint")
+    lines.clear()
+    assert resumable_checkpoint(tmp_path, lines.append) is None
+    assert "starts again from step 0" in lines[-1]
+
+
+def test_a_lock_is_exclusive_and_a_dead_owner_is_taken_over(tmp_path):
+    path = tmp_path / "row.lock"
+    mine, other = Lock(path), Lock(path)
+    assert mine.acquire() and not other.acquire()
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    mine.release()
+    assert not path.exists() and other.acquire()
+    other.release()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "started": "earlier"}))
+    assert Lock(path).acquire()  # its process has exited
+    path.write_text(json.dumps({"host": "another-machine", "pid": 1, "started": "earlier"}))
+    held = Lock(path)
+    assert not held.acquire() and "another-machine" in held.describe() and str(path) in held.describe()
+
+
+def test_damaged_token_array_is_rebuilt_with_a_warning_and_the_same_tokens(tmp_path, capsys):
+    from datamodules import manifest
+    from datamodules.corpus import CorpusConfig, load_corpus
+    from datamodules.tokenization import TokenizerConfig, tokenize_corpus
+
+    config = CorpusConfig(max_documents=40)
+    tokenized = tokenize_corpus(load_corpus(config, tmp_path), TokenizerConfig(vocab_size=500))
+    tokens, documents = np.array(tokenized.train.tokens), tokenized.train.document_sentences.copy()
+    directory = tokenized.directory
+
+    def reopen():
+        manifest._checked.clear()  # a process checks each cache once; these reopen within one process
+        return tokenize_corpus(load_corpus(config, tmp_path), TokenizerConfig(vocab_size=500))
+
+    (directory / "train" / "tokens.bin").write_bytes((directory / "train" / "tokens.bin").read_bytes()[:100])
+    assert np.array_equal(np.array(reopen().train.tokens), tokens)
+    out = capsys.readouterr().out
+    assert "token cache" in out and "tokens.bin has 100 bytes" in out and "rebuilding" in out
+    sizes = directory / "train" / "document_sentences.bin"
+    flipped = bytearray(sizes.read_bytes())
+    flipped[0] ^= 0x01  # same size, different content: the checksum sees it
+    sizes.write_bytes(bytes(flipped))
+    assert np.array_equal(reopen().train.document_sentences, documents)
+    assert "document_sentences.bin does not match its checksum" in capsys.readouterr().out
+    corpus_file = next((load_corpus(config, tmp_path).directory / "train").glob("*.arrow"))
+    corpus_file.write_bytes(corpus_file.read_bytes()[:-10])
+    assert np.array_equal(np.array(reopen().train.tokens), tokens)
+    assert "corpus cache" in capsys.readouterr().out
+
+
+def test_a_row_that_trained_far_fewer_tokens_than_planned_writes_no_result():
+    from experiments.runner import check_budget
+
+    check_budget(SimpleNamespace(padded_tokens_seen=24_300), 24_576, "row")  # a partial batch per epoch: fine
+    with pytest.raises(UsageError, match="938 padded tokens of its planned 24,576"):
+        check_budget(SimpleNamespace(padded_tokens_seen=938), 24_576, "row")
+
+
+@pytest.mark.parametrize("value", ["null", "5"])
+def test_jsonl_text_that_is_not_a_string_is_a_clear_error_or_skipped_and_counted(value, tmp_path, capsys):
+    from datamodules.corpus import CorpusConfig, iter_documents
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "A first document. It has two sentences."}\n' + f'{{"text": {value}}}\n')
+    with pytest.raises(UsageError, match=rf"docs.jsonl line 2: the 'text' field is {value}, not text"):
+        list(iter_documents(CorpusConfig(source="files", paths=(str(path),))))
+    documents = list(iter_documents(CorpusConfig(source="files", paths=(str(path),), skip_non_text=True)))
+    assert documents == ["A first document. It has two sentences."]
+    assert "skipped 1 line(s)" in capsys.readouterr().out
+
+
+def test_resumed_epoch_skips_the_batches_already_trained():
+    from datamodules.pretraining import TokenBudgetBatches
+
+    dataset = SimpleNamespace(lengths=np.random.default_rng(0).integers(10, 120, 500), set_epoch=lambda epoch: None)
+    sampler = TokenBudgetBatches(dataset, 1024, seed=3, shuffle=True)
+    sampler.set_epoch(2)
+    whole = list(sampler)
+    sampler.resume_at(2, 7)
+    assert list(sampler) == whole[7:] and len(sampler) == len(whole)
+    assert list(sampler) == whole  # the skip applies to the resumed epoch's first pass only
