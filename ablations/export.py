@@ -54,7 +54,7 @@ def _check_exportable(config: EncoderConfig, fmt: str) -> None:
     if fmt not in FORMATS:
         problems.append(f"unknown export format {fmt!r} (valid: {', '.join(FORMATS)})")
     if config.pre_layer_norm:
-        problems.append("pre-LN encoders have no HF equivalent")
+        problems.append("pre-LN encoders have no HF equivalent (train with --set encoder.pre_layer_norm=false)")
     if fmt in ("bert", "roberta") and config.attention != "absolute":
         problems.append(f"{fmt} needs absolute attention; use deberta-v2")
     if config.embedding_dim != config.hidden_size:
@@ -63,7 +63,8 @@ def _check_exportable(config: EncoderConfig, fmt: str) -> None:
     if fmt == "deberta-v2" and config.attention != "disentangled":
         problems.append("deberta-v2 needs disentangled attention")
     if fmt == "deberta-v2" and config.p2c and config.p2c_index != "code":
-        problems.append("HF DeBERTa indexes p2c with delta(i,j): train with p2c_index='code' to export")
+        problems.append("HF DeBERTa indexes p2c with delta(i,j), the paper with delta(j,i): train the row with "
+                        "`--set encoder.p2c_index=code` (make ... SET='encoder.p2c_index=code') to export it")
     if problems:
         raise UsageError("cannot export: " + "; ".join(problems))
 

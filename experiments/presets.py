@@ -66,6 +66,7 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def configure(base: RunConfig, preset: Preset, row_changes: dict) -> RunConfig:
-    """The row's config at this preset: base, then the preset's scale, then the row's diff."""
-    return apply_changes(apply_changes(base, preset.changes), row_changes)
+def configure(base: RunConfig, preset: Preset, row_changes: dict, overrides: dict | None = None) -> RunConfig:
+    """The row's config at this preset: base, then the preset's scale, then the user's overrides (--set,
+    --corpus, --tasks), then the row's diff (which may scale what the overrides set)."""
+    return apply_changes(apply_changes(apply_changes(base, preset.changes), overrides or {}), row_changes)

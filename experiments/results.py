@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules.corpus import describe_corpus
+from datamodules.downstream import OFFLINE, task_name
 from experiments.durable import write_atomically
 from experiments.spec import Claim, Experiment, lower_is_better
 from lightning_modules.base import describe
@@ -33,6 +35,8 @@ class RowSummary:
     commits: set[str]
     steps: list[int] = field(default_factory=list)  # optimizer steps trained, per seed
     optim: dict = field(default_factory=dict)  # the optimiser settings it trained with (its config's `optim`)
+    tasks: list[str] = field(default_factory=list)  # the downstream tasks it was fine-tuned on
+    corpus: dict = field(default_factory=dict)  # the corpus it was pretrained on (its config's data.corpus)
 
     def mean(self, metric: str) -> float:
         values = self.values.get(metric, [])
@@ -58,6 +62,8 @@ def load_rows(experiment: Experiment, directory: Path) -> dict[str, RowSummary]:
         summary.train_flops.append(record["train_flops"])
         summary.steps.append(record["steps"])
         summary.optim = record["config"]["optim"]
+        summary.tasks = list(record["config"].get("tasks", []))
+        summary.corpus = record["config"]["data"]["corpus"]
         summary.wall_time_s.append(record["wall_time_s"])
         summary.curves.append(directory / record["curves"])
         commit = record["git_commit"]
@@ -143,6 +149,19 @@ def check_claim(claim: Claim, rows: dict[str, RowSummary], order: list[str]) -> 
     raise ValueError(f"unknown claim kind {claim.kind}")
 
 
+def table_metrics(experiment: Experiment, rows: dict[str, RowSummary]) -> list[str]:
+    """The table's columns: its metrics, with one column per downstream task the rows actually ran (a task
+    of the user's own gets its own column, before the average; a default task that was not run, none)."""
+    ran = list(dict.fromkeys(task_name(spec) for s in rows.values() for spec in s.tasks))
+    if not ran:
+        return list(experiment.metrics)
+    is_task = lambda metric: metric in OFFLINE or metric.startswith("glue-")  # noqa: E731
+    kept = [m for m in experiment.metrics if not is_task(m) or m in ran]
+    extra = [t for t in ran if t not in kept]
+    at = kept.index("downstream_avg") if "downstream_avg" in kept else len(kept)
+    return kept[:at] + extra + kept[at:]
+
+
 def _cell(summary: RowSummary | None, metric: str) -> str:
     if summary is None or metric not in summary.values:
         return "-"
@@ -162,13 +181,14 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
     """Write table.md / table.csv / table.json and the plots; return the table as data."""
     rows = load_rows(experiment, directory)
     order = [r.name for r in experiment.rows]
-    header = ["row", "seeds", *experiment.metrics, "steps", "tokens seen", "train FLOPs",
+    metrics = table_metrics(experiment, rows)
+    header = ["row", "seeds", *metrics, "steps", "tokens seen", "train FLOPs",
               *[f"paper {c}" for c in experiment.paper_columns]]
     table = []
     for row in experiment.rows:
         s = rows.get(row.name)
         cells = [row.name, str(len(s.seeds)) if s else "0"]
-        cells += [_cell(s, m) for m in experiment.metrics]
+        cells += [_cell(s, m) for m in metrics]
         cells += [f"{int(np.mean(s.steps)):,}" if s else "-", f"{int(np.mean(s.tokens_seen)):,}" if s else "-",
                   f"{np.mean(s.train_flops):.2e}" if s else "-"]
         cells += [f"{row.paper[c]:g}" if c in row.paper else "-" for c in experiment.paper_columns]
@@ -185,7 +205,10 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
     payload = {"experiment": experiment.id, "title": experiment.title, "paper": experiment.paper, "preset": preset,
                "built": stamp, "commits": commits, "header": header, "rows": table, "budget": experiment.budget,
                "claims": [{"claim": c.text, "source": c.source, "verdict": v, "effect": e} for c, v, e in verdicts],
-               "majority_baselines": majority, "optimisers": optimisers, "plots": plots}
+               "majority_baselines": majority, "optimisers": optimisers, "plots": plots,
+               "corpus": sorted({describe_corpus(s.corpus) for s in rows.values()}),
+               "overrides": json.loads((directory / "overrides.json").read_text())
+               if (directory / "overrides.json").exists() else []}
     directory.mkdir(parents=True, exist_ok=True)
     # each file whole or not at all: a sweep killed here, or a second sweep rebuilding beside it, corrupts nothing
     write_atomically(directory / "table.json", json.dumps(payload, indent=2).encode())
@@ -201,6 +224,10 @@ def render_markdown(experiment: Experiment, payload: dict) -> str:
     out.write(f"# {experiment.title}\n\n{experiment.paper}. Preset `{payload['preset']}`, built {payload['built']}, "
               f"commit {', '.join(payload['commits']) or '-'}. Rows get equal training "
               f"{'FLOPs' if experiment.budget == 'flops' else 'tokens'}; values are mean +- std over seeds.\n\n")
+    if payload.get("corpus"):
+        out.write(f"Pretraining corpus: {'; '.join(payload['corpus'])}.\n\n")
+    if payload.get("overrides"):
+        out.write(f"Run with overrides (every row): {', '.join(f'`{o}`' for o in payload['overrides'])}.\n\n")
     header = payload["header"]
     out.write("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
     for row in payload["rows"]:
@@ -251,7 +278,8 @@ def _plots(experiment: Experiment, rows: dict[str, RowSummary], directory: Path)
     axis.legend(fontsize=7)
     figure.tight_layout(), _save_figure(figure, directory / "curves.png")
     written.append("curves.png")
-    metrics = [m for m in experiment.metrics if any(m in rows[r].values for r in ordered) and not m.endswith("ppl")]
+    metrics = [m for m in table_metrics(experiment, rows) if any(m in rows[r].values for r in ordered)
+               and not m.endswith("ppl")]
     if not metrics:  # rows that measured none of the table's metrics: nothing to chart
         return written
     columns = min(4, len(metrics))

@@ -33,14 +33,17 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ablations.encoder import Encoder
-from datamodules.downstream import FineTuneDataModule, load_task
+from datamodules.downstream import FineTuneDataModule, load_task, task_name
 from datamodules.errors import UsageError
 from datamodules.pretraining import PretrainingDataModule
 from datamodules.tokenization import UNK_ID
 from experiments import tracking
 from experiments.durable import (AtomicCheckpointIO, Lock, SaveFinalStep, SeedEachBatch, StopOnRequest, StopRequest,
                                  Stopped, resumable_checkpoint, write_json_atomically)
+from experiments.overrides import conflicts, directory_name
+from experiments.overrides import save as save_overrides
 from experiments.presets import Preset, configure
+from experiments.progress import minutes, progress_bar
 from experiments.spec import Experiment, Row, RunConfig, budget_of, steps_for
 from lightning_modules.finetune import FineTuneModule
 from lightning_modules.mlm import MLMModule
@@ -149,16 +152,22 @@ class RowPlan:
             return False
 
 
-def plan(experiment: Experiment, preset: Preset, seeds: int, rows: list[str] | None, tasks: tuple[str, ...] | None,
+def plan(experiment: Experiment, preset: Preset, seeds: int, rows: list[str] | None, overrides: dict | None,
          results_dir: Path) -> list[RowPlan]:
-    """Every (row, seed) with its config and budget; validates all of them before anything runs."""
+    """Every (row, seed) with its config and budget; validates all of them before anything runs.
+    `overrides` ({dotted path: value}, from --set / --corpus / --tasks) apply to every row."""
+    overrides = overrides or {}
     if seeds < 1:
         raise UsageError("--seeds must be >= 1")
     selected = [experiment.row(name) for name in rows] if rows else list(experiment.rows)
-    reference = configure(experiment.base, preset, {})
-    plans, problems = [], []
+    problems = conflicts(overrides, [row.changes for row in experiment.rows])
+    if problems:
+        raise UsageError(f"{experiment.id} cannot run: " + "; ".join(problems))
+    reference = configure(experiment.base, preset, {}, overrides)
+    directory = results_dir / experiment.id / directory_name(preset.name, overrides)
+    plans = []
     for row in selected:
-        config = configure(experiment.base, preset, dict(row.changes) | ({"tasks": tasks} if tasks else {}))
+        config = configure(experiment.base, preset, dict(row.changes), overrides)
         try:
             config.validate()
         except UsageError as error:
@@ -167,7 +176,7 @@ def plan(experiment: Experiment, preset: Preset, seeds: int, rows: list[str] | N
         steps = steps_for(config, experiment.budget, reference)
         config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, max_steps=steps))
         for seed in range(seeds):
-            plans.append(RowPlan(experiment, preset, row, seed, config, steps, results_dir / experiment.id / preset.name))
+            plans.append(RowPlan(experiment, preset, row, seed, config, steps, directory))
     if problems:
         raise UsageError(f"{experiment.id} cannot run: " + "; ".join(problems))
     return plans
@@ -199,9 +208,11 @@ def build_module(config: RunConfig, vocab_size: int):
     return MLMModule(encoder, config.optim, nsp=config.data.has_nsp)
 
 
-def _trainer(hardware: Hardware, **kwargs) -> L.Trainer:
-    return L.Trainer(**hardware.trainer_kwargs(), enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, inference_mode=False, **kwargs)
+def _trainer(hardware: Hardware, label: str, callbacks=(), **kwargs) -> L.Trainer:
+    """A Trainer with the suite's defaults and a progress display named `label` (see experiments.progress)."""
+    return L.Trainer(**hardware.trainer_kwargs(), enable_progress_bar=True, enable_model_summary=False,
+                     num_sanity_val_steps=0, inference_mode=False, callbacks=[*callbacks, progress_bar(label)],
+                     **kwargs)
 
 
 def _metrics(trainer: L.Trainer, prefix: str = "val/") -> dict[str, float]:
@@ -233,7 +244,8 @@ def pretrain(p: RowPlan, config: RunConfig, steps: int, work: Path, hardware: Ha
                  SaveFinalStep(last, checkpoint_every), SeedEachBatch(p.seed), StopOnRequest(last)]
     if config.early_points == "mid-run":
         callbacks.append(SaveEncoderAt(work, config.evaluate_at, steps))
-    trainer = _trainer(hardware, max_steps=steps, val_check_interval=eval_interval, check_val_every_n_epoch=None,
+    trainer = _trainer(hardware, f"pretraining {p.row.name}" + (f" ({work.name})" if work != p.work_dir else ""),
+                       max_steps=steps, val_check_interval=eval_interval, check_val_every_n_epoch=None,
                        accumulate_grad_batches=accumulation, gradient_clip_val=config.optim.gradient_clip,
                        logger=loggers, callbacks=callbacks, use_distributed_sampler=False,
                        log_every_n_steps=max(1, steps // 50), plugins=[AtomicCheckpointIO()])
@@ -330,8 +342,8 @@ def fine_tune_all(config: RunConfig, encoder_config, encoder_state: dict, tokeni
                   hardware: Hardware) -> dict[str, float]:
     """Fine-tune a copy of the encoder on each task; scores x100 and the majority-class baseline."""
     scores = {}
-    for name in config.tasks:
-        task = cached_task(name)
+    for spec in config.tasks:
+        name, task = task_name(spec), cached_task(spec)
         ft = config.finetune
         data = FineTuneDataModule(task, tokenized.tokenizer, tokenized.config.kind, ft.max_length, ft.batch_size, seed,
                                   ft.max_train_examples, ft.max_validation_examples)
@@ -340,26 +352,30 @@ def fine_tune_all(config: RunConfig, encoder_config, encoder_state: dict, tokeni
             print(f"  fine-tuning on {name}: {steps} steps", flush=True)
         L.seed_everything(seed, workers=True, verbose=False)
         module = FineTuneModule(encoder_config, task.spec.num_labels, task.spec.metric, ft, steps, encoder_state)
-        trainer = _trainer(hardware, max_steps=steps, logger=False, enable_checkpointing=False, gradient_clip_val=1.0,
+        trainer = _trainer(hardware, f"fine-tuning on {name}", max_steps=steps, logger=False,
+                           enable_checkpointing=False, gradient_clip_val=1.0,
                            val_check_interval=steps, check_val_every_n_epoch=None,  # validate once, at the end
                            callbacks=[StopOnRequest()])  # a stopped fine-tuning run is simply run again
         _fit(trainer, module, datamodule=data)
         scores[name] = _metrics(trainer)["score"]
         scores[f"{name}_majority"] = task.majority_score()
-    if config.tasks:
-        scores["downstream_avg"] = sum(scores[name] for name in config.tasks) / len(config.tasks)
+    if config.tasks:  # the tasks this row actually ran
+        scores["downstream_avg"] = sum(scores[task_name(spec)] for spec in config.tasks) / len(config.tasks)
     return scores
 
 
 def run(experiment: Experiment, preset: Preset, seeds: int, rows: list[str] | None = None,
-        tasks: tuple[str, ...] | None = None, hardware: Hardware = Hardware(),
+        overrides: dict | None = None, hardware: Hardware = Hardware(),
         results_dir: Path = DEFAULT_RESULTS, log=print) -> list[RowPlan]:
     """Train every row that is neither finished nor held by another sweep; returns the plans of the rows
     still running elsewhere (the table is built from whatever row files exist)."""
-    plans = plan(experiment, preset, seeds, rows, tasks, results_dir)
+    plans = plan(experiment, preset, seeds, rows, overrides, results_dir)
     prepare_data(plans)
+    if overrides and plans and is_global_zero():
+        save_overrides(plans[0].directory, overrides)
     StopRequest.install()
-    elsewhere = []
+    elsewhere, durations = [], []
+    to_train = [p for p in plans if not p.is_done()]
     for p in plans:
         prefix = f"[{experiment.id}/{preset.name}] {p.row.name} seed {p.seed}"
         if p.is_done():
@@ -376,11 +392,15 @@ def run(experiment: Experiment, preset: Preset, seeds: int, rows: list[str] | No
             if p.is_done():  # finished by another sweep between the check above and the lock
                 log(f"{prefix}: done, skipped")
                 continue
-            log(f"{prefix}: {p.steps} steps, {p.steps * p.config.tokens_per_step:,} tokens")
+            left = len(to_train) - to_train.index(p) if p in to_train else 1
+            eta = f", ETA for the table {minutes(np.mean(durations) * left)}" if durations else ""
+            log(f"{prefix}: {p.steps} steps, {p.steps * p.config.tokens_per_step:,} tokens "
+                f"(row {len(to_train) - left + 1} of {len(to_train)}{eta})")
             try:
                 result = run_row(p, hardware)
             except SIGTERMException:  # Lightning's own SIGTERM handling (after StopOnRequest saved a checkpoint)
                 raise Stopped(signal.SIGTERM) from None
+            durations.append(result["wall_time_s"])
             log(f"{prefix}: finished in {result['wall_time_s']} s")
         finally:
             work_lock.release()
@@ -390,3 +410,29 @@ def run(experiment: Experiment, preset: Preset, seeds: int, rows: list[str] | No
             + ", ".join(f"{p.row.name} seed {p.seed}" for p in elsewhere)
             + "; the table below has the rows finished so far (`python -m experiments table` rebuilds it later)")
     return elsewhere
+
+
+def export_row(experiment: Experiment, preset: Preset, row: str, seed: int, overrides: dict | None,
+               results_dir: Path, to: Path, fmt: str | None = None) -> Path:
+    """Write a trained row's encoder (an RTD row's discriminator, GDES's E_G + E_Delta materialised) and
+    its tokenizer as a HuggingFace directory; a UsageError says why a row cannot be exported."""
+    from ablations.export import export_pretrained
+
+    p = plan(experiment, preset, seed + 1, [row], overrides, results_dir)[seed]
+    checkpoint = resumable_checkpoint(p.work_dir / "checkpoints", set_aside=False) \
+        if (p.work_dir / "checkpoints").exists() else None
+    command = f"make {experiment.id} PRESET={preset.name}" + (f" SEEDS={seed + 1}" if seed else "")
+    if checkpoint is None:
+        raise UsageError(f"{row} (seed {seed}, preset {preset.name}) has no pretrained checkpoint in {p.work_dir}: "
+                         f"train it first with `{command}` (and the same --set / --corpus / --tasks, if any)")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if state["global_step"] < p.steps:
+        raise UsageError(f"{row} stopped at step {state['global_step']} of {p.steps}: finish it with `{command}`")
+    data = PretrainingDataModule(p.config.data, seed=seed)
+    module = build_module(p.config, data.vocab_size)
+    module.load_state_dict(state["state_dict"])
+    config = module.discriminator_config() if p.config.objective == "rtd" else module.encoder.config
+    encoder = Encoder(config.replace(emd=False))  # the EMD belongs to the MLM head, not to the encoder
+    missing, _ = encoder.load_state_dict(module.encoder_state(), strict=False)
+    assert not [k for k in missing if not k.startswith("emd.")], missing
+    return export_pretrained(encoder.eval(), data.load().tokenizer, to, fmt)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ablations.config import EncoderConfig
 from ablations.flops import mlm_training_flops_per_token, rtd_training_flops_per_token
+from datamodules.downstream import task_name
 from datamodules.errors import UsageError, require
 from datamodules.pretraining import PretrainingDataConfig
 from lightning_modules.base import OptimConfig
@@ -57,6 +58,12 @@ class RunConfig:
             problems.append("evaluate_at fractions must be in (0, 1)")
         if self.early_points not in EARLY_POINTS:
             problems.append(f"unknown early_points {self.early_points!r} (valid: {', '.join(EARLY_POINTS)})")
+        try:
+            names = [task_name(spec) for spec in self.tasks]
+            if len(set(names)) < len(names):
+                problems.append(f"two tasks share a name ({', '.join(names)}): name them, e.g. mine=files:train.csv,dev.csv")
+        except UsageError as error:
+            problems.append(str(error))
         require(problems, "run config")
         self.data.validate(max_positions=self.encoder.max_positions)
         self.encoder.validate()

@@ -20,10 +20,12 @@ import torch
 
 from datamodules.errors import UsageError
 from experiments.durable import Lock, resumable_checkpoint
+from experiments.overrides import directory_name
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = ("run", "ablation-nsp", "--preset", "smoke", "--rows", "FULL-SENTENCES,DOC-SENTENCES", "--tasks", "sentiment")
 ROWS = ("full-sentences__seed0.json", "doc-sentences__seed0.json")
+TABLE = Path("ablation-nsp", directory_name("smoke", {"tasks": ("sentiment",)}))  # --tasks: a table of its own
 
 
 def start(results: Path, log: Path, env=None) -> subprocess.Popen:
@@ -48,14 +50,14 @@ def last_phase(output: str) -> str:
 
 
 def table_of(results: Path) -> dict:
-    directory = results / "ablation-nsp" / "smoke"
+    directory = results / TABLE
     payload = json.loads((directory / "table.json").read_text())
     metrics = {name: json.loads((directory / "rows" / name).read_text())["metrics"] for name in ROWS}
     return {"rows": payload["rows"], "claims": payload["claims"], "metrics": metrics}
 
 
 def row_files(results: Path) -> dict:
-    directory = results / "ablation-nsp" / "smoke" / "rows"
+    directory = results / TABLE / "rows"
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in directory.glob("*.json")} if directory.exists() else {}
 
 
@@ -67,7 +69,7 @@ def reference(tmp_path_factory):
     code = finish(start(results, results / "log.txt"))
     seconds = time.time() - began
     assert code == 0, (results / "log.txt").read_text()[-3000:]
-    directory = results / "ablation-nsp" / "smoke"  # a table of two of its four rows: the others shown as unmeasured
+    directory = results / TABLE  # a table of two of its four rows: the others shown as unmeasured
     assert "DOC-SENTENCES | 1 |" in (directory / "table.md").read_text()
     assert "SEGMENT-PAIR+NSP | 0 |" in (directory / "table.md").read_text()
     assert (directory / "curves.png").stat().st_size > 1000 and (directory / "metrics.png").stat().st_size > 1000
@@ -85,7 +87,7 @@ def test_sweep_killed_again_and_again_gives_the_uninterrupted_table(reference, t
     expected, reference_seconds = reference
     rng = np.random.default_rng(2026)
     results = tmp_path / "results"
-    work = results / "ablation-nsp" / "smoke" / "work"
+    work = results / TABLE / "work"
 
     def checkpoint_exists(_log):
         return any(work.glob("*/checkpoints/*.ckpt"))
@@ -144,7 +146,7 @@ def test_two_sweeps_side_by_side_train_each_row_once(reference, tmp_path):
     assert finish(first) == 0 and finish(second) == 0
     trained = [re.findall(r"\] (\S+) seed 0: \d+ steps", (tmp_path / f"{n}.txt").read_text()) for n in "ab"]
     assert sorted(trained[0] + trained[1]) == ["DOC-SENTENCES", "FULL-SENTENCES"], trained
-    sessions = [len(list(w.glob("log-*"))) for w in (tmp_path / "ablation-nsp" / "smoke" / "work").glob("pretrain-*")]
+    sessions = [len(list(w.glob("log-*"))) for w in (tmp_path / TABLE / "work").glob("pretrain-*")]
     assert sessions == [1, 1]  # each pretraining ran once, never resumed by the other sweep
     assert table_of(tmp_path)["metrics"] == expected["metrics"]
     assert not list(tmp_path.rglob("*.lock"))  # both released their locks
