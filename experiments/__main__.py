@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("--tasks", default=None)
         command.add_argument("--corpus", default=None)
         command.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    calibrate = commands.add_parser("calibrate", help="measure a preset's seed-to-seed noise for the verdicts")
+    calibrate.add_argument("--preset", default="small")
+    calibrate.add_argument("--seeds", type=int, default=3, help="pretraining seeds of each calibration row")
+    calibrate.add_argument("--results-dir", default=None, type=Path)
+    calibrate.add_argument("--output", default=None, type=Path, help="default: experiments/calibration.json")
     commands.add_parser("index", help="rebuild results/README.md from every table on disk")
     args = parser.parse_args(argv)
     from experiments.durable import Stopped
@@ -88,6 +93,9 @@ def dispatch(args) -> None:
         build_table(experiment, preset.name, directory)
         print((directory / "table.md").read_text())
         return
+    if args.command == "calibrate":
+        calibrate(preset, args.seeds, results_dir, args.output)
+        return
     if args.command == "export":
         from experiments.runner import export_row
 
@@ -119,6 +127,43 @@ def dispatch(args) -> None:
             print(f"table: {directory / 'table.md'} (also table.csv, table.json, curves.png, metrics.png)")
     if is_global_zero():
         print(f"index: {write_index(results_dir, list(EXPERIMENTS.values()))}")
+
+
+def calibrate(preset, seeds: int, results_dir: Path, output: Path | None) -> None:
+    """Train the calibration rows with `seeds` pretraining seeds, then store and print the paired SD and
+    the minimum detectable effect (95%) per metric. The rows are ordinary rows of their tables."""
+    import platform
+    import time
+
+    import torch
+
+    from experiments.presets import configure
+    from experiments.registry import get_experiment
+    from experiments.results import load_rows
+    from experiments.runner import Hardware, default_precision, git_commit, run
+    from experiments.verdicts import CALIBRATION_FILE, CALIBRATION_ROWS, paired_sd, save_calibration
+
+    if seeds < 2:
+        raise UsageError("calibrate needs --seeds >= 2 (a spread needs two seeds)")
+    started, values = time.time(), {}
+    for experiment_id, row in CALIBRATION_ROWS:
+        experiment = get_experiment(experiment_id)
+        run(experiment, preset, seeds, [row], None, Hardware(), results_dir)
+        values[f"{experiment_id}/{row}"] = load_rows(experiment, results_dir / experiment.id / preset.name)[row].values
+    sd = paired_sd(values)
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    entry = {"date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "pretraining_seeds": seeds,
+             "finetune_seeds": configure(get_experiment(CALIBRATION_ROWS[0][0]).base, preset, {}).finetune.seeds,
+             "rows": [f"{e}/{r}" for e, r in CALIBRATION_ROWS], "paired_sd": sd,
+             "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, {gpu}, {default_precision()}",
+             "seconds": round(time.time() - started)}
+    path = output or CALIBRATION_FILE
+    save_calibration(preset.name, entry, path)
+    print(f"calibration of {preset.name}: {seeds} pretraining seeds x {entry['finetune_seeds']} fine-tuning seeds, "
+          f"{entry['seconds'] / 60:.1f} min; written to {path}")
+    print(f"{'metric':26} {'paired SD':>10}  minimum detectable effect (95%) at 1 / 3 seeds")
+    for metric, value in sorted(sd.items()):
+        print(f"{metric:26} {value:10.4f}  {1.96 * value:.4f} / {1.96 * value / 3 ** 0.5:.4f}")
 
 
 def _split_tasks(text: str) -> list[str]:

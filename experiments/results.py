@@ -18,6 +18,7 @@ import numpy as np
 from datamodules.corpus import describe_corpus
 from datamodules.downstream import OFFLINE, task_name
 from experiments.durable import write_atomically
+from experiments.verdicts import INCONCLUSIVE, Noise, combine, judge, learning_problems, load_noise
 from experiments.spec import Claim, Experiment, lower_is_better
 from lightning_modules.base import describe
 
@@ -80,13 +81,14 @@ def _paired(rows: dict[str, RowSummary], a: str, b: str, metric: str, metric_b: 
     return np.array([sign * (va[s] - vb[s]) for s in common])
 
 
-def _effect(diffs: np.ndarray) -> str:
-    spread = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
-    return f"{float(np.mean(diffs)):+.2f} +- {spread:.2f} over {len(diffs)} seed{'s' * (len(diffs) != 1)}"
+def _mean_text(diffs: np.ndarray) -> str:
+    return f"{float(np.mean(diffs)):+.2f} over {len(diffs)} seed{'s' * (len(diffs) != 1)}" if len(diffs) else "no seeds"
 
 
-def check_claim(claim: Claim, rows: dict[str, RowSummary], order: list[str]) -> tuple[str, str]:
-    """(verdict, measured effect): verdict is holds / does not hold / not measured."""
+def check_claim(claim: Claim, rows: dict[str, RowSummary], order: list[str],
+                noise: Noise = Noise("", {}, "not calibrated")) -> tuple[str, str]:
+    """(verdict, measured effect): holds / does not hold / inconclusive from the interval of the paired
+    effect (experiments.verdicts), not measured when a row is missing, never a verdict at smoke."""
     among = [r for r in (claim.among or tuple(order)) if r in rows and claim.metric in rows[r].values]
     if claim.kind in ("at_least", "close"):
         needed = [(claim.a, claim.metric), (claim.b, claim.metric_b or claim.metric)]
@@ -99,54 +101,61 @@ def check_claim(claim: Claim, rows: dict[str, RowSummary], order: list[str]) -> 
     missing = [r for r, metric in needed if r and (r not in rows or metric not in rows[r].values)]
     if missing:
         return "not measured", f"missing rows: {', '.join(missing)}"
-    if claim.kind in ("at_least", "close"):
-        diffs = _paired(rows, claim.a, claim.b, claim.metric, claim.metric_b)
-        if len(diffs) == 0:
-            return "not measured", "no seed in common"
-        holds = diffs.mean() >= -claim.margin if claim.kind == "at_least" else abs(diffs.mean()) <= claim.margin
-        return ("holds" if holds else "does not hold"), _effect(diffs)
-    if claim.kind == "best" and claim.winners:
-        sign = -1.0 if lower_is_better(claim.metric) else 1.0
-        best = max(among, key=lambda r: sign * rows[r].mean(claim.metric))
-        runner_up = max((r for r in among if r != best), key=lambda r: sign * rows[r].mean(claim.metric))
-        return ("holds" if best in claim.winners else "does not hold"), \
-            f"best is {best}; vs {runner_up}: {_effect(_paired(rows, best, runner_up, claim.metric))}"
+    involved = {r for r, _ in needed if r} | (set(among) if claim.kind in ("worst", "best", "order") else set())
+    verdict, effect = _judge_claim(claim, rows, among, noise)
+    if noise.never_decides:
+        return "not a verdict (smoke preset)", effect.split(", 95% interval")[0].split(", no interval")[0]
+    unlearned = [f"{r} did not learn ({'; '.join(p)})" for r in sorted(involved)
+                 if (p := learning_problems(rows[r].values, [task_name(t) for t in rows[r].tasks]))]
+    if unlearned and verdict != "not measured":
+        return INCONCLUSIVE, "; ".join(unlearned) + f" (measured: {effect})"
+    return verdict, effect
+
+
+def _judge_claim(claim: Claim, rows: dict[str, RowSummary], among: list[str], noise: Noise) -> tuple[str, str]:
+    metric = claim.metric
+    if claim.kind == "at_least":
+        return judge(_paired(rows, claim.a, claim.b, metric, claim.metric_b), metric, noise, above=-claim.margin)
+    if claim.kind == "close":
+        return judge(_paired(rows, claim.a, claim.b, metric, claim.metric_b), metric, noise, within=claim.margin)
+    sign = -1.0 if lower_is_better(metric) else 1.0
+    quality = {r: sign * rows[r].mean(metric) for r in among}
     if claim.kind in ("worst", "best"):
-        sign = -1.0 if lower_is_better(claim.metric) else 1.0
-        quality = {r: sign * rows[r].mean(claim.metric) for r in among}
-        others = [r for r in among if r != claim.a]
-        pick = min if claim.kind == "worst" else max
-        extreme_other = pick(others, key=lambda r: quality[r])
-        diffs = _paired(rows, claim.a, extreme_other, claim.metric)
-        holds = quality[claim.a] <= quality[extreme_other] + claim.margin if claim.kind == "worst" \
-            else quality[claim.a] >= quality[extreme_other] - claim.margin
-        return ("holds" if holds else "does not hold"), f"vs {extreme_other}: {_effect(diffs)}"
-    if claim.kind == "order":
-        steps, holds = [], True
-        for better, worse in zip(claim.among, claim.among[1:]):
-            diffs = _paired(rows, better, worse, claim.metric)
-            holds &= bool(len(diffs)) and diffs.mean() >= -claim.margin
-            steps.append(f"{better} - {worse}: {_effect(diffs)}")
-        return ("holds" if holds else "does not hold"), "; ".join(steps)
-    if claim.kind in ("gap", "gap_smaller"):
+        # each pairwise step: the claimed row against every other row (best with winners: the best winner
+        # against every non-winner), so a ranking needs every step's interval, not the means' order
+        if claim.kind == "best" and claim.winners:
+            top = max((r for r in among if r in claim.winners), key=quality.get)
+            others = [r for r in among if r not in claim.winners]
+        else:
+            top, others = claim.a, [r for r in among if r != claim.a]
+        steps = [(r, judge((1 if claim.kind == "best" else -1) * _paired(rows, top, r, metric), metric, noise,
+                           above=-claim.margin)) for r in others]
+    elif claim.kind == "order":
+        steps = [(f"{better} - {worse}", judge(_paired(rows, better, worse, metric), metric, noise, above=-claim.margin))
+                 for better, worse in zip(claim.among, claim.among[1:])]
+    elif claim.kind in ("gap", "gap_smaller"):
         def gaps(row: str) -> dict[int, float]:
             """Per seed: metric - metric_b, less the same gap at initialisation for a from_init claim."""
             values, out = rows[row].values, {}
             for i, seed in enumerate(rows[row].seeds):
-                out[seed] = values[claim.metric][i] - values[claim.metric_b][i]
+                out[seed] = values[metric][i] - values[claim.metric_b][i]
                 if claim.from_init:
-                    out[seed] -= values[f"{claim.metric}@init"][i] - values[f"{claim.metric_b}@init"][i]
+                    out[seed] -= values[f"{metric}@init"][i] - values[f"{claim.metric_b}@init"][i]
             return out
 
-        what = f"{claim.metric} - {claim.metric_b}" + (", change since init" if claim.from_init else "")
+        what = f"{metric} - {claim.metric_b}" + (", change since init" if claim.from_init else "")
         if claim.kind == "gap":
-            diffs = np.array(list(gaps(claim.a).values()))
-            return ("holds" if diffs.mean() > claim.margin else "does not hold"), f"{what} = {_effect(diffs)}"
+            verdict, text = judge(np.array(list(gaps(claim.a).values())), metric, noise, above=claim.margin)
+            return verdict, f"{what} = {text}"
         gap_a, gap_b = gaps(claim.a), gaps(claim.b)
         diffs = np.array([gap_b[s] - gap_a[s] for s in sorted(set(gap_a) & set(gap_b))])
-        return ("holds" if len(diffs) and diffs.mean() > 0 else "does not hold"), \
-            f"gap {claim.b} - gap {claim.a} ({what}) = {_effect(diffs)}"
-    raise ValueError(f"unknown claim kind {claim.kind}")
+        verdict, text = judge(diffs, metric, noise, above=0.0)
+        return verdict, f"gap {claim.b} - gap {claim.a} ({what}) = {text}"
+    else:
+        raise ValueError(f"unknown claim kind {claim.kind}")
+    label = "" if claim.kind == "order" else f"{top} vs" if claim.kind == "best" else "vs"
+    return combine([v for _, (v, _) in steps]), "; ".join(f"{label} {name}: {text} ({v})".strip()
+                                                         for name, (v, text) in steps)
 
 
 def table_metrics(experiment: Experiment, rows: dict[str, RowSummary]) -> list[str]:
@@ -193,7 +202,10 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
                   f"{np.mean(s.train_flops):.2e}" if s else "-"]
         cells += [f"{row.paper[c]:g}" if c in row.paper else "-" for c in experiment.paper_columns]
         table.append(cells)
-    verdicts = [(c, *check_claim(c, rows, order)) for c in experiment.claims]
+    noise = load_noise(preset)
+    verdicts = [(c, *check_claim(c, rows, order, noise)) for c in experiment.claims]
+    unlearned = {name: problems for name, s in rows.items()
+                 if (problems := learning_problems(s.values, [task_name(t) for t in s.tasks]))}
     optimisers: dict[str, list[str]] = {}  # one line per distinct setting, with the rows that used it
     for name in order:
         if name in rows and rows[name].optim:
@@ -201,11 +213,15 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
     majority = {k: float(np.mean(v)) for s in rows.values() for k, v in s.values.items() if k.endswith("_majority")}
     commits = sorted({c for s in rows.values() for c in s.commits})
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    plots = _plots(experiment, rows, directory)
+    plots = _plots(experiment, rows, directory, majority, set(unlearned))
     payload = {"experiment": experiment.id, "title": experiment.title, "paper": experiment.paper, "preset": preset,
                "built": stamp, "commits": commits, "header": header, "rows": table, "budget": experiment.budget,
                "claims": [{"claim": c.text, "source": c.source, "verdict": v, "effect": e} for c, v, e in verdicts],
                "majority_baselines": majority, "optimisers": optimisers, "plots": plots,
+               "noise": noise.source, "did_not_learn": unlearned,
+               "finetune_spread": {name: {m[:-len("_ft_range")]: round(s.mean(m), 2) for m in s.values
+                                          if m.endswith("_ft_range")} for name, s in rows.items()
+                                   if any(m.endswith("_ft_range") for m in s.values)},
                "corpus": sorted({describe_corpus(s.corpus) for s in rows.values()}),
                "overrides": json.loads((directory / "overrides.json").read_text())
                if (directory / "overrides.json").exists() else []}
@@ -235,10 +251,18 @@ def render_markdown(experiment: Experiment, payload: dict) -> str:
     if payload["majority_baselines"]:
         out.write("\nMajority-class baselines: " + ", ".join(
             f"{k.replace('_majority', '')} {v:.1f}" for k, v in sorted(payload["majority_baselines"].items())) + "\n")
+    if payload.get("finetune_spread"):
+        out.write("\nDownstream scores are the median of several fine-tuning runs per task; their spread (max - min): "
+                  + "; ".join(f"{row}: " + ", ".join(f"{task} {spread:.1f}" for task, spread in tasks.items())
+                              for row, tasks in payload["finetune_spread"].items()) + ".\n")
+    for name, problems in payload.get("did_not_learn", {}).items():
+        out.write(f"\n**{name} did not learn** ({'; '.join(problems)}): it decides no claim.\n")
     if payload["claims"]:
         out.write("\n## The paper's claims, checked on these numbers\n\n"
                   "(paper): the paper states it; (proxy): the paper measured something else, and this is the "
-                  "suite's stand-in for it.\n\n")
+                  "suite's stand-in for it. Each effect is the mean paired difference over pretraining seeds with "
+                  "its 95% interval; **holds** / **does not hold** when the whole interval is on one side of the "
+                  f"claim's threshold, else **inconclusive** (noise for this preset: {payload.get('noise', '-')}).\n\n")
         for claim in payload["claims"]:
             out.write(f"- ({claim['source']}) {claim['claim']}: {claim['effect']}, **{claim['verdict']}**\n")
     for line, names in payload["optimisers"].items():
@@ -250,7 +274,8 @@ def render_markdown(experiment: Experiment, payload: dict) -> str:
     return out.getvalue()
 
 
-def _plots(experiment: Experiment, rows: dict[str, RowSummary], directory: Path) -> list[str]:
+def _plots(experiment: Experiment, rows: dict[str, RowSummary], directory: Path, majority: dict[str, float],
+           unlearned: set[str]) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -290,8 +315,17 @@ def _plots(experiment: Experiment, rows: dict[str, RowSummary], directory: Path)
     for axis, metric in zip(axes.flat, metrics):
         means = [rows[r].mean(metric) for r in ordered]
         errors = [rows[r].std(metric) for r in ordered]
-        axis.bar(range(len(ordered)), means, yerr=errors, color=[f"C{i}" for i in range(len(ordered))], capsize=3)
-        axis.set_xticks(range(len(ordered)), ordered, rotation=45, ha="right", fontsize=7)
+        bars = axis.bar(range(len(ordered)), means, yerr=errors, color=[f"C{i}" for i in range(len(ordered))],
+                        capsize=3)
+        for bar, name in zip(bars, ordered):  # a row that did not learn: hatched, it decides nothing
+            if name in unlearned:
+                bar.set_hatch("//"), bar.set_alpha(0.5)
+        if f"{metric}_majority" in majority:
+            axis.axhline(majority[f"{metric}_majority"], color="black", linestyle="--", linewidth=1,
+                         label="majority class")
+            axis.legend(fontsize=6)
+        axis.set_xticks(range(len(ordered)), [f"{n} (did not learn)" if n in unlearned else n for n in ordered],
+                        rotation=45, ha="right", fontsize=7)
         axis.set_title(metric, fontsize=9)
     figure.tight_layout(), _save_figure(figure, directory / "metrics.png")
     written.append("metrics.png")
@@ -317,7 +351,9 @@ def write_index(results_dir: Path, experiments: list[Experiment]) -> Path:
             relative = table_path.parent.relative_to(results_dir)
             markdown = (table_path.parent / "table.md").read_text()
             markdown = markdown.replace("](", f"]({relative}/").replace("# ", "## ", 1)
-            out.write(f"\n---\n\n{markdown}")
+            verdicts = [c["verdict"] for c in json.loads(table_path.read_text())["claims"]]
+            counts = ", ".join(f"{verdicts.count(v)} {v}" for v in ("holds", "does not hold", "inconclusive"))
+            out.write(f"\n---\n\n**{relative}**: {counts} (of {len(verdicts)} claims)\n\n{markdown}")
     path = results_dir / "README.md"
     write_atomically(path, out.getvalue().encode())
     return path

@@ -52,6 +52,8 @@ class RunConfig:
             problems.append(f"unknown objective {self.objective!r} (valid: {', '.join(OBJECTIVES)})")
         if self.objective == "rtd" and self.data.has_nsp:
             problems.append("NSP formats (segment-pair, sentence-pair) only go with the mlm objective")
+        if self.finetune.seeds < 1:
+            problems.append("finetune.seeds must be >= 1")
         if self.gradient_accumulation < 1:
             problems.append("gradient_accumulation must be >= 1")
         if any(not 0 < f < 1 for f in self.evaluate_at):

@@ -90,7 +90,7 @@ def own_table(own_data, tmp_path_factory):
     folder, task = own_data
     results = tmp_path_factory.mktemp("results")
     args = ("--preset", "smoke", "--rows", "RoBERTa-ReImp,DeBERTa", "--corpus", f"files:{folder}",
-            "--set", "encoder.p2c_index=code", "--tasks", f"reviews=files:{task / 'train.csv'},{task / 'dev.csv'}",
+            "--set", "encoder.p2c_index=code", "--set", "finetune.seeds=2", "--tasks", f"reviews=files:{task / 'train.csv'},{task / 'dev.csv'}",
             "--results-dir", str(results))
     done = cli("run", "ablation-deberta", *args)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -110,6 +110,10 @@ def test_a_table_on_my_own_corpus_and_task_names_both_and_keeps_its_own_director
     assert "Majority-class baselines: reviews " in table
     row = json.loads(next((results / "ablation-deberta" / directories[0] / "rows").glob("deberta__*.json")).read_text())
     assert row["metrics"]["downstream_avg"] == row["metrics"]["reviews"]  # the average of the tasks that ran
+    runs = [row["metrics"]["reviews@ft0"], row["metrics"]["reviews@ft1"]]  # two fine-tuning seeds: their median
+    assert row["metrics"]["reviews"] == pytest.approx(np.median(runs))
+    assert row["metrics"]["reviews_ft_range"] == pytest.approx(max(runs) - min(runs))
+    assert "spread (max - min): RoBERTa-ReImp: reviews" in table
     # not a terminal: plain progress lines with the step, loss, throughput and ETA
     assert "pretraining DeBERTa: step 12/24 (50%), loss " in output and "tokens/s" in output and "ETA" in output
     assert "fine-tuning on reviews: step" in output and "(row 2 of 2, ETA for the table" in output
@@ -131,7 +135,7 @@ def test_an_exported_row_loads_in_transformers_with_the_same_hidden_states(row, 
     model, tokenizer = AutoModel.from_pretrained(tmp_path / "hf").eval(), AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert type(model).__name__ == ("BertModel" if row == "RoBERTa-ReImp" else "DebertaV2Model")
     # ours, from the row's own checkpoint
-    overrides = parse_overrides(["encoder.p2c_index=code"], args[args.index("--corpus") + 1],
+    overrides = parse_overrides(["encoder.p2c_index=code", "finetune.seeds=2"], args[args.index("--corpus") + 1],
                                 (args[args.index("--tasks") + 1],))
     p = plan(EXPERIMENTS["ablation-deberta"], PRESETS["smoke"], 1, [row], overrides, results)[0]
     state = torch.load(p.work_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

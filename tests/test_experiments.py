@@ -11,6 +11,7 @@ import pytest
 from experiments.presets import PRESETS, configure
 from experiments.registry import EXPERIMENTS
 from experiments.results import RowSummary, check_claim
+from experiments.verdicts import Noise
 from experiments.spec import Claim, budget_of, steps_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,50 +71,106 @@ def test_rows_of_a_table_get_equal_budgets_by_its_rule(experiment_id, preset):
     assert max(budgets) / min(budgets) < 1.05, budgets
 
 
+NOISE = Noise("small", {"g": 0.02}, "calibration 2026-11-27")
+
+
 def summary(name, values, metric="score"):
     return RowSummary(name, list(range(len(values))), {metric: list(values)}, [], [], [], [], [], set())
 
 
 def test_claims_are_checks_on_numbers_that_can_fail():
+    """Three seeds: a t-interval over the seeds decides; an effect inside its own noise is inconclusive."""
     rows = {"A": summary("A", [80, 82, 81]), "B": summary("B", [79, 80, 79]), "C": summary("C", [70, 71, 72])}
     order = ["A", "B", "C"]
     verdict, effect = check_claim(Claim("A >= B", "at_least", "score", a="A", b="B"), rows, order)
-    assert verdict == "holds" and effect.startswith("+1.67 +- 0.58 over 3 seeds")
+    assert verdict == "holds" and effect.startswith("+1.67, 95% interval [+0.23, +3.10], 3 seeds, noise from the 3 seeds")
     assert check_claim(Claim("B >= A", "at_least", "score", a="B", b="A"), rows, order)[0] == "does not hold"
     assert check_claim(Claim("C worst", "worst", "score", a="C"), rows, order)[0] == "holds"
     assert check_claim(Claim("A worst", "worst", "score", a="A"), rows, order)[0] == "does not hold"
     assert check_claim(Claim("order", "order", "score", among=("A", "B", "C")), rows, order)[0] == "holds"
     assert check_claim(Claim("order", "order", "score", among=("C", "A")), rows, order)[0] == "does not hold"
     assert check_claim(Claim("D", "at_least", "score", a="D", b="A"), rows, order)[0] == "not measured"
-    losses = {"A": summary("A", [2.0, 2.1], "mlm_loss"), "B": summary("B", [2.5, 2.4], "mlm_loss")}
+    noisy = {"A": summary("A", [80, 75, 86]), "B": summary("B", [79, 80, 79])}  # +1.0, but it swings by 6
+    verdict, effect = check_claim(Claim("A >= B + 0", "at_least", "score", a="A", b="B"), noisy, ["A", "B"])
+    assert verdict == "inconclusive" and "detectable at about" in effect
+    losses = {"A": summary("A", [2.0, 2.1, 2.05], "mlm_loss"), "B": summary("B", [2.5, 2.4, 2.45], "mlm_loss")}
     assert check_claim(Claim("A better loss", "at_least", "mlm_loss", a="A", b="B"), losses, ["A", "B"])[0] == "holds"
-    gaps = {"N": RowSummary("N", [0, 1], {"g": [0.5, 0.6], "d": [0.1, 0.1]}, [], [], [], [], [], set()),
-            "G": RowSummary("G", [0, 1], {"g": [0.5, 0.5], "d": [0.3, 0.3]}, [], [], [], [], [], set())}
+    gaps = {"N": RowSummary("N", [0, 1, 2], {"g": [0.5, 0.6, 0.55], "d": [0.1, 0.1, 0.1]}, [], [], [], [], [], set()),
+            "G": RowSummary("G", [0, 1, 2], {"g": [0.5, 0.5, 0.5], "d": [0.3, 0.3, 0.31]}, [], [], [], [], [], set())}
     assert check_claim(Claim("gap", "gap", "g", a="N", metric_b="d"), gaps, ["N", "G"])[0] == "holds"
     assert check_claim(Claim("smaller", "gap_smaller", "g", a="G", b="N", metric_b="d"), gaps, ["N", "G"])[0] == "holds"
     assert check_claim(Claim("smaller", "gap_smaller", "g", a="N", b="G", metric_b="d"), gaps, ["N", "G"])[0] == "does not hold"
 
 
+def test_one_seed_needs_a_calibrated_noise_floor_and_smoke_never_decides():
+    rows = {"A": summary("A", [81.0]), "B": summary("B", [80.0])}
+    claim = Claim("A >= B", "at_least", "score", a="A", b="B")
+    verdict, effect = check_claim(claim, rows, ["A", "B"])  # one seed, nothing says how noisy it is
+    assert verdict == "inconclusive" and "not calibrated" in effect
+    calibrated = Noise("small", {"score": 0.2}, "calibration 2026-11-27")
+    verdict, effect = check_claim(claim, rows, ["A", "B"], calibrated)
+    assert verdict == "holds" and effect == "+1.00, 95% interval [+0.61, +1.39], 1 seed, noise from calibration 2026-11-27"
+    wide = Noise("small", {"score": 2.0}, "calibration 2026-11-27")
+    verdict, effect = check_claim(claim, rows, ["A", "B"], wide)
+    assert verdict == "inconclusive" and "detectable at about 16 seeds" in effect  # (1.96 * 2 / 1)^2 = 15.4
+    assert check_claim(Claim("B >= A", "at_least", "score", a="B", b="A"), rows, ["A", "B"], calibrated)[0] == "does not hold"
+    smoke = check_claim(claim, rows, ["A", "B"], Noise("smoke", {"score": 0.01}, "calibration"))
+    assert smoke == ("not a verdict (smoke preset)", "+1.00")
+    ranks = {"A": summary("A", [81.0]), "B": summary("B", [80.0]), "C": summary("C", [80.9])}
+    verdict, effect = check_claim(Claim("A best", "best", "score", a="A"), ranks, ["A", "B", "C"], calibrated)
+    assert verdict == "inconclusive" and "vs B" in effect and "(holds)" in effect and "(inconclusive)" in effect
+
+
+def test_calibration_pools_the_seed_spread_of_its_rows_as_a_paired_sd():
+    from experiments.verdicts import paired_sd
+
+    values = {"mlm": {"score": [80.0, 82.0, 81.0], "parameters": [5.0, 5.0, 5.0]}, "rtd": {"score": [70.0, 71.0, 72.0]}}
+    sd = paired_sd(values)  # residuals -1, 1, 0 and -1, 0, 1: sum of squares 4 over 4 degrees of freedom
+    assert sd == {"score": pytest.approx(2 ** 0.5, abs=1e-4)} and "parameters" not in sd
+
+
+def test_calibration_file_round_trips_and_uncalibrated_presets_say_so(tmp_path):
+    from experiments.verdicts import load_noise, save_calibration
+
+    path = tmp_path / "calibration.json"
+    assert load_noise("small", path).source == "not calibrated"
+    save_calibration("small", {"date": "2026-11-27", "paired_sd": {"score": 1.5}}, path)
+    noise = load_noise("small", path)
+    assert noise.paired_sd == {"score": 1.5} and noise.source == "calibration 2026-11-27"
+    assert load_noise("medium", path).source == "not calibrated"
+
+
+def test_a_row_that_did_not_learn_decides_nothing():
+    def row(name, score, auc):
+        return RowSummary(name, [0, 1, 2], {"score": score, "disc_auc": auc, "sentiment": score,
+                                            "sentiment_majority": [60.0] * 3}, [], [], [], [], [], set(),
+                          tasks=["sentiment"])
+
+    rows = {"A": row("A", [80, 82, 81], [0.8] * 3), "B": row("B", [59, 58, 59], [0.55] * 3)}
+    verdict, effect = check_claim(Claim("A >= B", "at_least", "score", a="A", b="B"), rows, ["A", "B"])
+    assert verdict == "inconclusive"
+    assert effect.startswith("B did not learn (discriminator AUC 0.550 <= 0.6; sentiment 58.7 <= its majority class 60.0)")
+
 
 def test_gap_claims_from_initialisation_count_only_what_training_changed():
     """GDES's E_D starts equal to E_G and NES's starts random: a gap already there at step 0 must not
-    make a claim hold, and one that training opened must."""
+    make a claim hold, and one that training opened must (two seeds, judged against a calibrated noise)."""
     def row(name, g, d, g0, d0):
         return RowSummary(name, [0, 1], {"g": g, "d": d, "g@init": g0, "d@init": d0}, [], [], [], [], [], set())
 
     inherited = {"R": row("R", [0.5, 0.5], [0.1, 0.1], [0.5, 0.5], [0.1, 0.1])}  # the gap was there at init
     opened = {"R": row("R", [0.5, 0.6], [0.1, 0.1], [0.0, 0.0], [0.0, 0.0])}
     claim = Claim("gap", "gap", "g", a="R", metric_b="d", from_init=True)
-    assert check_claim(Claim("gap", "gap", "g", a="R", metric_b="d"), inherited, ["R"])[0] == "holds"
-    assert check_claim(claim, inherited, ["R"])[0] == "does not hold"
-    verdict, effect = check_claim(claim, opened, ["R"])
+    assert check_claim(Claim("gap", "gap", "g", a="R", metric_b="d"), inherited, ["R"], NOISE)[0] == "holds"
+    assert check_claim(claim, inherited, ["R"], NOISE)[0] == "inconclusive"  # no change since init: never "holds"
+    verdict, effect = check_claim(claim, opened, ["R"], NOISE)
     assert verdict == "holds" and "change since init = +0.45" in effect
     both = {"N": row("N", [0.5, 0.6], [0.1, 0.1], [0.0, 0.0], [0.0, 0.0]),
             "G": row("G", [0.5, 0.5], [0.4, 0.4], [0.0, 0.0], [0.0, 0.0])}
     smaller = Claim("smaller", "gap_smaller", "g", a="G", b="N", metric_b="d", from_init=True)
-    assert check_claim(smaller, both, ["N", "G"])[0] == "holds"
+    assert check_claim(smaller, both, ["N", "G"], NOISE)[0] == "holds"
     missing_init = {"R": RowSummary("R", [0], {"g": [0.5], "d": [0.1]}, [], [], [], [], [], set())}
-    assert check_claim(claim, missing_init, ["R"])[0] == "not measured"
+    assert check_claim(claim, missing_init, ["R"], NOISE)[0] == "not measured"
 
 
 def test_rows_record_the_embedding_similarity_at_initialisation():
@@ -254,7 +311,7 @@ def test_every_experiment_and_row_smoke_runs(tmp_path):
         directory = tmp_path / experiment.id / "smoke"
         payload = json.loads((directory / "table.json").read_text())
         assert all(row[1] == "1" for row in payload["rows"]), payload["rows"]
-        assert all(claim["verdict"] in ("holds", "does not hold") for claim in payload["claims"])
+        assert all(claim["verdict"] == "not a verdict (smoke preset)" for claim in payload["claims"])
         assert all(claim["source"] in ("paper", "proxy") for claim in payload["claims"])
         assert {"steps", "tokens seen", "train FLOPs"} <= set(payload["header"])
     index = (tmp_path / "README.md").read_text()
