@@ -262,11 +262,35 @@ def collate_classification(items: list[tuple[np.ndarray, float]]) -> dict:
             "num_tokens": int(mask.sum())}
 
 
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Shuffled batches of examples of similar length (fairseq's batch_by_size, HF's group_by_length):
+    the examples are shuffled, cut into pools of 50 batches, each pool sorted by length and cut into
+    batches, and the batches shuffled. Short sentences stop paying for a long one's padding (half the
+    tokens of a random batch of movie reviews were padding); each epoch draws a new order from `seed`."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, pool: int = 50):
+        self.lengths, self.batch_size, self.pool = np.asarray(lengths), batch_size, pool * batch_size
+        self.rng = np.random.default_rng(seed)
+
+    def __iter__(self):
+        order = self.rng.permutation(len(self.lengths))
+        batches = []
+        for start in range(0, len(order), self.pool):
+            pool = order[start:start + self.pool]
+            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+            batches += [pool[i:i + self.batch_size].tolist() for i in range(0, len(pool), self.batch_size)]
+        return iter([batches[i] for i in self.rng.permutation(len(batches))])
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+
 class FineTuneDataModule(L.LightningDataModule):
     def __init__(self, task: TaskData, tokenizer, tokenizer_kind: str, max_length: int, batch_size: int,
-                 seed: int, max_train_examples: int | None = None, max_validation_examples: int | None = None):
+                 seed: int, max_train_examples: int | None = None, max_validation_examples: int | None = None,
+                 group_by_length: bool = True):
         super().__init__()
-        self.task, self.batch_size, self.seed = task, batch_size, seed
+        self.task, self.batch_size, self.seed, self.group_by_length = task, batch_size, seed, group_by_length
         train_texts, train_labels = task.train
         if max_train_examples is not None and len(train_texts) > max_train_examples:
             keep = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(train_texts))[:max_train_examples])
@@ -279,6 +303,10 @@ class FineTuneDataModule(L.LightningDataModule):
         self.val_items = list(zip(encode_examples(tokenizer, tokenizer_kind, val_texts, max_length), val_labels))
 
     def train_dataloader(self):
+        if self.group_by_length:
+            lengths = np.array([x.shape[1] for x, _ in self.train_items])
+            return DataLoader(self.train_items, batch_sampler=LengthGroupedBatches(lengths, self.batch_size, self.seed),
+                              collate_fn=collate_classification)
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(self.train_items, batch_size=self.batch_size, shuffle=True, generator=generator,
                           collate_fn=collate_classification)

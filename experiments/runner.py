@@ -350,7 +350,7 @@ def fine_tune_all(config: RunConfig, encoder_config, encoder_state: dict, tokeni
     for spec in config.tasks:
         name, task = task_name(spec), cached_task(spec)
         data = FineTuneDataModule(task, tokenized.tokenizer, tokenized.config.kind, ft.max_length, ft.batch_size, seed,
-                                  ft.max_train_examples, ft.max_validation_examples)
+                                  ft.max_train_examples, ft.max_validation_examples, ft.group_by_length)
         steps = max(1, math.ceil(len(data.train_items) / ft.batch_size * ft.epochs))
         runs = []
         for k in range(ft.seeds):

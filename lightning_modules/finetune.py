@@ -37,6 +37,7 @@ class FineTuneConfig:
     max_train_examples: int | None = None  # cap the training set (quick presets)
     max_validation_examples: int | None = None
     seeds: int = 1  # fine-tuning runs per task, each with its own seed; the row reports their median
+    group_by_length: bool = True  # batches of similar lengths (fairseq's batch_by_size); False: uniform shuffling
     sift: bool = False  # DeBERTa's scale-invariant fine-tuning
     sift_weight: float = 1.0  # weight of the adversarial symmetric KL
     sift_init_scale: float = 1e-2  # std of the initial perturbation of the normalised embeddings

@@ -416,3 +416,18 @@ def test_sentence_pairs_are_encoded_with_segments_and_truncated_longest_first(ti
     assert segments[-1] == 1 and segments[1] == 0
     b_length = int((segments == 1).sum()) - 1
     assert b_length == len(tiny_tokenizer.encode(" short one.", add_special_tokens=False).ids)
+
+
+def test_fine_tuning_batches_group_similar_lengths_and_cover_every_example_once():
+    from datamodules.downstream import LengthGroupedBatches
+
+    lengths = np.random.default_rng(1).integers(5, 129, 3000)
+    sampler = LengthGroupedBatches(lengths, 32, seed=4)
+    first, second = list(sampler), list(sampler)
+    assert sorted(i for batch in first for i in batch) == list(range(3000)) and len(first) == len(sampler)
+    assert first != second  # a new order each epoch
+    assert [b for b in LengthGroupedBatches(lengths, 32, seed=4)] == first  # from the seed alone
+    padded = sum(lengths[b].max() * len(b) for b in first)
+    shuffled = np.random.default_rng(0).permutation(3000)
+    random_padded = sum(lengths[shuffled[i:i + 32]].max() * 32 for i in range(0, 3000, 32))
+    assert padded < 0.7 * random_padded
