@@ -266,7 +266,8 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
     """Shuffled batches of examples of similar length (fairseq's batch_by_size, HF's group_by_length):
     the examples are shuffled, cut into pools of 50 batches, each pool sorted by length and cut into
     batches, and the batches shuffled. Short sentences stop paying for a long one's padding (half the
-    tokens of a random batch of movie reviews were padding); each epoch draws a new order from `seed`."""
+    tokens of a random batch of movie reviews were padding); each epoch draws a new order from `seed`.
+    Under DDP every rank draws the same batches and takes every world_size-th one (equal counts)."""
 
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, pool: int = 50):
         self.lengths, self.batch_size, self.pool = np.asarray(lengths), batch_size, pool * batch_size
@@ -279,10 +280,19 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
             pool = order[start:start + self.pool]
             pool = pool[np.argsort(self.lengths[pool], kind="stable")]
             batches += [pool[i:i + self.batch_size].tolist() for i in range(0, len(pool), self.batch_size)]
-        return iter([batches[i] for i in self.rng.permutation(len(batches))])
+        batches = [batches[i] for i in self.rng.permutation(len(batches))]
+        rank, world = _rank_and_world()
+        return iter(batches[rank::world][:len(batches) // world] if world > 1 else batches)
 
     def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        batches = -(-len(self.lengths) // self.batch_size)
+        return batches // _rank_and_world()[1]
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 class FineTuneDataModule(L.LightningDataModule):

@@ -69,7 +69,7 @@ def load_rows(experiment: Experiment, directory: Path) -> dict[str, RowSummary]:
         summary.curves.append(directory / record["curves"])
         commit = record["git_commit"]
         summary.commits.add(commit[:8] + ("-dirty" if commit.endswith("-dirty") else ""))
-    return found
+    return {row.name: found[row.name] for row in experiment.rows if row.name in found}  # the paper's row order
 
 
 def _paired(rows: dict[str, RowSummary], a: str, b: str, metric: str, metric_b: str = "") -> np.ndarray:

@@ -361,6 +361,7 @@ def fine_tune_all(config: RunConfig, encoder_config, encoder_state: dict, tokeni
             module = FineTuneModule(encoder_config, task.spec.num_labels, task.spec.metric, ft, steps, encoder_state)
             trainer = _trainer(hardware, f"fine-tuning on {name}", max_steps=steps, logger=False,
                                enable_checkpointing=False, gradient_clip_val=1.0,
+                               use_distributed_sampler=not ft.group_by_length,  # the batches shard themselves
                                val_check_interval=steps, check_val_every_n_epoch=None,  # validate once, at the end
                                callbacks=[StopOnRequest()])  # a stopped fine-tuning run is simply run again
             _fit(trainer, module, datamodule=data)
