@@ -85,6 +85,9 @@ def dispatch(args) -> None:
     from experiments.overrides import directory_name, parse_overrides
 
     preset = get_preset(args.preset)
+    if args.command == "calibrate":  # always the preset's own configuration: no overrides
+        calibrate(preset, args.seeds, results_dir, args.output)
+        return
     tasks = tuple(_split_tasks(args.tasks)) if args.tasks else None
     overrides = parse_overrides(args.set, args.corpus, tasks)
     if args.command == "table":
@@ -92,9 +95,6 @@ def dispatch(args) -> None:
         directory = results_dir / experiment.id / directory_name(preset.name, overrides)
         build_table(experiment, preset.name, directory)
         print((directory / "table.md").read_text())
-        return
-    if args.command == "calibrate":
-        calibrate(preset, args.seeds, results_dir, args.output)
         return
     if args.command == "export":
         from experiments.runner import export_row
@@ -132,6 +132,7 @@ def dispatch(args) -> None:
 def calibrate(preset, seeds: int, results_dir: Path, output: Path | None) -> None:
     """Train the calibration rows with `seeds` pretraining seeds, then store and print the paired SD and
     the minimum detectable effect (95%) per metric. The rows are ordinary rows of their tables."""
+    import json
     import platform
     import time
 
@@ -140,30 +141,53 @@ def calibrate(preset, seeds: int, results_dir: Path, output: Path | None) -> Non
     from experiments.presets import configure
     from experiments.registry import get_experiment
     from experiments.results import load_rows
-    from experiments.runner import Hardware, default_precision, git_commit, run
-    from experiments.verdicts import CALIBRATION_FILE, CALIBRATION_ROWS, paired_sd, save_calibration
+    from experiments.runner import Hardware, default_precision, git_commit, plan, run
+    from experiments.verdicts import (CALIBRATION_FILE, CALIBRATION_ROWS, detectable_effect, load_noise,
+                                      paired_sd, save_calibration)
 
     if seeds < 2:
         raise UsageError("calibrate needs --seeds >= 2 (a spread needs two seeds)")
-    started, values = time.time(), {}
+    started, values, costs = time.time(), {}, {}
     for experiment_id, row in CALIBRATION_ROWS:
         experiment = get_experiment(experiment_id)
         run(experiment, preset, seeds, [row], None, Hardware(), results_dir)
         values[f"{experiment_id}/{row}"] = load_rows(experiment, results_dir / experiment.id / preset.name)[row].values
-    sd = paired_sd(values)
+        for p in plan(experiment, preset, seeds, [row], None, results_dir):
+            costs[f"{experiment_id}/{row} seed {p.seed}"] = finetune_cost(json.loads(p.result_path.read_text()))
+    sd, degrees = paired_sd(values)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     entry = {"date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "pretraining_seeds": seeds,
              "finetune_seeds": configure(get_experiment(CALIBRATION_ROWS[0][0]).base, preset, {}).finetune.seeds,
              "rows": [f"{e}/{r}" for e, r in CALIBRATION_ROWS], "paired_sd": sd,
+             "degrees_of_freedom": degrees,
              "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, {gpu}, {default_precision()}",
-             "seconds": round(time.time() - started)}
+             "seconds": round(time.time() - started),
+             "finetune_cost": costs}
     path = output or CALIBRATION_FILE
     save_calibration(preset.name, entry, path)
     print(f"calibration of {preset.name}: {seeds} pretraining seeds x {entry['finetune_seeds']} fine-tuning seeds, "
           f"{entry['seconds'] / 60:.1f} min; written to {path}")
-    print(f"{'metric':26} {'paired SD':>10}  minimum detectable effect (95%) at 1 / 3 seeds")
-    for metric, value in sorted(sd.items()):
-        print(f"{metric:26} {value:10.4f}  {1.96 * value:.4f} / {1.96 * value / 3 ** 0.5:.4f}")
+    print("what the fine-tuning seeds cost (a row's time with all of them / with the first seed of each task):")
+    for name, cost in costs.items():
+        print(f"  {name}: {cost['ratio']:.2f}x (row {cost['row_s']:.0f} s, pretraining {cost['pretraining_s']:.0f} s, "
+              f"fine-tuning runs {cost['finetune_s']} s)" if cost else f"  {name}: not timed (a row from an older version)")
+    noise = load_noise(preset.name, path)
+    print(f"{'metric':26} {'paired SD':>10} {'df':>3}  minimum detectable effect (95%) at 1 / 3 / 5 seeds")
+    for metric in sorted(sd):
+        print(f"{metric:26} {sd[metric]:10.4f} {degrees[metric]:3d}  "
+              + " / ".join(f"{detectable_effect(noise, metric, n):.4f}" for n in (1, 3, 5)))
+
+
+def finetune_cost(result: dict) -> dict | None:
+    """How much a row's K fine-tuning seeds add: its time with every seed over its time with seed 1 alone
+    (everything else + each task's first run), from the seconds the row recorded."""
+    seconds = result.get("seconds")
+    if not seconds or "fine-tuning" not in seconds:
+        return None
+    runs, every_seed = seconds["fine-tuning"], result["wall_time_s"]
+    one_seed = every_seed - sum(sum(times[1:]) for times in runs.values())
+    return {"ratio": round(every_seed / one_seed, 3), "row_s": every_seed, "pretraining_s": seconds["pretraining"],
+            "finetune_s": runs}
 
 
 def _split_tasks(text: str) -> list[str]:

@@ -292,6 +292,7 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
     config, work = p.config, p.work_dir
     wandb_logger = tracking.logger_for(p)
     module, data, trainer = pretrain(p, config, p.steps, work, hardware, [wandb_logger] if wandb_logger else [])
+    seconds = {"pretraining": round(time.time() - start, 1)}  # a resumed row: this session's share only
     check_budget(module, p.steps * config.tokens_per_step, p.name)
     trainer.validate(module, datamodule=data, verbose=False)
     metrics = _metrics(trainer)
@@ -312,7 +313,9 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
     metrics["parameters"] = float(sum(param.numel() for param in module.parameters()))  # shared tensors once
     metrics["peak_lr"] = config.optim.peak_lr  # as used (some tables set it per row), shown where a table asks
     encoder_config = module.discriminator_config() if config.objective == "rtd" else module.encoder.config
-    metrics |= fine_tune_all(config, encoder_config, module.encoder_state(), tokenized, p.seed, hardware)
+    scores, seconds["fine-tuning"] = fine_tune_all(config, encoder_config, module.encoder_state(), tokenized, p.seed,
+                                                   hardware)
+    metrics |= scores
     early_points = {}
     for fraction in config.evaluate_at:
         if config.early_points == "mid-run":
@@ -322,7 +325,7 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
             early_module = pretrain(p, early_config, early_steps, work / f"early-{fraction:g}", hardware)[0]
             check_budget(early_module, early_steps * config.tokens_per_step, f"{p.name} at {fraction:g}")
             state = early_module.encoder_state()
-        early = fine_tune_all(config, encoder_config, state, tokenized, p.seed, hardware)
+        early = fine_tune_all(config, encoder_config, state, tokenized, p.seed, hardware)[0]
         metrics |= {f"{k}@{fraction:g}": v for k, v in early.items() if not k.endswith("majority") and "@ft" not in k}
         early_points[f"{fraction:g}"] = {"steps": early_steps or round(fraction * p.steps), "schedule": config.early_points}
     result = {
@@ -332,6 +335,7 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
         "train_flops": budget_of(config, p.steps, "flops"), "budget_rule": p.experiment.budget,
         "early_points": early_points,
         "wall_time_s": round(time.time() - start, 1), "git_commit": commit,
+        "seconds": seconds,  # pretraining, and each fine-tuning run by task: what a row's time is spent on
         "hardware": dataclasses.asdict(hardware) | {"precision": hardware.precision or default_precision()},
         "curves": str(work.relative_to(p.directory)),  # log-*/metrics.csv: the pretraining curves, per session
     }
@@ -342,18 +346,20 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
 
 
 def fine_tune_all(config: RunConfig, encoder_config, encoder_state: dict, tokenized, seed: int,
-                  hardware: Hardware) -> dict[str, float]:
+                  hardware: Hardware) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Fine-tune a copy of the encoder on each task with `finetune.seeds` seeds; a task's score (x100) is
     their median, as the papers report, with the spread (`<task>_ft_range`) and every run (`<task>@ft<k>`)
-    kept; also the majority-class baseline. Each task is encoded once for all its seeds."""
-    scores, ft = {}, config.finetune
+    kept; also the majority-class baseline. Each task is encoded once for all its seeds.
+    Returns the scores and each run's seconds by task."""
+    scores, seconds, ft = {}, {}, config.finetune
     for spec in config.tasks:
         name, task = task_name(spec), cached_task(spec)
         data = FineTuneDataModule(task, tokenized.tokenizer, tokenized.config.kind, ft.max_length, ft.batch_size, seed,
                                   ft.max_train_examples, ft.max_validation_examples, ft.group_by_length)
         steps = max(1, math.ceil(len(data.train_items) / ft.batch_size * ft.epochs))
-        runs = []
+        runs, seconds[name] = [], []
         for k in range(ft.seeds):
+            started = time.time()
             data.seed = seed + 1000 * k  # k = 0 is the pretraining seed, as with one fine-tuning run
             if is_global_zero():
                 print(f"  fine-tuning on {name} (seed {k + 1} of {ft.seeds}): {steps} steps", flush=True)
@@ -366,6 +372,7 @@ def fine_tune_all(config: RunConfig, encoder_config, encoder_state: dict, tokeni
                                callbacks=[StopOnRequest()])  # a stopped fine-tuning run is simply run again
             _fit(trainer, module, datamodule=data)
             runs.append(_metrics(trainer)["score"])
+            seconds[name].append(round(time.time() - started, 1))
         scores[name] = float(np.median(runs))
         if len(runs) > 1:
             scores[f"{name}_ft_range"] = max(runs) - min(runs)
@@ -373,7 +380,7 @@ def fine_tune_all(config: RunConfig, encoder_config, encoder_state: dict, tokeni
         scores[f"{name}_majority"] = task.majority_score()
     if config.tasks:  # the tasks this row actually ran
         scores["downstream_avg"] = sum(scores[task_name(spec)] for spec in config.tasks) / len(config.tasks)
-    return scores
+    return scores, seconds
 
 
 def run(experiment: Experiment, preset: Preset, seeds: int, rows: list[str] | None = None,

@@ -4,7 +4,8 @@ Every claim reduces to paired differences, one per pretraining seed, that the cl
 for "close", inside) a threshold. Their 95% interval is a t-interval over the seeds when there are at
 least 3; with fewer, it comes from the preset's calibrated noise (`experiments/calibration.json`: the
 standard deviation of the difference between two pretraining seeds of one row, per metric, measured by
-`make calibrate`); with neither, the claim is inconclusive. The claim holds when the whole interval is
+`make calibrate`, with its degrees of freedom, so that an SD estimated from few seeds widens the interval
+through Student's t); with neither, the claim is inconclusive. The claim holds when the whole interval is
 on its side of the threshold, does not hold when the whole interval is on the other side.
 A smoke run never decides anything, and a row that did not learn decides nothing.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,11 @@ class Noise:
     preset: str
     paired_sd: dict[str, float]  # metric -> SD of a paired difference between two pretraining seeds
     source: str  # e.g. "calibration 2026-11-27" or "not calibrated"
+    degrees: dict[str, int] = field(default_factory=dict)  # metric -> degrees of freedom of its SD (none: many)
+
+    def quantile(self, metric: str) -> float:
+        """The 97.5% quantile that turns the calibrated SD of `metric` into a 95% interval."""
+        return _t_quantile(self.degrees.get(_base_metric(metric), 1000))
 
     @property
     def never_decides(self) -> bool:
@@ -41,7 +47,8 @@ def load_noise(preset: str, path: Path = CALIBRATION_FILE) -> Noise:
     entry = (json.loads(path.read_text()) if path.exists() else {}).get(preset) or {}
     if not entry.get("paired_sd"):
         return Noise(preset, {}, "not calibrated")
-    return Noise(preset, dict(entry["paired_sd"]), f"calibration {entry.get('date', '?')}")
+    return Noise(preset, dict(entry["paired_sd"]), f"calibration {entry.get('date', '?')}",
+                 dict(entry.get("degrees_of_freedom", {})))
 
 
 # Student's t, 97.5% quantile, by degrees of freedom (a conservative lookup between the listed ones)
@@ -78,7 +85,7 @@ def interval(diffs: np.ndarray, metric: str, noise: Noise) -> Interval | None:
     sd = noise.paired_sd.get(_base_metric(metric))
     if sd is None:
         return None
-    half = 1.96 * sd / math.sqrt(n)
+    half = noise.quantile(metric) * sd / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n, noise.source)
 
 
@@ -114,7 +121,7 @@ def _seeds_to_settle(distance: float, metric: str, noise: Noise, diffs: np.ndarr
     sd = noise.paired_sd.get(_base_metric(metric)) or (float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None)
     if not sd or distance == 0:
         return "; the effect sits on the threshold: no number of seeds settles it"
-    needed = math.ceil((1.96 * sd / abs(distance)) ** 2)
+    needed = math.ceil((noise.quantile(metric) * sd / abs(distance)) ** 2)
     return f"; detectable at about {max(needed, len(diffs) + 1)} seeds if the effect is real"
 
 
@@ -148,9 +155,9 @@ CALIBRATION_ROWS = (("ablation-nsp", "DOC-SENTENCES"), ("ablation-electra-effici
 NOT_NOISE = ("parameters", "peak_lr", "epochs", "heldout_masked_tokens", "unk_rate", "mlm_unigram_acc")
 
 
-def paired_sd(values_by_row: dict[str, dict[str, list[float]]]) -> dict[str, float]:
+def paired_sd(values_by_row: dict[str, dict[str, list[float]]]) -> tuple[dict[str, float], dict[str, int]]:
     """Per metric: the SD of the difference between two independent pretraining seeds, sqrt(2) x the
-    per-seed SD pooled over the calibration rows (each row's own mean removed)."""
+    per-seed SD pooled over the calibration rows (each row's own mean removed), and its degrees of freedom."""
     pooled: dict[str, list[float]] = {}
     for values in values_by_row.values():
         for metric, seeds in values.items():
@@ -158,7 +165,13 @@ def paired_sd(values_by_row: dict[str, dict[str, list[float]]]) -> dict[str, flo
                     and metric not in NOT_NOISE:
                 pooled.setdefault(metric, []).extend(np.asarray(seeds, float) - np.mean(seeds))
     degrees = {m: sum(len(v[m]) - 1 for v in values_by_row.values() if len(v.get(m, [])) >= 2) for m in pooled}
-    return {m: round(math.sqrt(2 * float(np.sum(np.square(r))) / degrees[m]), 5) for m, r in pooled.items() if degrees[m]}
+    sd = {m: round(math.sqrt(2 * float(np.sum(np.square(r))) / degrees[m]), 5) for m, r in pooled.items() if degrees[m]}
+    return sd, {m: degrees[m] for m in sd}
+
+
+def detectable_effect(noise: Noise, metric: str, seeds: int) -> float:
+    """The smallest paired effect whose 95% interval excludes zero at `seeds` pretraining seeds."""
+    return noise.quantile(metric) * noise.paired_sd[_base_metric(metric)] / math.sqrt(seeds)
 
 
 def save_calibration(preset: str, entry: dict, path: Path = CALIBRATION_FILE) -> None:

@@ -158,3 +158,21 @@ def test_export_explains_a_row_it_cannot_export(own_table, tmp_path):
     done = cli("export", "ablation-deberta", "--row", "DeBERTa", "--preset", "smoke", "--results-dir", str(results),
                "--to", str(tmp_path / "hf"))  # the default table's row was never trained here
     assert done.returncode == 2 and "has no pretrained checkpoint" in done.stderr and "make ablation-deberta" in done.stderr
+
+
+@pytest.mark.slow
+def test_calibrate_writes_the_paired_sd_its_degrees_of_freedom_and_what_the_fine_tuning_seeds_cost(tmp_path):
+    assert cli("calibrate", "--preset", "smoke", "--seeds", "1").returncode == 2  # a spread needs two seeds
+    output = tmp_path / "calibration.json"
+    done = cli("calibrate", "--preset", "smoke", "--seeds", "2", "--results-dir", str(tmp_path / "results"),
+               "--output", str(output))
+    assert done.returncode == 0, done.stderr[-2000:]
+    entry = json.loads(output.read_text())["smoke"]
+    assert entry["pretraining_seeds"] == 2 and entry["rows"] == ["ablation-nsp/DOC-SENTENCES",
+                                                                   "ablation-electra-efficiency/ELECTRA"]
+    # downstream scores of both rows pool into 2 degrees of freedom; an RTD-only metric has 1
+    assert entry["degrees_of_freedom"]["downstream_avg"] == 2 and entry["degrees_of_freedom"]["disc_auc"] == 1
+    assert set(entry["paired_sd"]) == set(entry["degrees_of_freedom"])
+    cost = entry["finetune_cost"]["ablation-nsp/DOC-SENTENCES seed 1"]
+    assert cost["ratio"] == 1.0 and set(cost["finetune_s"]) == {"sentiment", "topic"}  # smoke: one seed per task
+    assert "minimum detectable effect (95%) at 1 / 3 / 5 seeds" in done.stdout

@@ -125,8 +125,20 @@ def test_calibration_pools_the_seed_spread_of_its_rows_as_a_paired_sd():
     from experiments.verdicts import paired_sd
 
     values = {"mlm": {"score": [80.0, 82.0, 81.0], "parameters": [5.0, 5.0, 5.0]}, "rtd": {"score": [70.0, 71.0, 72.0]}}
-    sd = paired_sd(values)  # residuals -1, 1, 0 and -1, 0, 1: sum of squares 4 over 4 degrees of freedom
-    assert sd == {"score": pytest.approx(2 ** 0.5, abs=1e-4)} and "parameters" not in sd
+    sd, degrees = paired_sd(values)  # residuals -1, 1, 0 and -1, 0, 1: sum of squares 4 over 4 degrees of freedom
+    assert sd == {"score": pytest.approx(2 ** 0.5, abs=1e-4)} and "parameters" not in sd and degrees == {"score": 4}
+
+
+def test_a_calibrated_sd_from_few_seeds_widens_the_interval_through_students_t():
+    from experiments.verdicts import detectable_effect, interval
+
+    many = Noise("small", {"score": 1.0}, "calibration")
+    few = Noise("small", {"score": 1.0}, "calibration", {"score": 4})
+    assert detectable_effect(many, "score", 1) == pytest.approx(1.96)
+    assert detectable_effect(few, "score", 1) == pytest.approx(2.776)  # t(0.975, 4 df)
+    assert detectable_effect(few, "score@0.25", 4) == pytest.approx(2.776 / 2)
+    wide = interval(np.array([2.5]), "score", few)
+    assert wide.low < 0 < interval(np.array([2.5]), "score", many).low
 
 
 def test_calibration_file_round_trips_and_uncalibrated_presets_say_so(tmp_path):
