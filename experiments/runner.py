@@ -313,8 +313,9 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
     metrics["parameters"] = float(sum(param.numel() for param in module.parameters()))  # shared tensors once
     metrics["peak_lr"] = config.optim.peak_lr  # as used (some tables set it per row), shown where a table asks
     encoder_config = module.discriminator_config() if config.objective == "rtd" else module.encoder.config
+    finished_runs = work / f"finetune-{config.config_hash()[:12]}"
     scores, seconds["fine-tuning"] = fine_tune_all(config, encoder_config, module.encoder_state(), tokenized, p.seed,
-                                                   hardware)
+                                                   hardware, finished_runs)
     metrics |= scores
     early_points = {}
     for fraction in config.evaluate_at:
@@ -325,7 +326,8 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
             early_module = pretrain(p, early_config, early_steps, work / f"early-{fraction:g}", hardware)[0]
             check_budget(early_module, early_steps * config.tokens_per_step, f"{p.name} at {fraction:g}")
             state = early_module.encoder_state()
-        early = fine_tune_all(config, encoder_config, state, tokenized, p.seed, hardware)[0]
+        early = fine_tune_all(config, encoder_config, state, tokenized, p.seed, hardware,
+                              finished_runs.with_name(f"{finished_runs.name}@{fraction:g}"))[0]
         metrics |= {f"{k}@{fraction:g}": v for k, v in early.items() if not k.endswith("majority") and "@ft" not in k}
         early_points[f"{fraction:g}"] = {"steps": early_steps or round(fraction * p.steps), "schedule": config.early_points}
     result = {
@@ -346,11 +348,12 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
 
 
 def fine_tune_all(config: RunConfig, encoder_config, encoder_state: dict, tokenized, seed: int,
-                  hardware: Hardware) -> tuple[dict[str, float], dict[str, list[float]]]:
+                  hardware: Hardware, finished_runs: Path) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Fine-tune a copy of the encoder on each task with `finetune.seeds` seeds; a task's score (x100) is
     their median, as the papers report, with the spread (`<task>_ft_range`) and every run (`<task>@ft<k>`)
     kept; also the majority-class baseline. Each task is encoded once for all its seeds.
-    Returns the scores and each run's seconds by task."""
+    Each finished run is recorded in `finished_runs` (keyed by the row's config hash), so that a row stopped
+    during fine-tuning runs only the runs it had not finished. Returns the scores and each run's seconds by task."""
     scores, seconds, ft = {}, {}, config.finetune
     for spec in config.tasks:
         name, task = task_name(spec), cached_task(spec)
@@ -359,6 +362,12 @@ def fine_tune_all(config: RunConfig, encoder_config, encoder_state: dict, tokeni
         steps = max(1, math.ceil(len(data.train_items) / ft.batch_size * ft.epochs))
         runs, seconds[name] = [], []
         for k in range(ft.seeds):
+            record = finished_runs / f"{slug(name)}@ft{k}.json"
+            if record.exists():
+                done = json.loads(record.read_text())
+                runs.append(done["score"])
+                seconds[name].append(done["seconds"])
+                continue
             started = time.time()
             data.seed = seed + 1000 * k  # k = 0 is the pretraining seed, as with one fine-tuning run
             if is_global_zero():
@@ -373,6 +382,8 @@ def fine_tune_all(config: RunConfig, encoder_config, encoder_state: dict, tokeni
             _fit(trainer, module, datamodule=data)
             runs.append(_metrics(trainer)["score"])
             seconds[name].append(round(time.time() - started, 1))
+            if is_global_zero():
+                write_json_atomically(record, {"score": runs[-1], "seconds": seconds[name][-1]}, "finetune-run")
         scores[name] = float(np.median(runs))
         if len(runs) > 1:
             scores[f"{name}_ft_range"] = max(runs) - min(runs)

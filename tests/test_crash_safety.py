@@ -63,7 +63,7 @@ def row_files(results: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The uninterrupted sweep: its table, and how long it took."""
+    """The uninterrupted sweep: its table, how long it took, and its results directory."""
     results = tmp_path_factory.mktemp("reference")
     began = time.time()
     code = finish(start(results, results / "log.txt"))
@@ -74,7 +74,7 @@ def reference(tmp_path_factory):
     assert "SEGMENT-PAIR+NSP | 0 |" in (directory / "table.md").read_text()
     assert (directory / "curves.png").stat().st_size > 1000 and (directory / "metrics.png").stat().st_size > 1000
     assert len((directory / "table.csv").read_text().splitlines()) == 5  # header and the four rows
-    return table_of(results), seconds
+    return table_of(results), seconds, results
 
 
 # -- fault injection -------------------------------------------------------------------------------------
@@ -84,7 +84,7 @@ def reference(tmp_path_factory):
 def test_sweep_killed_again_and_again_gives_the_uninterrupted_table(reference, tmp_path):
     """SIGKILL at seeded random moments in pretraining and fine-tuning, halfway through a checkpoint write and a
     row-file write, a truncated last.ckpt, and a graceful SIGTERM; then the table equals the uninterrupted one."""
-    expected, reference_seconds = reference
+    expected, reference_seconds, _ = reference
     rng = np.random.default_rng(2026)
     results = tmp_path / "results"
     work = results / TABLE / "work"
@@ -141,7 +141,7 @@ def test_sweep_killed_again_and_again_gives_the_uninterrupted_table(reference, t
 
 
 def test_two_sweeps_side_by_side_train_each_row_once(reference, tmp_path):
-    expected, _ = reference
+    expected = reference[0]
     first, second = start(tmp_path, tmp_path / "a.txt"), start(tmp_path, tmp_path / "b.txt")
     assert finish(first) == 0 and finish(second) == 0
     trained = [re.findall(r"\] (\S+) seed 0: \d+ steps", (tmp_path / f"{n}.txt").read_text()) for n in "ab"]
@@ -150,6 +150,22 @@ def test_two_sweeps_side_by_side_train_each_row_once(reference, tmp_path):
     assert sessions == [1, 1]  # each pretraining ran once, never resumed by the other sweep
     assert table_of(tmp_path)["metrics"] == expected["metrics"]
     assert not list(tmp_path.rglob("*.lock"))  # both released their locks
+
+
+def test_a_row_stopped_in_fine_tuning_reruns_only_the_runs_it_had_not_finished(reference, tmp_path):
+    import shutil
+
+    shutil.copytree(reference[2], tmp_path / "results")
+    directory = tmp_path / "results" / TABLE
+    work = directory / json.loads((directory / "rows" / ROWS[1]).read_text())["curves"]
+    (directory / "rows" / ROWS[1]).unlink()  # DOC-SENTENCES stopped after its pretraining and one fine-tuning run
+    [record] = work.glob("finetune-*/sentiment@ft0.json")
+    record.write_text(json.dumps({"score": 42.0, "seconds": 1.0}))  # a marker: this run must not be redone
+    log = tmp_path / "rerun.txt"
+    assert finish(start(tmp_path / "results", log)) == 0, log.read_text()[-3000:]
+    assert "fine-tuning on sentiment" not in log.read_text()
+    row = json.loads((directory / "rows" / ROWS[1]).read_text())
+    assert row["metrics"]["sentiment"] == 42.0 and row["seconds"]["fine-tuning"] == {"sentiment": [1.0]}
 
 
 # -- one fault at a time ------------------------------------------------------------------------------------
