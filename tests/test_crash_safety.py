@@ -92,14 +92,17 @@ def test_sweep_killed_again_and_again_gives_the_uninterrupted_table(reference, t
     def checkpoint_exists(_log):
         return any(work.glob("*/checkpoints/*.ckpt"))
 
+    def pretraining_after_a_checkpoint(log):
+        return last_phase(log) == "pretraining" and checkpoint_exists(log)
+
     plan = [  # (what it interrupts, env, trigger on the run's output or files, seconds after the trigger, signal)
         ("pretraining", {}, checkpoint_exists, rng.uniform(0.0, 1.0), signal.SIGKILL),
+        # second, while the first row surely has pretraining left (later kills may leave none)
+        ("pretraining, gracefully", {}, pretraining_after_a_checkpoint, rng.uniform(0.0, 0.5), signal.SIGTERM),
         ("a checkpoint write", {"ABLATIONS_CRASH_AT": f"checkpoint:{rng.integers(1, 4)}"}, None, 0, None),
         ("fine-tuning", {}, lambda log: "fine-tuning on" in log, rng.uniform(0.0, 1.5), signal.SIGKILL),
         ("a row-file write", {"ABLATIONS_CRASH_AT": "row-file:1"}, None, 0, None),
         ("a random moment", {}, lambda log: True, rng.uniform(2.0, 12.0), signal.SIGKILL),
-        ("pretraining, gracefully", {}, lambda log: "steps," in log.split("finished")[-1] and checkpoint_exists(log),
-         rng.uniform(0.0, 1.0), signal.SIGTERM),
     ]
     report, finished_before, spent = [], {}, 0.0
     for number, (what, env, trigger, delay, signum) in enumerate(plan):
