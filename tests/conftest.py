@@ -21,3 +21,21 @@ def tiny_tokenizer(news_sentences):
     from datamodules.tokenization import TokenizerConfig, train_tokenizer
 
     return train_tokenizer(TokenizerConfig(vocab_size=600), iter(news_sentences))
+
+
+def refused_in_process(*args: str) -> tuple[int, str]:
+    """`python -m experiments ARGS` for a request that must be refused before anything trains, run in this
+    process (a subprocess spends ~10 s importing torch for a check that takes milliseconds): (exit code, stderr).
+    What the message looks like in a real subprocess is tested once (test_bad_requests_... in a subprocess)."""
+    import contextlib
+    import io
+
+    from experiments.__main__ import main
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(list(args))
+        except SystemExit as stop:
+            return stop.code if isinstance(stop.code, int) else 1, stderr.getvalue()
+    return 0, stderr.getvalue()

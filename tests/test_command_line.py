@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import refused_in_process
 from datamodules.errors import UsageError
 from experiments.overrides import parse_overrides
 
@@ -59,8 +60,8 @@ def test_tasks_go_by_readable_names():
     (["--set", "data.input_format=doc-sentences"], "the rows of this table vary data.input_format"),
 ])
 def test_bad_overrides_exit_2_with_every_problem(args, message):
-    done = cli("run", "ablation-nsp", "--preset", "smoke", *args)
-    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    code, stderr = refused_in_process("run", "ablation-nsp", "--preset", "smoke", *args)
+    assert code == 2 and message in stderr and "Traceback" not in stderr, stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +164,8 @@ def test_export_explains_a_row_it_cannot_export(own_table, tmp_path):
 def test_calibrate_refuses_one_seed_and_reports_what_the_fine_tuning_seeds_cost():
     from experiments.__main__ import finetune_cost
 
-    refused = cli("calibrate", "--preset", "smoke", "--seeds", "1")
-    assert refused.returncode == 2 and "calibrate needs --seeds >= 2" in refused.stderr
+    code, stderr = refused_in_process("calibrate", "--preset", "smoke", "--seeds", "1")
+    assert code == 2 and "calibrate needs --seeds >= 2" in stderr
     row = {"wall_time_s": 800.0, "seconds": {"pretraining": 200.0, "fine-tuning": {"a": [100.0, 90.0, 110.0],
                                                                                      "b": [80.0, 70.0, 60.0]}}}
     cost = finetune_cost(row)  # with one run per task: 800 - (90 + 110) - (70 + 60) = 470 s

@@ -11,6 +11,7 @@ import pytest
 from experiments.presets import PRESETS, configure
 from experiments.registry import EXPERIMENTS
 from experiments.results import RowSummary, check_claim
+from conftest import refused_in_process
 from experiments.verdicts import Noise
 from experiments.spec import Claim, budget_of, steps_for
 
@@ -39,9 +40,15 @@ def test_list_shows_every_table_with_its_make_target():
     (["run", "ablation-nsp", "--preset", "smoke", "--tasks", "imdb"], "unknown downstream task 'imdb'"),
 ])
 def test_bad_requests_stop_before_training_with_one_clear_line(args, message, tmp_path):
-    done = cli(*args, "--results-dir", str(tmp_path))
-    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    code, stderr = refused_in_process(*args, "--results-dir", str(tmp_path))
+    assert code == 2 and message in stderr and stderr.count("\n") == 1, stderr
     assert not (tmp_path / "ablation-nsp").exists()
+
+
+def test_a_refused_request_in_a_real_process_is_one_line_without_a_traceback(tmp_path):
+    done = cli("run", "ablation-nsp", "--preset", "huge", "--results-dir", str(tmp_path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: unknown preset 'huge'")
 
 
 def test_a_config_that_cannot_run_is_reported_for_every_row_before_training():
