@@ -5,6 +5,29 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # Each test worker (pytest-xdist, one per core) and the runs it starts get one thread: torch's default of one
+    # thread per core in every worker would oversubscribe the cores. Set before torch is imported.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(items):
+    """Start the end-to-end tests (marked slow, with about how long each takes alone) longest first: a 4-minute
+    test picked up last would run alone at the end while the other workers idle. Tests of one xdist_group
+    (they share an expensive module fixture) stay together, or the fixture would be built again for each."""
+    def unit(item):
+        group = item.get_closest_marker("xdist_group")
+        return group.args[0] if group else item.nodeid
+
+    def seconds(item):
+        slow = item.get_closest_marker("slow")
+        return slow.kwargs["seconds"] if slow else 0
+
+    unit_seconds, first_position = {}, {}
+    for position, item in enumerate(items):
+        unit_seconds[unit(item)] = unit_seconds.get(unit(item), 0) + seconds(item)
+        first_position.setdefault(unit(item), position)
+    items.sort(key=lambda item: (-unit_seconds[unit(item)], first_position[unit(item)]))  # stable within a unit
 
 
 @pytest.fixture(scope="session")

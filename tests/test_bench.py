@@ -1,9 +1,12 @@
 """`make bench`'s machinery (its speeds are never asserted: benchmarks are a separate command)."""
 import json
 
+import pytest
+
 from experiments import bench
 
 
+@pytest.mark.slow(seconds=55)
 def test_workers_time_both_models_on_the_same_batches_and_report_a_ratio():
     rows = bench.measure("mlm", precisions=[False], steps=1, rounds=1)
     assert [row["model"] for row in rows] == ["ours MLM", "HF BertForMaskedLM"]

@@ -98,6 +98,8 @@ def own_table(own_data, tmp_path_factory):
     return results, args, done.stdout
 
 
+@pytest.mark.slow(seconds=60)
+@pytest.mark.xdist_group("own-table")
 def test_a_table_on_my_own_corpus_and_task_names_both_and_keeps_its_own_directory(own_table, own_data):
     results, _, output = own_table
     folder, _ = own_data
@@ -120,6 +122,8 @@ def test_a_table_on_my_own_corpus_and_task_names_both_and_keeps_its_own_director
     assert "fine-tuning on reviews: step" in output and "(row 2 of 2, ETA for the table" in output
 
 
+@pytest.mark.slow(seconds=30)
+@pytest.mark.xdist_group("own-table")
 @pytest.mark.parametrize("row", ["RoBERTa-ReImp", "DeBERTa"])
 def test_an_exported_row_loads_in_transformers_with_the_same_hidden_states(row, own_table, tmp_path):
     from transformers import AutoModel, AutoTokenizer
@@ -154,6 +158,8 @@ def test_an_exported_row_loads_in_transformers_with_the_same_hidden_states(row, 
     assert np.abs(theirs[mask].numpy() - mine[mask].numpy()).max() < 1e-5
 
 
+@pytest.mark.slow(seconds=10)
+@pytest.mark.xdist_group("own-table")
 def test_export_explains_a_row_it_cannot_export(own_table, tmp_path):
     results, _, _ = own_table
     done = cli("export", "ablation-deberta", "--row", "DeBERTa", "--preset", "smoke", "--results-dir", str(results),

@@ -80,6 +80,8 @@ def reference(tmp_path_factory):
 # -- fault injection -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow(seconds=250)
+@pytest.mark.xdist_group("crash-safety-reference")
 @pytest.mark.timeout(900)
 def test_sweep_killed_again_and_again_gives_the_uninterrupted_table(reference, tmp_path):
     """SIGKILL at seeded random moments in pretraining and fine-tuning, halfway through a checkpoint write and a
@@ -143,6 +145,8 @@ def test_sweep_killed_again_and_again_gives_the_uninterrupted_table(reference, t
                               f"lost per kill, start-up included"]))
 
 
+@pytest.mark.slow(seconds=50)
+@pytest.mark.xdist_group("crash-safety-reference")
 def test_two_sweeps_side_by_side_train_each_row_once(reference, tmp_path):
     expected = reference[0]
     first, second = start(tmp_path, tmp_path / "a.txt"), start(tmp_path, tmp_path / "b.txt")
@@ -155,6 +159,8 @@ def test_two_sweeps_side_by_side_train_each_row_once(reference, tmp_path):
     assert not list(tmp_path.rglob("*.lock"))  # both released their locks
 
 
+@pytest.mark.slow(seconds=30)
+@pytest.mark.xdist_group("crash-safety-reference")
 def test_a_row_stopped_in_fine_tuning_reruns_only_the_runs_it_had_not_finished(reference, tmp_path):
     import shutil
 

@@ -285,6 +285,7 @@ def row_metrics(directory: Path, row_slug: str) -> dict:
     return json.loads((directory / "rows" / f"{row_slug}__seed0.json").read_text())["metrics"]
 
 
+@pytest.mark.slow(seconds=45)
 def test_same_row_same_seed_gives_identical_metrics(tmp_path):
     for name in ("a", "b"):
         done = cli("run", "ablation-embedding-sharing", "--preset", "smoke", "--rows", "GDES",
@@ -295,6 +296,7 @@ def test_same_row_same_seed_gives_identical_metrics(tmp_path):
     assert a == b and {"cosine_generator", "cosine_discriminator", "disc_auc", "sentiment"} <= set(a)
 
 
+@pytest.mark.slow(seconds=35)
 def test_two_process_ddp_smoke_row_on_cpu(tmp_path):
     done = cli("run", "ablation-nsp", "--preset", "smoke", "--rows", "DOC-SENTENCES", "--devices", "2",
                "--strategy", "ddp", "--accelerator", "cpu", "--results-dir", str(tmp_path))
@@ -305,6 +307,7 @@ def test_two_process_ddp_smoke_row_on_cpu(tmp_path):
     assert result["tokens_seen"] > 0.5 * result["padded_tokens"]
 
 
+@pytest.mark.slow(seconds=40)
 def test_wandb_logs_offline_without_network_and_nothing_when_disabled(tmp_path):
     args = ("run", "ablation-nsp", "--preset", "smoke", "--rows", "DOC-SENTENCES")
     offline = cli(*args, "--results-dir", str(tmp_path / "offline"),
@@ -321,6 +324,7 @@ def test_wandb_logs_offline_without_network_and_nothing_when_disabled(tmp_path):
     assert not list((tmp_path / "disabled").rglob("offline-run-*")) and not list((tmp_path / "disabled").rglob("wandb"))
 
 
+@pytest.mark.slow(seconds=230)
 @pytest.mark.timeout(1200)  # the run itself is bounded at 900 s below; the suite's 600 s is per ordinary test
 def test_every_experiment_and_row_smoke_runs(tmp_path):
     """CI runs every (experiment, row) pair end to end at the smoke preset."""

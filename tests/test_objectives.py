@@ -189,6 +189,7 @@ def first_and_last_loss(module, data, name, steps=40):
     (lambda: RTDModule(ENCODER, OptimConfig(peak_lr=2e-3, max_steps=40), RTDConfig(variant="all-tokens-mlm")), "loss"),
     (lambda: RTDModule(ENCODER, OptimConfig(peak_lr=2e-3, max_steps=40), RTDConfig(variant="replace-mlm")), "loss"),
 ], ids=["mlm", "mlm-deberta", "rtd-gdes", "all-tokens-mlm", "replace-mlm"])
+@pytest.mark.slow(seconds=30)
 def test_short_training_lowers_the_loss(make, name, data):
     torch.manual_seed(0)
     before, after = first_and_last_loss(make(), data, name)
@@ -205,6 +206,7 @@ def test_mlm_nsp_training_lowers_both_losses(tmp_path):
     assert after < before - 0.3
 
 
+@pytest.mark.slow(seconds=60)
 def test_fine_tuning_a_pretrained_checkpoint_beats_the_majority_class(data):
     torch.manual_seed(0)
     encoder = ENCODER.replace(hidden_size=64, num_heads=4, ffn_size=256)
@@ -235,6 +237,7 @@ def test_invalid_rtd_configs():
     assert MaskingConfig(replacement="electra").mix == (0.85, 0.15, 0.0)
 
 
+@pytest.mark.slow(seconds=55)
 def test_the_discriminator_learns_to_tell_replaced_from_original(data):
     """A control for the RTD plumbing (inputs, labels, head, loss): when every replacement is one fixed
     token, the discriminator must find them all, and only them. (Real, weak generators at small scale
@@ -257,6 +260,7 @@ def test_the_discriminator_learns_to_tell_replaced_from_original(data):
     assert float(out["disc_loss"]) < 0.1
 
 
+@pytest.mark.slow(seconds=35)
 @pytest.mark.parametrize("prior", [False, True], ids=["bias-at-zero", "bias-at-prior"])
 def test_discriminator_collapse_is_reported_and_the_base_rate_bias_prevents_it(prior, data, capsys):
     """ELECTRA's zero-initialised output bias on the `small` schedule (peak 1e-3, 60 warm-up steps): within
