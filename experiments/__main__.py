@@ -1,4 +1,5 @@
-"""`python -m experiments list | run <id|all> | table <id> | export <id> | index`: the suite's command line."""
+"""`python -m experiments list | run <id|all> | table <id> | export <id> | word-order <id> | calibrate | index`:
+the suite's command line."""
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,14 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--to", required=True, type=Path, help="the directory to write (AutoModel.from_pretrained)")
     export.add_argument("--format", default=None, help="bert | roberta | deberta-v2 (default: from the attention)")
     export.add_argument("--results-dir", default=None, type=Path)
-    for command in (table, export):  # a run with overrides lives in its own directory: name them again
+    word_order = commands.add_parser("word-order", help="does a trained row's encoder use word order? (held-out "
+                                     "loss against count models, where each layer attends)")
+    word_order.add_argument("experiment")
+    word_order.add_argument("--row", required=True, help="the row's name, as in the table")
+    word_order.add_argument("--preset", default="small")
+    word_order.add_argument("--seed", type=int, default=0)
+    word_order.add_argument("--results-dir", default=None, type=Path)
+    for command in (table, export, word_order):  # a run with overrides lives in its own directory: name them again
         command.add_argument("--tasks", default=None)
         command.add_argument("--corpus", default=None)
         command.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
@@ -103,6 +111,13 @@ def dispatch(args) -> None:
                              args.to, args.format)
         print(f"exported {args.row} to {written}: AutoModel.from_pretrained({str(written)!r}) and "
               f"AutoTokenizer.from_pretrained({str(written)!r}) load it")
+        return
+    if args.command == "word-order":
+        from experiments.word_order import describe, inspect
+
+        report = inspect(get_experiment(args.experiment), preset, args.row, args.seed, overrides, results_dir)
+        print(describe(report))
+        print(f"written: {report['path']}")
         return
     experiments = list(EXPERIMENTS.values()) if args.experiment == "all" else [get_experiment(args.experiment)]
     rows = [r.strip() for r in args.rows.split(",")] if args.rows else None

@@ -442,12 +442,10 @@ def run(experiment: Experiment, preset: Preset, seeds: int, rows: list[str] | No
     return elsewhere
 
 
-def export_row(experiment: Experiment, preset: Preset, row: str, seed: int, overrides: dict | None,
-               results_dir: Path, to: Path, fmt: str | None = None) -> Path:
-    """Write a trained row's encoder (an RTD row's discriminator, GDES's E_G + E_Delta materialised) and
-    its tokenizer as a HuggingFace directory; a UsageError says why a row cannot be exported."""
-    from ablations.export import export_pretrained
-
+def load_trained_row(experiment: Experiment, preset: Preset, row: str, seed: int, overrides: dict | None,
+                     results_dir: Path):
+    """A row's pretrained module at its final step, with its plan and data module; a UsageError says how
+    to train it when there is none."""
     p = plan(experiment, preset, seed + 1, [row], overrides, results_dir)[seed]
     checkpoint = resumable_checkpoint(p.work_dir / "checkpoints", set_aside=False) \
         if (p.work_dir / "checkpoints").exists() else None
@@ -461,6 +459,16 @@ def export_row(experiment: Experiment, preset: Preset, row: str, seed: int, over
     data = PretrainingDataModule(p.config.data, seed=seed)
     module = build_module(p.config, data.vocab_size)
     module.load_state_dict(state["state_dict"])
+    return p, module.eval(), data
+
+
+def export_row(experiment: Experiment, preset: Preset, row: str, seed: int, overrides: dict | None,
+               results_dir: Path, to: Path, fmt: str | None = None) -> Path:
+    """Write a trained row's encoder (an RTD row's discriminator, GDES's E_G + E_Delta materialised) and
+    its tokenizer as a HuggingFace directory; a UsageError says why a row cannot be exported."""
+    from ablations.export import export_pretrained
+
+    p, module, data = load_trained_row(experiment, preset, row, seed, overrides, results_dir)
     config = module.discriminator_config() if p.config.objective == "rtd" else module.encoder.config
     encoder = Encoder(config.replace(emd=False))  # the EMD belongs to the MLM head, not to the encoder
     missing, _ = encoder.load_state_dict(module.encoder_state(), strict=False)

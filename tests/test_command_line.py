@@ -167,6 +167,26 @@ def test_export_explains_a_row_it_cannot_export(own_table, tmp_path):
     assert done.returncode == 2 and "has no pretrained checkpoint" in done.stderr and "make ablation-deberta" in done.stderr
 
 
+@pytest.mark.slow(seconds=10)
+@pytest.mark.xdist_group("own-table")
+def test_word_order_reports_both_rows_and_explains_an_untrained_one(own_table, capsys):
+    from experiments.__main__ import main
+
+    results, args, _ = own_table
+    common = [a for a in args if a not in ("--rows", "RoBERTa-ReImp,DeBERTa")]
+    for row in ("RoBERTa-ReImp", "DeBERTa"):
+        main(["word-order", "ablation-deberta", "--row", row, *common])
+        printed = capsys.readouterr().out
+        report = json.loads(Path(printed.split("written: ")[1].strip()).read_text())
+        entropy = report["heldout_cross_entropy"]
+        assert entropy["left_bigram"] < entropy["unigram"] and entropy["mlm"] > 0  # smoke: far from either
+        assert len(report["layers"]) == 2 and all(0 < layer["entropy_share"] <= 1 for layer in report["layers"])
+        assert f"{row} (seed 0, preset smoke): " in printed and "adjacent tokens vs uniform" in printed
+    code, stderr = refused_in_process("word-order", "ablation-deberta", "--row", "DeBERTa", "--preset", "smoke",
+                                      "--results-dir", str(results))  # the default table's row: never trained
+    assert code == 2 and "has no pretrained checkpoint" in stderr
+
+
 def test_calibrate_refuses_one_seed_and_reports_what_the_fine_tuning_seeds_cost():
     from experiments.__main__ import finetune_cost
 

@@ -1,6 +1,7 @@
 """The encoder's invariants: the disentangled attention formula, EMD, ablation switches, padding, bf16, heads."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -153,6 +154,48 @@ def test_padding_never_changes_outputs_at_real_positions(config):
         alone = encoder(ids, torch.ones_like(ids, dtype=torch.bool))
         with_padding = encoder(padded, mask)
     assert torch.allclose(alone, with_padding[:, :10], atol=1e-5)
+
+
+@pytest.mark.parametrize("config", [EncoderConfig(**TINY), DEBERTA.replace(relative_span=4)],
+                         ids=["absolute", "disentangled-clipped"])
+def test_attention_probabilities_are_the_ones_forward_uses(config):
+    """The diagnostic's probabilities (word-order check), applied to the values, give forward's output;
+    padded keys get none."""
+    encoder = random_weights(Encoder(config), std=0.1).eval()
+    attention = encoder.blocks[0].attention
+    mask = torch.tensor([[True] * 10 + [False] * 6, [True] * 16])
+    x = torch.randn(2, 16, config.hidden_size)
+    bias, relative = encoder.attention_inputs(mask, 16, "cpu")
+    with torch.no_grad():
+        probabilities = attention.probabilities(x, bias, relative)  # (h, B, L, L)
+        _, _, v = (attention._heads(t) for t in attention._project(x))
+        mixed = (probabilities @ v).permute(1, 2, 0, 3).reshape(2, 16, config.hidden_size)
+        assert torch.allclose(attention.output(mixed), attention(x, bias, relative), atol=1e-5)
+    assert torch.allclose(probabilities.sum(-1), torch.ones(()), atol=1e-5)
+    assert probabilities[:, 0, :, 10:].abs().max() == 0
+
+
+def test_word_order_measures_uniform_attention_and_a_determined_next_token():
+    from types import SimpleNamespace
+
+    from experiments.word_order import attention_profile, count_model_cross_entropy
+
+    encoder = Encoder(EncoderConfig(**TINY)).eval()
+    with torch.no_grad():
+        for block in encoder.blocks:  # queries and keys at zero: every score ties, attention is uniform
+            block.attention.query.weight.zero_(), block.attention.key.weight.zero_()
+    ids = torch.randint(5, 300, (2, 12))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, 8:] = False
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    for layer in attention_profile(encoder, [batch]):
+        assert layer["entropy_share"] == pytest.approx(1.0, abs=1e-5)
+        assert layer["adjacent_vs_uniform_mean_head"] == pytest.approx(1.0, abs=1e-5)
+    # a text whose next token is always determined: the bigram is nearly exact, the unigram pays log 4
+    cycle = np.tile(np.arange(4, 8, dtype=np.int32), 200)
+    corpus = SimpleNamespace(vocab_size=10, train=SimpleNamespace(tokens=cycle), val=SimpleNamespace(tokens=cycle[:80]))
+    entropy = count_model_cross_entropy(corpus)
+    assert entropy["unigram"] == pytest.approx(math.log(4), abs=0.01) and entropy["left_bigram"] < 0.1
 
 
 @pytest.mark.parametrize("config", [EncoderConfig(**TINY), DEBERTA], ids=["absolute", "disentangled"])
