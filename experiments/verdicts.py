@@ -20,6 +20,7 @@ import numpy as np
 
 CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
 MIN_SEEDS_FOR_T = 3
+PRACTICAL_SEEDS = 100  # beyond this, "detectable at about 7,581 seeds" says no more than "not by seeds"
 MIN_DISCRIMINATOR_AUC = 0.6  # a discriminator at or below this has not learned to detect replacements
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
@@ -122,6 +123,9 @@ def _seeds_to_settle(distance: float, metric: str, noise: Noise, diffs: np.ndarr
     if not sd or distance == 0:
         return "; the effect sits on the threshold: no number of seeds settles it"
     needed = math.ceil((noise.quantile(metric) * sd / abs(distance)) ** 2)
+    if needed > PRACTICAL_SEEDS:
+        return (f"; the effect is {abs(distance):.2g} from the threshold: more than {PRACTICAL_SEEDS} seeds would be "
+                f"needed to settle it")
     return f"; detectable at about {max(needed, len(diffs) + 1)} seeds if the effect is real"
 
 

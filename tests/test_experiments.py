@@ -99,7 +99,7 @@ def test_claims_are_checks_on_numbers_that_can_fail():
     assert check_claim(Claim("D", "at_least", "score", a="D", b="A"), rows, order)[0] == "not measured"
     noisy = {"A": summary("A", [80, 75, 86]), "B": summary("B", [79, 80, 79])}  # +1.0, but it swings by 6
     verdict, effect = check_claim(Claim("A >= B + 0", "at_least", "score", a="A", b="B"), noisy, ["A", "B"])
-    assert verdict == "inconclusive" and "detectable at about" in effect
+    assert verdict == "inconclusive" and "more than 100 seeds would be needed" in effect  # ~670
     losses = {"A": summary("A", [2.0, 2.1, 2.05], "mlm_loss"), "B": summary("B", [2.5, 2.4, 2.45], "mlm_loss")}
     assert check_claim(Claim("A better loss", "at_least", "mlm_loss", a="A", b="B"), losses, ["A", "B"])[0] == "holds"
     gaps = {"N": RowSummary("N", [0, 1, 2], {"g": [0.5, 0.6, 0.55], "d": [0.1, 0.1, 0.1]}, [], [], [], [], [], set()),
@@ -120,6 +120,9 @@ def test_one_seed_needs_a_calibrated_noise_floor_and_smoke_never_decides():
     wide = Noise("small", {"score": 2.0}, "calibration 2026-11-27")
     verdict, effect = check_claim(claim, rows, ["A", "B"], wide)
     assert verdict == "inconclusive" and "detectable at about 16 seeds" in effect  # (1.96 * 2 / 1)^2 = 15.4
+    close = {"A": summary("A", [80.1]), "B": summary("B", [80.0])}  # 0.1 from the threshold, SD 2: ~1,500 seeds
+    verdict, effect = check_claim(claim, close, ["A", "B"], wide)
+    assert verdict == "inconclusive" and "more than 100 seeds would be needed" in effect
     assert check_claim(Claim("B >= A", "at_least", "score", a="B", b="A"), rows, ["A", "B"], calibrated)[0] == "does not hold"
     smoke = check_claim(claim, rows, ["A", "B"], Noise("smoke", {"score": 0.01}, "calibration"))
     assert smoke == ("not a verdict (smoke preset)", "+1.00")
