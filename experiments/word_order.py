@@ -29,7 +29,6 @@ from datamodules.tokenization import TokenizedCorpus
 # the bigram's interpolation weights tried; the best on the held-out tokens is reported (the yardstick
 # is the bigram at its best, so a row that beats it has surely used the order of its context)
 BIGRAM_WEIGHTS = np.linspace(0.1, 0.9, 9)
-HELDOUT_BLOCKS = 64
 
 
 def count_model_cross_entropy(tokenized: TokenizedCorpus) -> dict[str, float]:
@@ -90,21 +89,34 @@ def _layer_sums(probabilities, mask, lengths) -> dict[str, torch.Tensor]:
             "adjacent": (on_neighbours * real).sum((1, 2)), "uniform_adjacent": (uniform[None] * real).sum((1, 2))}
 
 
+@torch.no_grad()
+def heldout_mlm_loss(module, batches) -> float:
+    """The row's held-out MLM loss over masked tokens, as its validation computes it (an RTD row's generator)."""
+    from lightning_modules.mlm import HeldoutMLM, masked_lm
+
+    encoder, head = (module.generator, module.generator_head) if hasattr(module, "generator") \
+        else (module.encoder, module.mlm_head)
+    heldout = HeldoutMLM()
+    for batch in batches:
+        heldout.update(masked_lm(encoder, head, batch)[0], batch["mlm_labels"])
+    return float(heldout.loss.compute())
+
+
 def inspect(experiment, preset, row: str, seed: int, overrides: dict | None, results_dir: Path) -> dict:
-    """Measure a trained row, write `<table>/word-order/<row>__seed<k>.json` and return what it holds."""
+    """Measure a trained row on its held-out blocks, write `<table>/word-order/<row>__seed<k>.json` and return
+    what it holds."""
     from experiments.durable import write_json_atomically
     from experiments.runner import load_trained_row
 
     p, module, data = load_trained_row(experiment, preset, row, seed, overrides, results_dir)
     data.setup()
-    encoder = module.discriminator if p.config.objective == "rtd" else module.encoder
-    loader = data._fixed_loader(data.heldout_set, HELDOUT_BLOCKS)
-    counts = count_model_cross_entropy(data.load())
-    metrics = json.loads(p.result_path.read_text())["metrics"] if p.result_path.exists() else {}
-    mlm_name = "generator_mlm_loss" if p.config.objective == "rtd" else "mlm_loss"
+    batches = list(data.val_dataloader()[0])  # the held-out blocks every row of a table is measured on
+    rtd = p.config.objective == "rtd"
     report = {"experiment": experiment.id, "preset": preset.name, "row": row, "seed": seed,
-              "heldout_cross_entropy": {"mlm": metrics.get(mlm_name), "mlm_metric": mlm_name, **counts},
-              "layers": attention_profile(encoder, list(loader))}
+              "heldout_cross_entropy": {"mlm": heldout_mlm_loss(module, batches),
+                                        "mlm_of": "the generator" if rtd else "the encoder",
+                                        **count_model_cross_entropy(data.load())},
+              "layers": attention_profile(module.discriminator if rtd else module.encoder, batches)}
     path = p.directory / "word-order" / f"{p.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomically(path, report, "word-order report")
@@ -115,17 +127,14 @@ def describe(report: dict) -> str:
     """The report as a few readable lines, with the verdict on word order."""
     entropy = report["heldout_cross_entropy"]
     mlm, unigram, bigram = entropy["mlm"], entropy["unigram"], entropy["left_bigram"]
-    if mlm is None:
-        verdict = "no held-out MLM loss yet (the row has no result file): see the attention below"
-    elif mlm < bigram:
+    if mlm < bigram:
         verdict = "uses word order: its MLM beats the best left-bigram"
     elif mlm < unigram:
         verdict = "a bag of words so far: its MLM beats the unigram model but not the left-bigram"
     else:
         verdict = "learned no context: its MLM does not beat the unigram model"
-    shown = "n/a" if mlm is None else f"{mlm:.3f}"
     lines = [f"{report['row']} (seed {report['seed']}, preset {report['preset']}): {verdict}",
-             f"  held-out cross-entropy, nats/token: {entropy['mlm_metric']} {shown} | unigram {unigram:.3f} | "
+             f"  held-out cross-entropy, nats/token: MLM ({entropy['mlm_of']}) {mlm:.3f} | unigram {unigram:.3f} | "
              f"left bigram {bigram:.3f}",
              "  layer  entropy/uniform  adjacent tokens vs uniform (mean head, most local head)"]
     for number, layer in enumerate(report["layers"]):
