@@ -90,12 +90,11 @@ def _layer_sums(probabilities, mask, lengths) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def heldout_mlm_loss(module, batches) -> float:
+def heldout_mlm_loss(module, batches, rtd: bool) -> float:
     """The row's held-out MLM loss over masked tokens, as its validation computes it (an RTD row's generator)."""
     from lightning_modules.mlm import HeldoutMLM, masked_lm
 
-    encoder, head = (module.generator, module.generator_head) if hasattr(module, "generator") \
-        else (module.encoder, module.mlm_head)
+    encoder, head = (module.generator, module.generator_head) if rtd else (module.encoder, module.mlm_head)
     heldout = HeldoutMLM()
     for batch in batches:
         heldout.update(masked_lm(encoder, head, batch)[0], batch["mlm_labels"])
@@ -113,7 +112,7 @@ def inspect(experiment, preset, row: str, seed: int, overrides: dict | None, res
     batches = list(data.val_dataloader()[0])  # the held-out blocks every row of a table is measured on
     rtd = p.config.objective == "rtd"
     report = {"experiment": experiment.id, "preset": preset.name, "row": row, "seed": seed,
-              "heldout_cross_entropy": {"mlm": heldout_mlm_loss(module, batches),
+              "heldout_cross_entropy": {"mlm": heldout_mlm_loss(module, batches, rtd),
                                         "mlm_of": "the generator" if rtd else "the encoder",
                                         **count_model_cross_entropy(data.load())},
               "layers": attention_profile(module.discriminator if rtd else module.encoder, batches)}
