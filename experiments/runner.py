@@ -292,7 +292,8 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
     config, work = p.config, p.work_dir
     wandb_logger = tracking.logger_for(p)
     module, data, trainer = pretrain(p, config, p.steps, work, hardware, [wandb_logger] if wandb_logger else [])
-    seconds = {"pretraining": round(time.time() - start, 1)}  # a resumed row: this session's share only
+    # training time summed over every session of a resumed row (data preparation, cached after the first, aside)
+    seconds = {"pretraining": round(module.fit_seconds, 1)}
     check_budget(module, p.steps * config.tokens_per_step, p.name)
     trainer.validate(module, datamodule=data, verbose=False)
     metrics = _metrics(trainer)
@@ -336,7 +337,7 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
         "steps": p.steps, "tokens_seen": module.tokens_seen, "padded_tokens": p.steps * config.tokens_per_step,
         "train_flops": budget_of(config, p.steps, "flops"), "budget_rule": p.experiment.budget,
         "early_points": early_points,
-        "wall_time_s": round(time.time() - start, 1), "git_commit": commit,
+        "wall_time_s": round(time.time() - start, 1), "git_commit": commit,  # this session's (a resumed row's last)
         "seconds": seconds,  # pretraining, and each fine-tuning run by task: what a row's time is spent on
         "hardware": dataclasses.asdict(hardware) | {"precision": hardware.precision or default_precision()},
         "curves": str(work.relative_to(p.directory)),  # log-*/metrics.csv: the pretraining curves, per session

@@ -7,6 +7,7 @@ linear decay to zero. Gradient clipping is the Trainer's `gradient_clip_val`. Su
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import lightning as L
@@ -62,6 +63,8 @@ class ObjectiveModule(L.LightningModule):
         self.optim = optim
         self.tokens_seen = 0  # non-pad tokens of every training batch; saved in checkpoints
         self.padded_tokens_seen = 0  # the same with padding: what the budget counts, checked against the plan
+        self.earlier_fit_seconds = 0.0  # time spent in `fit` by earlier sessions of a resumed run (checkpointed)
+        self._fit_started = None
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -87,10 +90,23 @@ class ObjectiveModule(L.LightningModule):
             optimizer, lambda step: warmup_linear_decay(step, warmup, o.max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def on_fit_start(self):
+        # Lightning restores a checkpoint before this hook, so earlier_fit_seconds already holds its sessions
+        self._fit_started = time.monotonic()
+
+    @property
+    def fit_seconds(self) -> float:
+        """Wall time spent training this module, summed over every session of a resumed run (a row killed
+        and resumed reports its whole pretraining time, not the last session's share)."""
+        running = time.monotonic() - self._fit_started if self._fit_started is not None else 0.0
+        return self.earlier_fit_seconds + running
+
     def on_save_checkpoint(self, checkpoint):
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["padded_tokens_seen"] = self.padded_tokens_seen
+        checkpoint["fit_seconds"] = self.fit_seconds
 
     def on_load_checkpoint(self, checkpoint):
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
         self.padded_tokens_seen = checkpoint.get("padded_tokens_seen", 0)
+        self.earlier_fit_seconds = checkpoint.get("fit_seconds", 0.0)

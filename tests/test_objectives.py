@@ -196,6 +196,25 @@ def test_short_training_lowers_the_loss(make, name, data):
     assert after < before - 0.3, (before, after)
 
 
+def test_a_resumed_run_counts_the_training_time_of_its_earlier_sessions(data, tmp_path):
+    """A row killed and resumed reports its whole pretraining time: the checkpoint carries the seconds spent
+    before it, and the resumed module adds its own session's to them."""
+    def trainer(steps):
+        return L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                         limit_val_batches=0)
+    first = MLMModule(ENCODER, OptimConfig(max_steps=6))
+    interrupted = trainer(3)
+    interrupted.fit(first, data)
+    interrupted.save_checkpoint(tmp_path / "step3.ckpt")
+    saved = torch.load(tmp_path / "step3.ckpt", weights_only=False)["fit_seconds"]
+    assert saved > 0
+    resumed = MLMModule(ENCODER, OptimConfig(max_steps=6))
+    trainer(6).fit(resumed, data, ckpt_path=str(tmp_path / "step3.ckpt"), weights_only=False)
+    assert resumed.earlier_fit_seconds == saved
+    assert resumed.fit_seconds > saved
+
+
 def test_mlm_nsp_training_lowers_both_losses(tmp_path):
     nsp_data = PretrainingDataModule(DATA.__class__(**(DATA.__dict__ | {"input_format": "segment-pair"})), seed=0,
                                      cache_dir=tmp_path)
