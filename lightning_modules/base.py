@@ -63,7 +63,7 @@ class ObjectiveModule(L.LightningModule):
         self.optim = optim
         self.tokens_seen = 0  # non-pad tokens of every training batch; saved in checkpoints
         self.padded_tokens_seen = 0  # the same with padding: what the budget counts, checked against the plan
-        self.earlier_fit_seconds = 0.0  # time spent in `fit` by earlier sessions of a resumed run (checkpointed)
+        self.earlier_fit_seconds = 0.0  # time spent in `fit` by finished or earlier sessions (checkpointed)
         self._fit_started = None
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -93,6 +93,9 @@ class ObjectiveModule(L.LightningModule):
     def on_fit_start(self):
         # Lightning restores a checkpoint before this hook, so earlier_fit_seconds already holds its sessions
         self._fit_started = time.monotonic()
+
+    def on_fit_end(self):
+        self.earlier_fit_seconds, self._fit_started = self.fit_seconds, None  # the clock stops with the fit
 
     @property
     def fit_seconds(self) -> float:
