@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     calibrate.add_argument("--seeds", type=int, default=3, help="pretraining seeds of each calibration row")
     calibrate.add_argument("--results-dir", default=None, type=Path)
     calibrate.add_argument("--output", default=None, type=Path, help="default: experiments/calibration.json")
+    calibrate.add_argument("--kinds", default=None, help="comma-separated kinds of row to calibrate (default: all: "
+                           "absolute-mlm, disentangled-mlm, rtd); the others keep their figures")
     commands.add_parser("index", help="rebuild results/README.md from every table on disk")
     args = parser.parse_args(argv)
     from experiments.durable import Stopped
@@ -94,7 +96,7 @@ def dispatch(args) -> None:
 
     preset = get_preset(args.preset)
     if args.command == "calibrate":  # always the preset's own configuration: no overrides
-        calibrate(preset, args.seeds, results_dir, args.output)
+        calibrate(preset, args.seeds, results_dir, args.output, args.kinds.split(",") if args.kinds else None)
         return
     tasks = tuple(_split_tasks(args.tasks)) if args.tasks else None
     overrides = parse_overrides(args.set, args.corpus, tasks)
@@ -105,7 +107,7 @@ def dispatch(args) -> None:
         print((directory / "table.md").read_text())
         return
     if args.command == "export":
-        from experiments.runner import export_row
+        from experiments.evaluations.trained import export_row
 
         written = export_row(get_experiment(args.experiment), preset, args.row, args.seed, overrides, results_dir,
                              args.to, args.format)
@@ -144,12 +146,11 @@ def dispatch(args) -> None:
         print(f"index: {write_index(results_dir, list(EXPERIMENTS.values()))}")
 
 
-def calibrate(preset, seeds: int, results_dir: Path, output: Path | None) -> None:
-    """Train the calibration rows with `seeds` pretraining seeds, then store and print the paired SD and
-    the minimum detectable effect (95%) per metric. The rows are ordinary rows of their tables."""
+def calibrate(preset, seeds: int, results_dir: Path, output: Path | None, kinds: list[str] | None = None) -> None:
+    """Train each kind's calibration row with `seeds` pretraining seeds, then store and print its paired SD
+    and the minimum detectable effect (95%) per metric. The rows are ordinary rows of their tables."""
     import json
     import platform
-    import time
 
     import torch
 
@@ -157,40 +158,35 @@ def calibrate(preset, seeds: int, results_dir: Path, output: Path | None) -> Non
     from experiments.registry import get_experiment
     from experiments.results import load_rows
     from experiments.runner import Hardware, default_precision, git_commit, plan, run
-    from experiments.verdicts import (CALIBRATION_FILE, CALIBRATION_ROWS, detectable_effect, load_noise,
-                                      paired_sd, save_calibration)
+    from experiments.verdicts import CALIBRATION_FILE, CALIBRATION_ROWS, calibration_entry, describe_calibration, save_calibration
 
     if seeds < 2:
         raise UsageError("calibrate needs --seeds >= 2 (a spread needs two seeds)")
-    started, values, costs = time.time(), {}, {}
-    for experiment_id, row in CALIBRATION_ROWS:
+    kinds = [k.strip() for k in kinds] if kinds else list(CALIBRATION_ROWS)
+    if unknown := [k for k in kinds if k not in CALIBRATION_ROWS]:
+        raise UsageError(f"unknown kind of row {', '.join(unknown)} (valid: {', '.join(CALIBRATION_ROWS)})")
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    hardware = f"{platform.machine()}, {os.cpu_count()} CPUs, {gpu}, {default_precision()}"
+    entries = {}
+    for kind in kinds:
+        experiment_id, row = CALIBRATION_ROWS[kind]
         experiment = get_experiment(experiment_id)
         run(experiment, preset, seeds, [row], None, Hardware(), results_dir)
-        values[f"{experiment_id}/{row}"] = load_rows(experiment, results_dir / experiment.id / preset.name)[row].values
-        for p in plan(experiment, preset, seeds, [row], None, results_dir):
-            costs[f"{experiment_id}/{row} seed {p.seed}"] = finetune_cost(json.loads(p.result_path.read_text()))
-    sd, degrees = paired_sd(values)
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    entry = {"date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "pretraining_seeds": seeds,
-             "finetune_seeds": configure(get_experiment(CALIBRATION_ROWS[0][0]).base, preset, {}).finetune.seeds,
-             "rows": [f"{e}/{r}" for e, r in CALIBRATION_ROWS], "paired_sd": sd,
-             "degrees_of_freedom": degrees,
-             "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, {gpu}, {default_precision()}",
-             "seconds": round(time.time() - started),
-             "finetune_cost": costs}
+        values = load_rows(experiment, results_dir / experiment.id / preset.name)[row].values
+        results = {p.seed: json.loads(p.result_path.read_text()) for p in plan(experiment, preset, seeds, [row], None, results_dir)}
+        finetune_seeds = configure(experiment.base, preset, {}).finetune.seeds
+        entries[kind] = calibration_entry(f"{experiment_id}/{row}", values, results, finetune_seeds, git_commit(), hardware)
+        entries[kind]["finetune_cost"] = {f"seed {seed}": finetune_cost(result) for seed, result in results.items()}
     path = output or CALIBRATION_FILE
-    save_calibration(preset.name, entry, path)
-    print(f"calibration of {preset.name}: {seeds} pretraining seeds x {entry['finetune_seeds']} fine-tuning seeds, "
-          f"{entry['seconds'] / 60:.1f} min; written to {path}")
+    save_calibration(preset.name, entries, path)
+    print(f"calibration of {preset.name}, written to {path}")
+    print(describe_calibration(preset.name, entries, path))
     print("what the fine-tuning seeds cost (a row's time with all of them / with the first seed of each task):")
-    for name, cost in costs.items():
-        print(f"  {name}: {cost['ratio']:.2f}x (row {cost['row_s']:.0f} s, pretraining {cost['pretraining_s']:.0f} s, "
-              f"fine-tuning runs {cost['finetune_s']} s)" if cost else f"  {name}: not timed (a row from an older version)")
-    noise = load_noise(preset.name, path)
-    print(f"{'metric':26} {'paired SD':>10} {'df':>3}  minimum detectable effect (95%) at 1 / 3 / 5 seeds")
-    for metric in sorted(sd):
-        print(f"{metric:26} {sd[metric]:10.4f} {degrees[metric]:3d}  "
-              + " / ".join(f"{detectable_effect(noise, metric, n):.4f}" for n in (1, 3, 5)))
+    for kind, entry in entries.items():
+        for name, cost in entry["finetune_cost"].items():
+            print(f"  {entry['row']} {name}: {cost['ratio']:.2f}x (row {cost['row_s']:.0f} s, pretraining "
+                  f"{cost['pretraining_s']:.0f} s, fine-tuning runs {cost['finetune_s']} s)" if cost
+                  else f"  {entry['row']} {name}: not timed (a row from an older version)")
 
 
 def finetune_cost(result: dict) -> dict | None:

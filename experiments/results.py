@@ -18,8 +18,12 @@ import numpy as np
 from datamodules.corpus import describe_corpus
 from datamodules.downstream import OFFLINE, task_name
 from experiments.durable import write_atomically
-from experiments.verdicts import INCONCLUSIVE, Noise, combine, judge, learning_problems, load_noise
-from experiments.spec import Claim, Experiment, lower_is_better
+from experiments.evaluations.minimal_pairs import KINDS as PAIR_KINDS
+from experiments.evaluations.probes import PROBE_FEATURE
+from experiments.evaluations.word_order import LEARNED_ADJACENT_MULTIPLE, word_order_cell
+from experiments.verdicts import (INCONCLUSIVE, Calibration, Noise, combine, judge, learning_problems,
+                                  load_calibration, row_kind)
+from experiments.spec import PROBE_AVERAGE, Claim, Experiment, lower_is_better
 from lightning_modules.base import describe
 
 
@@ -38,6 +42,7 @@ class RowSummary:
     optim: dict = field(default_factory=dict)  # the optimiser settings it trained with (its config's `optim`)
     tasks: list[str] = field(default_factory=list)  # the downstream tasks it was fine-tuned on
     corpus: dict = field(default_factory=dict)  # the corpus it was pretrained on (its config's data.corpus)
+    kind: str = "absolute-mlm"  # whose calibrated noise its claims use (experiments.verdicts.KINDS)
 
     def mean(self, metric: str) -> float:
         values = self.values.get(metric, [])
@@ -65,6 +70,7 @@ def load_rows(experiment: Experiment, directory: Path) -> dict[str, RowSummary]:
         summary.optim = record["config"]["optim"]
         summary.tasks = list(record["config"].get("tasks", []))
         summary.corpus = record["config"]["data"]["corpus"]
+        summary.kind = row_kind(record["config"])
         summary.wall_time_s.append(record["wall_time_s"])
         summary.curves.append(directory / record["curves"])
         commit = record["git_commit"]
@@ -86,9 +92,11 @@ def _mean_text(diffs: np.ndarray) -> str:
 
 
 def check_claim(claim: Claim, rows: dict[str, RowSummary], order: list[str],
-                noise: Noise = Noise("", {}, "not calibrated")) -> tuple[str, str]:
+                noise: Noise | Calibration = Noise("", {}, "not calibrated")) -> tuple[str, str]:
     """(verdict, measured effect): holds / does not hold / inconclusive from the interval of the paired
-    effect (experiments.verdicts), not measured when a row is missing, never a verdict at smoke."""
+    effect (experiments.verdicts), against the noise of the claim's rows' kind (a Calibration's) or the one
+    given; not measured when a row is missing, never a verdict at smoke, inconclusive when a row has not
+    learned (experiments.verdicts.learning_problems: not at all, or not word order)."""
     among = [r for r in (claim.among or tuple(order)) if r in rows and claim.metric in rows[r].values]
     if claim.kind in ("at_least", "close"):
         needed = [(claim.a, claim.metric), (claim.b, claim.metric_b or claim.metric)]
@@ -102,7 +110,7 @@ def check_claim(claim: Claim, rows: dict[str, RowSummary], order: list[str],
     if missing:
         return "not measured", f"missing rows: {', '.join(missing)}"
     involved = {r for r, _ in needed if r} | (set(among) if claim.kind in ("worst", "best", "order") else set())
-    verdict, effect = _judge_claim(claim, rows, among, noise)
+    verdict, effect = _judge_claim(claim, rows, among, noise.for_kinds({rows[r].kind for r in involved}))
     if noise.never_decides:
         return "not a verdict (smoke preset)", effect.split(", 95% interval")[0].split(", no interval")[0]
     unlearned = [f"{r} did not learn ({'; '.join(p)})" for r in sorted(involved)
@@ -160,7 +168,9 @@ def _judge_claim(claim: Claim, rows: dict[str, RowSummary], among: list[str], no
 
 def table_metrics(experiment: Experiment, rows: dict[str, RowSummary]) -> list[str]:
     """The table's columns: its metrics, with one column per downstream task the rows actually ran (a task
-    of the user's own gets its own column, before the average; a default task that was not run, none)."""
+    of the user's own gets its own column, before the average; a default task that was not run, none), then
+    what every table shows of the frozen encoder: each task's linear probe, their average and the minimal
+    pairs (for rows that measured them)."""
     ran = list(dict.fromkeys(task_name(spec) for s in rows.values() for spec in s.tasks))
     if not ran:
         return list(experiment.metrics)
@@ -168,7 +178,10 @@ def table_metrics(experiment: Experiment, rows: dict[str, RowSummary]) -> list[s
     kept = [m for m in experiment.metrics if not is_task(m) or m in ran]
     extra = [t for t in ran if t not in kept]
     at = kept.index("downstream_avg") if "downstream_avg" in kept else len(kept)
-    return kept[:at] + extra + kept[at:]
+    columns = kept[:at] + extra + kept[at:]
+    measured = {m for s in rows.values() for m in s.values}
+    frozen = [f"{t}_probe" for t in ran] + [PROBE_AVERAGE, "minimal_pairs"]
+    return columns + [m for m in frozen if m in measured and m not in columns]
 
 
 def _cell(summary: RowSummary | None, metric: str) -> str:
@@ -191,19 +204,19 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
     rows = load_rows(experiment, directory)
     order = [r.name for r in experiment.rows]
     metrics = table_metrics(experiment, rows)
-    header = ["row", "seeds", *metrics, "steps", "tokens seen", "train FLOPs",
+    header = ["row", "seeds", "word order", *metrics, "steps", "tokens seen", "train FLOPs",
               *[f"paper {c}" for c in experiment.paper_columns]]
     table = []
     for row in experiment.rows:
         s = rows.get(row.name)
-        cells = [row.name, str(len(s.seeds)) if s else "0"]
+        cells = [row.name, str(len(s.seeds)) if s else "0", word_order_cell(s.values) if s else "-"]
         cells += [_cell(s, m) for m in metrics]
         cells += [f"{int(np.mean(s.steps)):,}" if s else "-", f"{int(np.mean(s.tokens_seen)):,}" if s else "-",
                   f"{np.mean(s.train_flops):.2e}" if s else "-"]
         cells += [f"{row.paper[c]:g}" if c in row.paper else "-" for c in experiment.paper_columns]
         table.append(cells)
-    noise = load_noise(preset)
-    verdicts = [(c, *check_claim(c, rows, order, noise)) for c in experiment.claims]
+    noise = load_calibration(preset)
+    verdicts = [(c, *check_claim(c, rows, order, noise)) for c in experiment.checked_claims]
     unlearned = {name: problems for name, s in rows.items()
                  if (problems := learning_problems(s.values, [task_name(t) for t in s.tasks]))}
     optimisers: dict[str, list[str]] = {}  # one line per distinct setting, with the rows that used it
@@ -219,6 +232,9 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
                "claims": [{"claim": c.text, "source": c.source, "verdict": v, "effect": e} for c, v, e in verdicts],
                "majority_baselines": majority, "optimisers": optimisers, "plots": plots,
                "noise": noise.source, "did_not_learn": unlearned,
+               "minimal_pairs": {name: {kind: round(s.mean(f"minimal_pairs_{kind}"), 1) for kind in PAIR_KINDS
+                                        if f"minimal_pairs_{kind}" in s.values}
+                                 for name, s in rows.items() if "minimal_pairs" in s.values},
                "finetune_spread": {name: {m[:-len("_ft_range")]: round(s.mean(m), 2) for m in s.values
                                           if m.endswith("_ft_range")} for name, s in rows.items()
                                    if any(m.endswith("_ft_range") for m in s.values)},
@@ -255,8 +271,23 @@ def render_markdown(experiment: Experiment, payload: dict) -> str:
         out.write("\nDownstream scores are the median of several fine-tuning runs per task; their spread (max - min): "
                   + "; ".join(f"{row}: " + ", ".join(f"{task} {spread:.1f}" for task, spread in tasks.items())
                               for row, tasks in payload["finetune_spread"].items()) + ".\n")
+    if any(cell != "-" for cell in (row[header.index("word order")] for row in payload["rows"])):
+        out.write(f"\nWord order: **learned** when some layer's most local attention head puts at least "
+                  f"{LEARNED_ADJACENT_MULTIPLE:g}x the uniform share on the adjacent tokens (the figure shown) and the "
+                  f"held-out MLM loss (an RTD row's generator's) is at most the midpoint between a unigram and a "
+                  f"left-bigram count model of the training text; otherwise still a **bag of words**, which decides no "
+                  f"claim.\n")
+    if PROBE_AVERAGE in header:
+        out.write(f"\nLinear probes (`<task>_probe`, `{PROBE_AVERAGE}`): logistic regression on the frozen encoder's "
+                  f"features ({PROBE_FEATURE.replace('_', ' ')}), its regularisation chosen on a fifth of the training "
+                  f"set, scored on the same dev sets as fine-tuning (the majority baselines above apply).\n")
+    if payload.get("minimal_pairs"):
+        out.write("\nMinimal pairs (x100, 50 = chance): the share of held-out sentences whose pseudo-log-likelihood "
+                  "(PLL-word-l2r) is above their variant's, by kind (two adjacent words swapped; one word replaced by "
+                  "one as frequent): " + "; ".join(f"{row}: " + ", ".join(f"{kind} {share:.1f}" for kind, share in kinds.items())
+                                                    for row, kinds in payload["minimal_pairs"].items()) + ".\n")
     for name, problems in payload.get("did_not_learn", {}).items():
-        out.write(f"\n**{name} did not learn** ({'; '.join(problems)}): it decides no claim.\n")
+        out.write(f"\n**{name} decides no claim**: {'; '.join(problems)}.\n")
     if payload["claims"]:
         out.write("\n## The paper's claims, checked on these numbers\n\n"
                   "(paper): the paper states it; (proxy): the paper measured something else, and this is the "
@@ -320,9 +351,9 @@ def _plots(experiment: Experiment, rows: dict[str, RowSummary], directory: Path,
         for bar, name in zip(bars, ordered):  # a row that did not learn: hatched, it decides nothing
             if name in unlearned:
                 bar.set_hatch("//"), bar.set_alpha(0.5)
-        if f"{metric}_majority" in majority:
-            axis.axhline(majority[f"{metric}_majority"], color="black", linestyle="--", linewidth=1,
-                         label="majority class")
+        baseline = f"{metric.removesuffix('_probe')}_majority"  # a probe has its task's majority class
+        if baseline in majority:
+            axis.axhline(majority[baseline], color="black", linestyle="--", linewidth=1, label="majority class")
             axis.legend(fontsize=6)
         axis.set_xticks(range(len(ordered)), [f"{n} (did not learn)" if n in unlearned else n for n in ordered],
                         rotation=45, ha="right", fontsize=7)

@@ -1,4 +1,4 @@
-"""The one runner: for each row and seed, pretrain -> held-out evaluation -> fine-tune -> a row JSON.
+"""The one runner: for each row and seed, pretrain -> evaluate (experiments.evaluations) -> a row JSON.
 
 - Every row is validated (config and data) before any training starts.
 - A finished row (its JSON exists with the same config hash) is skipped; an interrupted one resumes
@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -33,11 +32,10 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ablations.encoder import Encoder
-from datamodules.downstream import FineTuneDataModule, load_task, task_name
 from datamodules.errors import UsageError
 from datamodules.pretraining import PretrainingDataModule
-from datamodules.tokenization import UNK_ID
 from experiments import tracking
+from experiments.evaluations import cached_task, evaluate_pretrained, fine_tune_all, probe_state, task_data
 from experiments.durable import (AtomicCheckpointIO, Lock, SaveFinalStep, SeedEachBatch, StopOnRequest, StopRequest,
                                  Stopped, resumable_checkpoint, write_json_atomically)
 from experiments.overrides import conflicts, directory_name
@@ -45,7 +43,6 @@ from experiments.overrides import save as save_overrides
 from experiments.presets import Preset, configure
 from experiments.progress import minutes, progress_bar
 from experiments.spec import Experiment, Row, RunConfig, budget_of, steps_for
-from lightning_modules.finetune import FineTuneModule
 from lightning_modules.mlm import MLMModule
 from lightning_modules.rtd import RTDModule
 
@@ -73,6 +70,17 @@ class Hardware:
         devices = int(self.devices) if str(self.devices).isdigit() else self.devices
         return dict(accelerator=self.accelerator, devices=devices, strategy=self.strategy, num_nodes=self.num_nodes,
                     precision=self.precision or default_precision())
+
+    def trainer(self, label: str, callbacks=(), **kwargs) -> L.Trainer:
+        """A Trainer with the suite's defaults and a progress display named `label` (see experiments.progress)."""
+        return L.Trainer(**self.trainer_kwargs(), enable_progress_bar=True, enable_model_summary=False,
+                         num_sanity_val_steps=0, inference_mode=False, callbacks=[*callbacks, progress_bar(label)],
+                         **kwargs)
+
+    @property
+    def evaluation_device(self) -> str:
+        """Where a row's evaluations run (they are plain forward passes, outside the Trainer)."""
+        return "cuda" if torch.cuda.is_available() and self.accelerator in ("auto", "gpu", "cuda") else "cpu"
 
 
 def default_precision() -> str:
@@ -196,27 +204,11 @@ def prepare_data(plans: list[RowPlan]) -> None:
             cached_task(task)
 
 
-@lru_cache(maxsize=None)
-def cached_task(name: str):
-    return load_task(name)
-
-
 def build_module(config: RunConfig, vocab_size: int):
     encoder = config.encoder.replace(vocab_size=vocab_size)
     if config.objective == "rtd":
         return RTDModule(encoder, config.optim, config.rtd, config.data.masking.probability)
     return MLMModule(encoder, config.optim, nsp=config.data.has_nsp)
-
-
-def _trainer(hardware: Hardware, label: str, callbacks=(), **kwargs) -> L.Trainer:
-    """A Trainer with the suite's defaults and a progress display named `label` (see experiments.progress)."""
-    return L.Trainer(**hardware.trainer_kwargs(), enable_progress_bar=True, enable_model_summary=False,
-                     num_sanity_val_steps=0, inference_mode=False, callbacks=[*callbacks, progress_bar(label)],
-                     **kwargs)
-
-
-def _metrics(trainer: L.Trainer, prefix: str = "val/") -> dict[str, float]:
-    return {k[len(prefix):]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
 
 
 def pretrain(p: RowPlan, config: RunConfig, steps: int, work: Path, hardware: Hardware, extra_loggers=(), log=print):
@@ -244,11 +236,11 @@ def pretrain(p: RowPlan, config: RunConfig, steps: int, work: Path, hardware: Ha
                  SaveFinalStep(last, checkpoint_every), SeedEachBatch(p.seed), StopOnRequest(last)]
     if config.early_points == "mid-run":
         callbacks.append(SaveEncoderAt(work, config.evaluate_at, steps))
-    trainer = _trainer(hardware, f"pretraining {p.row.name}" + (f" ({work.name})" if work != p.work_dir else ""),
-                       max_steps=steps, val_check_interval=eval_interval, check_val_every_n_epoch=None,
-                       accumulate_grad_batches=accumulation, gradient_clip_val=config.optim.gradient_clip,
-                       logger=loggers, callbacks=callbacks, use_distributed_sampler=False,
-                       log_every_n_steps=max(1, steps // 50), plugins=[AtomicCheckpointIO()])
+    trainer = hardware.trainer(f"pretraining {p.row.name}" + (f" ({work.name})" if work != p.work_dir else ""),
+                               max_steps=steps, val_check_interval=eval_interval, check_val_every_n_epoch=None,
+                               accumulate_grad_batches=accumulation, gradient_clip_val=config.optim.gradient_clip,
+                               logger=loggers, callbacks=callbacks, use_distributed_sampler=False,
+                               log_every_n_steps=max(1, steps // 50), plugins=[AtomicCheckpointIO()])
     # every rank picks the same file; only rank 0 sets damaged ones aside
     resume = resumable_checkpoint(checkpoints, log, set_aside=is_global_zero()) if checkpoints.exists() else None
     # our own checkpoint, written by this runner: it holds the config dataclasses, so not weights-only
@@ -286,7 +278,8 @@ def early_point(config: RunConfig, fraction: float, steps: int) -> tuple[RunConf
 
 
 def run_row(p: RowPlan, hardware: Hardware) -> dict:
-    """Pretrain (resuming if interrupted), evaluate on the held-out blocks, fine-tune, write the row JSON."""
+    """Pretrain (resuming if interrupted), evaluate the encoder (held-out figures, word order, minimal pairs,
+    linear probes, fine-tuning; experiments.evaluations), write the row JSON."""
     start = time.time()
     commit = git_commit()
     config, work = p.config, p.work_dir
@@ -296,27 +289,16 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
     seconds = {"pretraining": round(module.fit_seconds, 1)}
     check_budget(module, p.steps * config.tokens_per_step, p.name)
     trainer.validate(module, datamodule=data, verbose=False)
-    metrics = _metrics(trainer)
-    metrics.pop("loss", None)
-    if config.objective == "rtd":
-        metrics |= module.embedding_similarity()
-        metrics |= {f"{name}@init": value for name, value in module.initial_embedding_similarity.items()}
-    tokenized = data.load()
-    heldout_tokens = np.asarray(tokenized.val.tokens)
-    metrics["unk_rate"] = float((heldout_tokens == UNK_ID).mean()) if len(heldout_tokens) else 0.0
-    # how many passes over its training text the row made, and how many masked tokens its held-out MLM
-    # figures average over (the resolution of any held-out-loss comparison)
-    metrics["epochs"] = module.tokens_seen / max(1, len(tokenized.train.tokens))
-    heldout_labels = np.concatenate([b["mlm_labels"].numpy() for b in data.val_dataloader()[0]])
-    metrics["heldout_masked_tokens"] = float(len(heldout_labels))
-    # the learning check's floor: the accuracy of always predicting the most frequent masked token
-    metrics["mlm_unigram_acc"] = float(np.bincount(heldout_labels).max() / max(1, len(heldout_labels)))
-    metrics["parameters"] = float(sum(param.numel() for param in module.parameters()))  # shared tensors once
-    metrics["peak_lr"] = config.optim.peak_lr  # as used (some tables set it per row), shown where a table asks
+    metrics = {k[4:]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and k != "val/loss"}
+    tasks = task_data(config, data.load(), p.seed)
+    precision = hardware.precision or default_precision()
+    evaluation = evaluate_pretrained(module, data, config, tasks, metrics, hardware.evaluation_device, precision)
+    metrics |= evaluation.metrics
+    seconds |= evaluation.seconds
     encoder_config = module.discriminator_config() if config.objective == "rtd" else module.encoder.config
     finished_runs = work / f"finetune-{config.config_hash()[:12]}"
-    scores, seconds["fine-tuning"] = fine_tune_all(config, encoder_config, module.encoder_state(), tokenized, p.seed,
-                                                   hardware, finished_runs)
+    scores, seconds["fine-tuning"] = fine_tune_all(config, encoder_config, module.encoder_state(), tasks, p.seed,
+                                                   hardware, lambda task, k: finished_runs / f"{slug(task)}@ft{k}.json")
     metrics |= scores
     early_points = {}
     for fraction in config.evaluate_at:
@@ -327,8 +309,10 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
             early_module = pretrain(p, early_config, early_steps, work / f"early-{fraction:g}", hardware)[0]
             check_budget(early_module, early_steps * config.tokens_per_step, f"{p.name} at {fraction:g}")
             state = early_module.encoder_state()
-        early = fine_tune_all(config, encoder_config, state, tokenized, p.seed, hardware,
-                              finished_runs.with_name(f"{finished_runs.name}@{fraction:g}"))[0]
+        early_runs = finished_runs.with_name(f"{finished_runs.name}@{fraction:g}")
+        early = fine_tune_all(config, encoder_config, state, tasks, p.seed, hardware,
+                              lambda task, k: early_runs / f"{slug(task)}@ft{k}.json")[0]
+        early |= probe_state(encoder_config, state, tasks, hardware.evaluation_device, precision)
         metrics |= {f"{k}@{fraction:g}": v for k, v in early.items() if not k.endswith("majority") and "@ft" not in k}
         early_points[f"{fraction:g}"] = {"steps": early_steps or round(fraction * p.steps), "schedule": config.early_points}
     result = {
@@ -338,61 +322,16 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
         "train_flops": budget_of(config, p.steps, "flops"), "budget_rule": p.experiment.budget,
         "early_points": early_points,
         "wall_time_s": round(time.time() - start, 1), "git_commit": commit,  # this session's (a resumed row's last)
-        "seconds": seconds,  # pretraining, and each fine-tuning run by task: what a row's time is spent on
-        "hardware": dataclasses.asdict(hardware) | {"precision": hardware.precision or default_precision()},
+        # pretraining, each evaluation, and each fine-tuning run by task: what a row's time is spent on
+        "seconds": seconds,
+        "evaluations": evaluation.details,  # word order per layer, the minimal pairs and probes measured on
+        "hardware": dataclasses.asdict(hardware) | {"precision": precision},
         "curves": str(work.relative_to(p.directory)),  # log-*/metrics.csv: the pretraining curves, per session
     }
     if trainer.is_global_zero:
         write_json_atomically(p.result_path, result)
     tracking.finish_row(wandb_logger, result)
     return result
-
-
-def fine_tune_all(config: RunConfig, encoder_config, encoder_state: dict, tokenized, seed: int,
-                  hardware: Hardware, finished_runs: Path) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Fine-tune a copy of the encoder on each task with `finetune.seeds` seeds; a task's score (x100) is
-    their median, as the papers report, with the spread (`<task>_ft_range`) and every run (`<task>@ft<k>`)
-    kept; also the majority-class baseline. Each task is encoded once for all its seeds.
-    Each finished run is recorded in `finished_runs` (keyed by the row's config hash), so that a row stopped
-    during fine-tuning runs only the runs it had not finished. Returns the scores and each run's seconds by task."""
-    scores, seconds, ft = {}, {}, config.finetune
-    for spec in config.tasks:
-        name, task = task_name(spec), cached_task(spec)
-        data = FineTuneDataModule(task, tokenized.tokenizer, tokenized.config.kind, ft.max_length, ft.batch_size, seed,
-                                  ft.max_train_examples, ft.max_validation_examples, ft.group_by_length)
-        steps = max(1, math.ceil(len(data.train_items) / ft.batch_size * ft.epochs))
-        runs, seconds[name] = [], []
-        for k in range(ft.seeds):
-            record = finished_runs / f"{slug(name)}@ft{k}.json"
-            if record.exists():
-                done = json.loads(record.read_text())
-                runs.append(done["score"])
-                seconds[name].append(done["seconds"])
-                continue
-            started = time.time()
-            data.seed = seed + 1000 * k  # k = 0 is the pretraining seed, as with one fine-tuning run
-            if is_global_zero():
-                print(f"  fine-tuning on {name} (seed {k + 1} of {ft.seeds}): {steps} steps", flush=True)
-            L.seed_everything(data.seed, workers=True, verbose=False)
-            module = FineTuneModule(encoder_config, task.spec.num_labels, task.spec.metric, ft, steps, encoder_state)
-            trainer = _trainer(hardware, f"fine-tuning on {name}", max_steps=steps, logger=False,
-                               enable_checkpointing=False, gradient_clip_val=1.0,
-                               use_distributed_sampler=not ft.group_by_length,  # the batches shard themselves
-                               val_check_interval=steps, check_val_every_n_epoch=None,  # validate once, at the end
-                               callbacks=[StopOnRequest()])  # a stopped fine-tuning run is simply run again
-            _fit(trainer, module, datamodule=data)
-            runs.append(_metrics(trainer)["score"])
-            seconds[name].append(round(time.time() - started, 1))
-            if is_global_zero():
-                write_json_atomically(record, {"score": runs[-1], "seconds": seconds[name][-1]}, "finetune-run")
-        scores[name] = float(np.median(runs))
-        if len(runs) > 1:
-            scores[f"{name}_ft_range"] = max(runs) - min(runs)
-            scores |= {f"{name}@ft{k}": value for k, value in enumerate(runs)}
-        scores[f"{name}_majority"] = task.majority_score()
-    if config.tasks:  # the tasks this row actually ran
-        scores["downstream_avg"] = sum(scores[task_name(spec)] for spec in config.tasks) / len(config.tasks)
-    return scores, seconds
 
 
 def run(experiment: Experiment, preset: Preset, seeds: int, rows: list[str] | None = None,
@@ -441,37 +380,3 @@ def run(experiment: Experiment, preset: Preset, seeds: int, rows: list[str] | No
             + ", ".join(f"{p.row.name} seed {p.seed}" for p in elsewhere)
             + "; the table below has the rows finished so far (`python -m experiments table` rebuilds it later)")
     return elsewhere
-
-
-def load_trained_row(experiment: Experiment, preset: Preset, row: str, seed: int, overrides: dict | None,
-                     results_dir: Path):
-    """A row's pretrained module at its final step, with its plan and data module; a UsageError says how
-    to train it when there is none."""
-    p = plan(experiment, preset, seed + 1, [row], overrides, results_dir)[seed]
-    checkpoint = resumable_checkpoint(p.work_dir / "checkpoints", set_aside=False) \
-        if (p.work_dir / "checkpoints").exists() else None
-    command = f"make {experiment.id} PRESET={preset.name}" + (f" SEEDS={seed + 1}" if seed else "")
-    if checkpoint is None:
-        raise UsageError(f"{row} (seed {seed}, preset {preset.name}) has no pretrained checkpoint in {p.work_dir}: "
-                         f"train it first with `{command}` (and the same --set / --corpus / --tasks, if any)")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if state["global_step"] < p.steps:
-        raise UsageError(f"{row} stopped at step {state['global_step']} of {p.steps}: finish it with `{command}`")
-    data = PretrainingDataModule(p.config.data, seed=seed)
-    module = build_module(p.config, data.vocab_size)
-    module.load_state_dict(state["state_dict"])
-    return p, module.eval(), data
-
-
-def export_row(experiment: Experiment, preset: Preset, row: str, seed: int, overrides: dict | None,
-               results_dir: Path, to: Path, fmt: str | None = None) -> Path:
-    """Write a trained row's encoder (an RTD row's discriminator, GDES's E_G + E_Delta materialised) and
-    its tokenizer as a HuggingFace directory; a UsageError says why a row cannot be exported."""
-    from ablations.export import export_pretrained
-
-    p, module, data = load_trained_row(experiment, preset, row, seed, overrides, results_dir)
-    config = module.discriminator_config() if p.config.objective == "rtd" else module.encoder.config
-    encoder = Encoder(config.replace(emd=False))  # the EMD belongs to the MLM head, not to the encoder
-    missing, _ = encoder.load_state_dict(module.encoder_state(), strict=False)
-    assert not [k for k in missing if not k.startswith("emd.")], missing
-    return export_pretrained(encoder.eval(), data.load().tokenizer, to, fmt)

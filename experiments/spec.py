@@ -175,11 +175,44 @@ class Experiment:
     main_metric: str = "downstream_avg"  # the bar chart's metric
     notes: str = ""
 
+    @property
+    def checked_claims(self) -> tuple[Claim, ...]:
+        """The claims a table checks: the declared ones, and for each claim on the downstream average its
+        `(proxy)` twin on the linear probes' average (`probe_avg`), whose noise is the pretraining seed's alone;
+        none for a claim whose rows share their pretraining (SiFT's rows differ in fine-tuning only, so their
+        frozen encoders, and probes, are the same)."""
+        return self.claims + tuple(probe_twin(c) for c in self.claims
+                                   if c.metric.startswith(DOWNSTREAM_AVERAGE) and self._pretrained_apart(c))
+
+    def _pretrained_apart(self, claim: Claim) -> bool:
+        names = {claim.a, claim.b, *claim.among, *claim.winners} - {""}
+        if claim.kind in ("worst", "best", "order") and not claim.among:  # ranked among every row
+            names |= {r.name for r in self.rows}
+        pretraining = {json.dumps({k: v for k, v in self.row(name).changes.items()
+                                   if not k.startswith(("finetune.", "tasks"))}, sort_keys=True, default=str)
+                       for name in names}
+        return len(pretraining) > 1
+
     def row(self, name: str) -> Row:
         for row in self.rows:
             if row.name == name:
                 return row
         raise UsageError(f"unknown row {name!r} of {self.id} (valid: {', '.join(r.name for r in self.rows)})")
+
+
+DOWNSTREAM_AVERAGE, PROBE_AVERAGE = "downstream_avg", "probe_avg"
+
+
+def probe_twin(claim: Claim) -> Claim:
+    """The same claim on the linear probes' average (an early point's too: downstream_avg@0.25 -> probe_avg@0.25)."""
+    def probed(metric: str) -> str:
+        return metric.replace(DOWNSTREAM_AVERAGE, PROBE_AVERAGE, 1) if metric.startswith(DOWNSTREAM_AVERAGE) else metric
+
+    text = claim.text.replace("downstream average", "linear-probe average")
+    if text == claim.text:
+        text += " (linear-probe average)"
+    return dataclasses.replace(claim, text=text, metric=probed(claim.metric), metric_b=probed(claim.metric_b),
+                               source="proxy")
 
 
 def lower_is_better(metric: str) -> bool:

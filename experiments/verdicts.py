@@ -7,7 +7,11 @@ standard deviation of the difference between two pretraining seeds of one row, p
 `make calibrate`, with its degrees of freedom, so that an SD estimated from few seeds widens the interval
 through Student's t); with neither, the claim is inconclusive. The claim holds when the whole interval is
 on its side of the threshold, does not hold when the whole interval is on the other side.
-A smoke run never decides anything, and a row that did not learn decides nothing.
+A smoke run never decides anything, and a row that did not learn, or learned no word order, decides nothing.
+
+Rows differ in how much they vary between pretraining seeds: absolute-position MLM rows that are still bags
+of words barely move, rows that learn word order vary far more. The calibration is therefore per kind of
+row (`KINDS`), and a claim is judged against the noise of its rows' kind (rows of two kinds: the larger).
 """
 from __future__ import annotations
 
@@ -25,10 +29,21 @@ MIN_DISCRIMINATOR_AUC = 0.6  # a discriminator at or below this has not learned 
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 
+# The kinds of row whose seed-to-seed noise is calibrated separately, each by one row (CALIBRATION_ROWS below).
+KINDS = {"absolute-mlm": "absolute-position MLM rows", "disentangled-mlm": "disentangled-attention MLM rows",
+         "rtd": "RTD rows"}
+
+
+def row_kind(config: dict) -> str:
+    """A row's kind from its config (as a row file stores it): RTD whatever its attention, else MLM by attention."""
+    if config.get("objective") == "rtd":
+        return "rtd"
+    return "disentangled-mlm" if config.get("encoder", {}).get("attention") == "disentangled" else "absolute-mlm"
+
 
 @dataclass(frozen=True)
 class Noise:
-    """What a preset's claims are judged against."""
+    """What a claim is judged against: the paired SD per metric of one kind of row (or of a claim's kinds)."""
 
     preset: str
     paired_sd: dict[str, float]  # metric -> SD of a paired difference between two pretraining seeds
@@ -43,13 +58,63 @@ class Noise:
     def never_decides(self) -> bool:
         return self.preset == "smoke"
 
+    def for_kinds(self, kinds: set[str]) -> "Noise":
+        """A figure given for every kind (a test's, or one the caller chose) applies to any claim."""
+        return self
 
-def load_noise(preset: str, path: Path = CALIBRATION_FILE) -> Noise:
+
+@dataclass(frozen=True)
+class Calibration:
+    """A preset's calibrated noise, one Noise per kind of row (a kind not calibrated is absent)."""
+
+    preset: str
+    kinds: dict[str, Noise]
+
+    @property
+    def never_decides(self) -> bool:
+        return self.preset == "smoke"
+
+    @property
+    def source(self) -> str:
+        if not self.kinds:
+            return "not calibrated"
+        return "; ".join(f"{KINDS[kind]}: {noise.source}" for kind, noise in self.kinds.items())
+
+    def for_kinds(self, kinds: set[str]) -> Noise:
+        """The noise of a claim whose rows are of `kinds`: per metric the largest of their SDs (with its degrees
+        of freedom); a metric is calibrated only if every kind has it."""
+        figures = [self.kinds.get(kind) for kind in sorted(kinds)]
+        what = " and ".join(KINDS.get(kind, kind) for kind in sorted(kinds)) or "no rows"
+        if not figures or None in figures:
+            missing = [KINDS.get(k, k) for k in sorted(kinds) if k not in self.kinds]
+            return Noise(self.preset, {}, f"not calibrated for {' and '.join(missing) or what}")
+        paired_sd, degrees = {}, {}
+        for metric in set.intersection(*(set(noise.paired_sd) for noise in figures)):
+            widest = max(figures, key=lambda noise: noise.paired_sd[metric])
+            paired_sd[metric] = widest.paired_sd[metric]
+            if metric in widest.degrees:
+                degrees[metric] = widest.degrees[metric]
+        dates = sorted({noise.source for noise in figures})
+        return Noise(self.preset, paired_sd, f"{', '.join(dates)} of {what}" + (" (the larger)" if len(figures) > 1 else ""),
+                     degrees)
+
+
+def load_calibration(preset: str, path: Path = CALIBRATION_FILE) -> Calibration:
+    """The preset's entry of calibration.json: `{"kinds": {kind: {...}}}`, or the older single entry (one
+    paired SD pooled over its `rows`), which is read as the noise of each kind those rows are."""
     entry = (json.loads(path.read_text()) if path.exists() else {}).get(preset) or {}
-    if not entry.get("paired_sd"):
-        return Noise(preset, {}, "not calibrated")
-    return Noise(preset, dict(entry["paired_sd"]), f"calibration {entry.get('date', '?')}",
-                 dict(entry.get("degrees_of_freedom", {})))
+    if "kinds" in entry:
+        kinds = {kind: _noise(preset, figures) for kind, figures in entry["kinds"].items()}
+    else:
+        rows = entry.get("rows", [])
+        kinds = {kind: _noise(preset, entry) for kind, (experiment, row) in CALIBRATION_ROWS.items()
+                 if f"{experiment}/{row}" in rows}
+    return Calibration(preset, {kind: noise for kind, noise in kinds.items() if noise.paired_sd})
+
+
+def _noise(preset: str, figures: dict) -> Noise:
+    return Noise(preset, dict(figures.get("paired_sd") or {}), f"calibration {figures.get('date', '?')}",
+                 dict(figures.get("degrees_of_freedom", {})))
 
 
 # Student's t, 97.5% quantile, by degrees of freedom (a conservative lookup between the listed ones)
@@ -101,8 +166,10 @@ def judge(diffs: np.ndarray, metric: str, noise: Noise, above: float = 0.0, with
         return INCONCLUSIVE, "no seed in common"
     found = interval(diffs, metric, noise)
     if found is None:
+        missing = f"{noise.preset} is {noise.source}" if not noise.paired_sd else \
+            f"{_base_metric(metric)} has no calibrated noise at {noise.preset} ({noise.source})"
         return INCONCLUSIVE, (f"{float(np.mean(diffs)):+.2f} over {len(diffs)} seed{'s' * (len(diffs) != 1)}, no "
-                              f"interval: fewer than {MIN_SEEDS_FOR_T} seeds and {noise.preset} is not calibrated "
+                              f"interval: fewer than {MIN_SEEDS_FOR_T} seeds and {missing} "
                               f"(`make calibrate PRESET={noise.preset}`, or SEEDS={MIN_SEEDS_FOR_T})")
     if within is not None:
         verdict = HOLDS if -within <= found.low and found.high <= within else \
@@ -137,7 +204,11 @@ def combine(steps: list[str]) -> str:
 
 
 def learning_problems(values: dict[str, list[float]], tasks: list[str]) -> list[str]:
-    """Why a row did not learn, from its metrics (a check whose metric is missing is skipped)."""
+    """Why a row has not learned what the claims are about, from its metrics (a check whose metric is missing
+    is skipped): it did not learn at all, or it is still a bag of words (experiments.evaluations.word_order),
+    or a task's fine-tuned or probed score is no better than its majority class."""
+    from experiments.evaluations.word_order import word_order_problem
+
     mean = {k: float(np.mean(v)) for k, v in values.items() if v}
     problems = []
     if "mlm_acc" in mean and "mlm_unigram_acc" in mean and mean["mlm_acc"] <= mean["mlm_unigram_acc"]:
@@ -145,18 +216,25 @@ def learning_problems(values: dict[str, list[float]], tasks: list[str]) -> list[
                         f"{mean['mlm_unigram_acc']:.3f}")
     if "disc_auc" in mean and mean["disc_auc"] <= MIN_DISCRIMINATOR_AUC:
         problems.append(f"discriminator AUC {mean['disc_auc']:.3f} <= {MIN_DISCRIMINATOR_AUC}")
+    if (word_order := word_order_problem(values)) is not None:
+        problems.append(word_order)
     for task in tasks:
-        if task in mean and f"{task}_majority" in mean and mean[task] <= mean[f"{task}_majority"]:
-            problems.append(f"{task} {mean[task]:.1f} <= its majority class {mean[f'{task}_majority']:.1f}")
+        for score, how in ((task, ""), (f"{task}_probe", " (linear probe)")):
+            if score in mean and f"{task}_majority" in mean and mean[score] <= mean[f"{task}_majority"]:
+                problems.append(f"{task}{how} {mean[score]:.1f} <= its majority class {mean[f'{task}_majority']:.1f}")
     return problems
 
 
 # -- calibration ----------------------------------------------------------------------------------------
 
-# One MLM row and one RTD row, trained with several pretraining seeds (each fine-tuned with the preset's
-# fine-tuning seeds); their files are ordinary rows of those tables, so the seeds also serve the tables.
-CALIBRATION_ROWS = (("ablation-nsp", "DOC-SENTENCES"), ("ablation-electra-efficiency", "ELECTRA"))
-NOT_NOISE = ("parameters", "peak_lr", "epochs", "heldout_masked_tokens", "unk_rate", "mlm_unigram_acc")
+# One row of each kind, trained with several pretraining seeds (each fine-tuned with the preset's fine-tuning
+# seeds); their files are ordinary rows of those tables, so the seeds also serve the tables.
+CALIBRATION_ROWS = {"absolute-mlm": ("ablation-nsp", "DOC-SENTENCES"),
+                    "disentangled-mlm": ("ablation-deberta", "DeBERTa"),
+                    "rtd": ("ablation-electra-efficiency", "ELECTRA")}
+# figures that are not measurements with a seed-to-seed spread (settings, counts, the corpus's count models)
+NOT_NOISE = ("parameters", "peak_lr", "epochs", "heldout_masked_tokens", "unk_rate", "mlm_unigram_acc",
+             "unigram_loss", "bigram_loss")
 
 
 def paired_sd(values_by_row: dict[str, dict[str, list[float]]]) -> tuple[dict[str, float], dict[str, int]]:
@@ -178,9 +256,58 @@ def detectable_effect(noise: Noise, metric: str, seeds: int) -> float:
     return noise.quantile(metric) * noise.paired_sd[_base_metric(metric)] / math.sqrt(seeds)
 
 
-def save_calibration(preset: str, entry: dict, path: Path = CALIBRATION_FILE) -> None:
+def calibration_entry(row: str, values: dict[str, list[float]], results: dict[int, dict], finetune_seeds: int,
+                      commit: str, hardware: str) -> dict:
+    """One kind's entry of calibration.json from its calibration row: `values` (metric -> one value per
+    pretraining seed) and its row files by seed (their seconds: what each part of a row cost)."""
+    import time
+
+    sd, degrees = paired_sd({row: values})
+    parts = ("pretraining", "word_order", "minimal_pairs", "probes")
+    seconds = {part: [r.get("seconds", {}).get(part) for r in results.values()] for part in parts}
+    return {"date": time.strftime("%Y-%m-%d"), "commit": commit, "row": row, "pretraining_seeds": len(results),
+            "finetune_seeds": finetune_seeds, "paired_sd": sd, "degrees_of_freedom": degrees, "hardware": hardware,
+            "row_seconds": [r.get("wall_time_s") for r in results.values()],
+            "seconds": {part: times for part, times in seconds.items() if None not in times}}
+
+
+def describe_calibration(preset: str, entries: dict[str, dict], path: Path = CALIBRATION_FILE) -> str:
+    """Per kind just calibrated: each metric's paired SD and the minimum detectable effect at 1, 3 and 5
+    pretraining seeds; which probe feature varied least between seeds; what the evaluations cost a row."""
+    from experiments.evaluations.probes import FEATURES, PROBE_FEATURE
+
+    calibration, lines = load_calibration(preset, path), []
+    for kind, entry in entries.items():
+        noise = calibration.kinds.get(kind)
+        lines.append(f"{KINDS[kind]} ({entry['row']}, {entry['pretraining_seeds']} pretraining seeds x "
+                     f"{entry['finetune_seeds']} fine-tuning seeds):")
+        if noise is None:
+            lines.append("  no metric varied between seeds")
+            continue
+        lines.append(f"  {'metric':30} {'paired SD':>10} {'df':>3}  minimum detectable effect (95%) at 1 / 3 / 5 seeds")
+        for metric in sorted(noise.paired_sd):
+            lines.append(f"  {metric:30} {noise.paired_sd[metric]:10.4f} {noise.degrees.get(metric, 0):3d}  "
+                         + " / ".join(f"{detectable_effect(noise, metric, n):.4f}" for n in (1, 3, 5)))
+        features = {f: noise.paired_sd[f"probe_avg_{f}"] for f in FEATURES if f"probe_avg_{f}" in noise.paired_sd}
+        if features:
+            lines.append("  linear-probe features, paired SD of probe_avg: "
+                         + ", ".join(f"{f.replace('_', ' ')} {sd:.2f}" for f, sd in features.items())
+                         + f"; steadiest: {min(features, key=features.get)} (the table uses {PROBE_FEATURE})")
+        seconds = {part: float(np.mean(times)) for part, times in entry.get("seconds", {}).items()}
+        if "pretraining" in seconds and len(seconds) > 1:
+            extra = {part: t for part, t in seconds.items() if part != "pretraining"}
+            lines.append("  evaluations per row: " + ", ".join(f"{part.replace('_', ' ')} {t:.0f} s" for part, t in extra.items())
+                         + f": {100 * sum(extra.values()) / seconds['pretraining']:.1f}% of its pretraining "
+                         f"({seconds['pretraining']:.0f} s)")
+    return "\n".join(lines)
+
+
+def save_calibration(preset: str, kinds: dict[str, dict], path: Path = CALIBRATION_FILE) -> None:
+    """Store each kind's figures in the preset's entry, keeping the kinds calibrated before (an older single
+    entry is replaced)."""
     from experiments.durable import write_atomically
 
     calibration = json.loads(path.read_text()) if path.exists() else {}
-    calibration[preset] = entry
+    entry = calibration.get(preset) or {}
+    calibration[preset] = {"kinds": {**(entry.get("kinds") or {}), **kinds}}
     write_atomically(path, (json.dumps(calibration, indent=2, sort_keys=True) + "\n").encode())

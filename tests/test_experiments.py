@@ -151,15 +151,122 @@ def test_a_calibrated_sd_from_few_seeds_widens_the_interval_through_students_t()
     assert wide.low < 0 < interval(np.array([2.5]), "score", many).low
 
 
-def test_calibration_file_round_trips_and_uncalibrated_presets_say_so(tmp_path):
-    from experiments.verdicts import load_noise, save_calibration
+def test_calibration_file_round_trips_per_kind_and_reads_the_older_single_entry(tmp_path):
+    from experiments.verdicts import load_calibration, save_calibration
 
     path = tmp_path / "calibration.json"
-    assert load_noise("small", path).source == "not calibrated"
-    save_calibration("small", {"date": "2026-11-27", "paired_sd": {"score": 1.5}}, path)
-    noise = load_noise("small", path)
-    assert noise.paired_sd == {"score": 1.5} and noise.source == "calibration 2026-11-27"
-    assert load_noise("medium", path).source == "not calibrated"
+    assert load_calibration("small", path).source == "not calibrated"
+    save_calibration("small", {"absolute-mlm": {"date": "2026-11-27", "paired_sd": {"score": 1.5}}}, path)
+    save_calibration("small", {"rtd": {"date": "2026-11-28", "paired_sd": {"score": 3.0}, "degrees_of_freedom": {"score": 2}}}, path)
+    calibration = load_calibration("small", path)  # the second kind joined the first
+    assert set(calibration.kinds) == {"absolute-mlm", "rtd"} and calibration.kinds["rtd"].degrees == {"score": 2}
+    assert calibration.kinds["absolute-mlm"].paired_sd == {"score": 1.5}
+    assert calibration.kinds["absolute-mlm"].source == "calibration 2026-11-27"
+    assert load_calibration("medium", path).source == "not calibrated"
+    # the file as the first calibration wrote it: one pooled entry over an absolute-position MLM row and an RTD row
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps({"small": {"date": "2026-11-26", "paired_sd": {"score": 5.0},
+                                           "rows": ["ablation-nsp/DOC-SENTENCES", "ablation-electra-efficiency/ELECTRA"]}}))
+    assert set(load_calibration("small", older).kinds) == {"absolute-mlm", "rtd"}  # not the disentangled rows
+    assert set(load_calibration("small").kinds) >= {"absolute-mlm", "rtd"}  # the committed file is read
+
+
+def test_a_claim_is_judged_against_the_noise_of_its_rows_kind():
+    from experiments.verdicts import Calibration
+
+    calibration = Calibration("small", {"absolute-mlm": Noise("small", {"score": 0.2}, "calibration 2026-11-27"),
+                                        "disentangled-mlm": Noise("small", {"score": 2.0}, "calibration 2026-11-28",
+                                                                  {"score": 4})})
+
+    def row(name, value, kind):
+        return RowSummary(name, [0], {"score": [value]}, [], [], [], [], [], set(), kind=kind)
+
+    claim = Claim("A >= B", "at_least", "score", a="A", b="B")
+    absolute = {"A": row("A", 81.0, "absolute-mlm"), "B": row("B", 80.0, "absolute-mlm")}
+    verdict, effect = check_claim(claim, absolute, ["A", "B"], calibration)
+    assert verdict == "holds" and effect.endswith("noise from calibration 2026-11-27 of absolute-position MLM rows")
+    mixed = {"A": row("A", 81.0, "disentangled-mlm"), "B": row("B", 80.0, "absolute-mlm")}
+    verdict, effect = check_claim(claim, mixed, ["A", "B"], calibration)  # two kinds: the larger noise decides
+    assert verdict == "inconclusive" and "[-4.55, +6.55]" in effect and "(the larger)" in effect  # t(4 df) = 2.776
+    rtd = {"A": row("A", 81.0, "rtd"), "B": row("B", 80.0, "absolute-mlm")}
+    verdict, effect = check_claim(claim, rtd, ["A", "B"], calibration)
+    assert verdict == "inconclusive" and "not calibrated for RTD rows" in effect
+    three = {"A": RowSummary("A", [0, 1, 2], {"score": [81, 82, 81.5]}, [], [], [], [], [], set(), kind="rtd"),
+             "B": RowSummary("B", [0, 1, 2], {"score": [80, 80.5, 80.2]}, [], [], [], [], [], set(), kind="rtd")}
+    assert check_claim(claim, three, ["A", "B"], calibration)[1].endswith("noise from the 3 seeds")  # t over seeds
+
+
+def test_a_bag_of_words_row_decides_no_claim(tmp_path):
+    from experiments.results import build_table
+    from experiments.runner import plan, write_json_atomically
+
+    def words(adjacent, mlm):
+        return {"adjacent_attention": [adjacent] * 3, "mlm_loss": [mlm] * 3, "unigram_loss": [7.0] * 3,
+                "bigram_loss": [5.0] * 3}
+
+    learned = RowSummary("A", [0, 1, 2], {"score": [80, 82, 81]} | words(4.0, 5.5), [], [], [], [], [], set())
+    bag = RowSummary("B", [0, 1, 2], {"score": [70, 71, 70]} | words(1.0, 6.6), [], [], [], [], [], set())
+    claim = Claim("A >= B", "at_least", "score", a="A", b="B")
+    verdict, effect = check_claim(claim, {"A": learned, "B": bag}, ["A", "B"])
+    assert verdict == "inconclusive" and effect.startswith("B did not learn (still a bag of words: its most local head")
+    assert "(measured: +10.67" in effect
+    other = RowSummary("B", [0, 1, 2], {"score": [70, 71, 70]} | words(3.5, 5.9), [], [], [], [], [], set())
+    assert check_claim(claim, {"A": learned, "B": other}, ["A", "B"])[0] == "holds"  # both learned word order
+    # the table: a word-order column, and the bag-of-words row named with why it decides nothing
+    experiment = EXPERIMENTS["ablation-nsp"]
+    for p, (adjacent, mlm) in zip(plan(experiment, PRESETS["small"], 1, None, None, tmp_path),
+                                  [(4.2, 5.6), (4.0, 5.7), (1.0, 6.66), (3.9, 5.5)]):
+        metrics = {"mlm_loss": mlm, "adjacent_attention": adjacent, "unigram_loss": 6.96, "bigram_loss": 4.92,
+                   "downstream_avg": 70.0, "probe_avg": 60.0, "sentiment_probe": 60.0, "minimal_pairs": 70.0,
+                   "minimal_pairs_swap": 80.0, "minimal_pairs_replace": 60.0}
+        write_json_atomically(p.result_path, {"experiment": experiment.id, "row": p.row.name, "seed": 0,
+                                              "metrics": metrics, "config": p.config.to_dict(), "tokens_seen": 1,
+                                              "padded_tokens": 1, "train_flops": 1.0, "wall_time_s": 1.0,
+                                              "curves": "work", "steps": p.steps, "git_commit": "abc"})
+    payload = build_table(experiment, "small", plan(experiment, PRESETS["small"], 1, None, None, tmp_path)[0].directory)
+    column = payload["header"].index("word order")
+    assert [row[column] for row in payload["rows"]] == ["learned (4.2x)", "learned (4.0x)", "bag of words (1.0x)",
+                                                        "learned (3.9x)"]
+    assert {"probe_avg", "minimal_pairs"} <= set(payload["header"])
+    markdown = (tmp_path / "ablation-nsp" / "small" / "table.md").read_text()
+    assert "**FULL-SENTENCES decides no claim**: still a bag of words" in markdown
+    assert "FULL-SENTENCES: swap 80.0, replace 60.0" in markdown
+    by_claim = {c["claim"]: c for c in payload["claims"]}
+    full = [c for text, c in by_claim.items() if "FULL-SENTENCES" in text or "worst" in text]
+    assert full and all(c["verdict"] == "inconclusive" and "FULL-SENTENCES did not learn" in c["effect"] for c in full)
+
+
+def test_every_claim_on_the_downstream_average_has_a_proxy_twin_on_the_probes():
+    for experiment in EXPERIMENTS.values():
+        twins = experiment.checked_claims[len(experiment.claims):]
+        declared = [c for c in experiment.claims if c.metric.startswith("downstream_avg")]
+        assert all(t.source == "proxy" and t.metric.startswith("probe_avg") for t in twins)
+        assert [(t.kind, t.a, t.b, t.among, t.margin) for t in twins] == \
+            [(c.kind, c.a, c.b, c.among, c.margin) for c in declared] or experiment.id == "ablation-sift"
+    sift = EXPERIMENTS["ablation-sift"]  # its rows share their pretraining: their probes are the same encoder's
+    assert sift.checked_claims == sift.claims
+    early = [t for t in EXPERIMENTS["ablation-electra-small"].checked_claims if t.metric == "probe_avg@0.25"]
+    assert len(early) == 1 and early[0].metric_b == "probe_avg"
+
+
+def test_calibration_reports_the_detectable_effect_per_kind_and_the_steadiest_probe_feature(tmp_path):
+    from experiments.verdicts import calibration_entry, describe_calibration, save_calibration
+
+    values = {"probe_avg": [60.0, 61.0, 62.0], "probe_avg_first_token": [55.0, 60.0, 65.0],
+              "probe_avg_mean_last_layer": [60.0, 61.0, 62.0], "probe_avg_mean_last_4_layers": [60.0, 62.0, 64.0],
+              "parameters": [5.0] * 3, "unigram_loss": [7.0] * 3}
+    results = {seed: {"wall_time_s": 900.0, "seconds": {"pretraining": 600.0, "word_order": 3.0,
+                                                        "minimal_pairs": 30.0, "probes": 9.0}} for seed in range(3)}
+    entry = calibration_entry("ablation-nsp/DOC-SENTENCES", values, results, 3, "abc", "x86_64")
+    assert entry["paired_sd"]["probe_avg"] == pytest.approx(2 ** 0.5, abs=1e-4) and entry["degrees_of_freedom"]["probe_avg"] == 2
+    assert "parameters" not in entry["paired_sd"] and "unigram_loss" not in entry["paired_sd"]
+    path = tmp_path / "calibration.json"
+    save_calibration("small", {"absolute-mlm": entry}, path)
+    report = describe_calibration("small", {"absolute-mlm": entry}, path)
+    (line,) = [line for line in report.splitlines() if line.split()[:1] == ["probe_avg"]]
+    assert line.endswith("1.4142   2  6.0853 / 3.5134 / 2.7214")  # t(0.975, 2 df) = 4.303, x 1.41421 / sqrt(1, 3, 5)
+    assert "steadiest: mean_last_layer" in report
+    assert "evaluations per row: word order 3 s, minimal pairs 30 s, probes 9 s: 7.0% of its pretraining (600 s)" in report
 
 
 def test_a_row_that_did_not_learn_decides_nothing():

@@ -1,0 +1,145 @@
+"""Linear probes of the frozen encoder: what each downstream task can read off its features (issue 24, item 1).
+
+Fine-tuning moves every weight, for several epochs, from a seeded head and batch order: one encoder's three
+`topic` runs at small scored 91.5, 89.4 and 68.7. A probe moves none of the encoder's weights: features of
+the frozen pretrained encoder (eval mode, no dropout) for the same training and dev examples fine-tuning
+uses (same caps, same maximum length), standardised, then scikit-learn's LogisticRegression (lbfgs, L2;
+ridge regression for a regression task) with its inverse regularisation C chosen on a stratified fifth of
+the training set, refitted on all of it and scored on the same dev set with the task's metric (x100).
+Deterministic for a given encoder and data, and seconds per task on a CPU.
+
+Three features are measured (Devlin et al. 2019, §5.3, found the last four layers' states the best
+frozen features for BERT; the first token is what the fine-tuning head reads):
+
+- `first_token`: the last layer's state of [CLS];
+- `mean_last_layer`: the last layer's states averaged over the real tokens;
+- `mean_last_4_layers`: the same average over each of the last four layers (all of them, if fewer), averaged.
+
+`<task>_probe` and `probe_avg` use `PROBE_FEATURE`; every feature's score is recorded as
+`<task>_probe_<feature>` and `probe_avg_<feature>`, so that the calibration measures each one's noise.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from datamodules.downstream import collate_classification
+
+FEATURES = ("first_token", "mean_last_layer", "mean_last_4_layers")
+# the feature the table reports: the steadiest across pretraining seeds where it was measured (see the report
+# of issue 24: probe_avg's seed-to-seed SD per feature on three pretraining seeds of a row)
+PROBE_FEATURE = "mean_last_layer"
+LAST_LAYERS = 4
+C_GRID = tuple(10.0 ** k for k in range(-4, 3))  # 1e-4 ... 100: from almost constant to almost unregularised
+SELECTION_SHARE, SELECTION_SEED = 0.2, 0
+MAX_ITERATIONS = 2000
+BATCH_SIZE = 64
+
+
+@torch.no_grad()
+def encoder_features(encoder, items, autocast_dtype: torch.dtype | None = None) -> dict[str, np.ndarray]:
+    """Each feature of FEATURES for every (encoded example, label) in `items`, as float32 arrays (N, hidden)."""
+    device = next(encoder.parameters()).device
+    encoder.eval()
+    out: dict[str, list[np.ndarray]] = {name: [] for name in FEATURES}
+    for start in range(0, len(items), BATCH_SIZE):
+        batch = collate_classification(items[start:start + BATCH_SIZE])
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            states = layer_states(encoder, ids, mask, batch["token_type_ids"].to(device))
+        weights = (mask.float() / mask.sum(1, keepdim=True))[:, :, None]
+        means = [(state.float() * weights).sum(1) for state in states]
+        out["first_token"].append(states[-1][:, 0].float().cpu().numpy())
+        out["mean_last_layer"].append(means[-1].cpu().numpy())
+        out["mean_last_4_layers"].append(torch.stack(means[-LAST_LAYERS:]).mean(0).cpu().numpy())
+    return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+def layer_states(encoder, input_ids, attention_mask, token_type_ids) -> list[torch.Tensor]:
+    """Every layer's output (B, L, H), the last one as `Encoder.forward` returns it (after a pre-LN stack's
+    final norm)."""
+    x = encoder.embeddings(input_ids, token_type_ids)
+    bias, relative = encoder.attention_inputs(attention_mask, input_ids.shape[1], input_ids.device)
+    states = []
+    for block in encoder.blocks:
+        x = block(x, bias, relative)
+        states.append(x)
+    if encoder.final_norm is not None:
+        states[-1] = encoder.final_norm(states[-1])
+    return states
+
+
+def task_score(metric: str, labels: np.ndarray, predicted: np.ndarray) -> float:
+    """The task's official metric (x100), as fine-tuning reports it (lightning_modules.finetune)."""
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
+    if metric == "accuracy":
+        return float(100 * np.mean(labels == predicted))
+    if metric == "f1":
+        return float(100 * f1_score(labels, predicted, zero_division=0))
+    if metric == "matthews":
+        return float(100 * matthews_corrcoef(labels, predicted))
+    from scipy.stats import pearsonr, spearmanr
+
+    return float(100 * (pearsonr(labels, predicted)[0] + spearmanr(labels, predicted)[0]) / 2)
+
+
+def _model(regression: bool, c: float):
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    final = Ridge(alpha=1.0 / c) if regression else LogisticRegression(C=c, max_iter=MAX_ITERATIONS)
+    return make_pipeline(StandardScaler(), final)
+
+
+def fit_probe(train_x: np.ndarray, train_y: np.ndarray, dev_x: np.ndarray, dev_y: np.ndarray, metric: str,
+              regression: bool = False) -> tuple[float, float]:
+    """(dev score x100, the C chosen): C is the grid's best on a held-out fifth of the training set (the
+    smaller C on a tie), then the probe is refitted on the whole training set."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import train_test_split
+
+    labels = train_y if not regression and np.bincount(train_y.astype(int)).min() >= 2 else None
+    fit_x, select_x, fit_y, select_y = train_test_split(train_x, train_y, test_size=SELECTION_SHARE,
+                                                        random_state=SELECTION_SEED, stratify=labels)
+    with warnings.catch_warnings():
+        # a few lbfgs runs at the largest C stop at MAX_ITERATIONS; their fit is deterministic all the same
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        selection = [task_score(metric, select_y, _model(regression, c).fit(fit_x, fit_y).predict(select_x))
+                     for c in C_GRID]
+        best = C_GRID[int(np.argmax(selection))]
+        predicted = _model(regression, best).fit(train_x, train_y).predict(dev_x)
+    return task_score(metric, dev_y, predicted), best
+
+
+def probe_metrics(encoder, tasks: dict, every_feature: bool = True,
+                  autocast_dtype: torch.dtype | None = None) -> tuple[dict[str, float], dict]:
+    """`<task>_probe` and `probe_avg` (PROBE_FEATURE) and each task's majority baseline; with `every_feature`
+    also `<task>_probe_<feature>` and `probe_avg_<feature>` for every feature. `tasks` maps a task's name to
+    its FineTuneDataModule (the encoded examples fine-tuning uses). Also the C each probe chose."""
+    features = FEATURES if every_feature else (PROBE_FEATURE,)
+    scores: dict[str, dict[str, float]] = {feature: {} for feature in features}
+    metrics, details = {}, {}
+    for name, data in tasks.items():
+        train = encoder_features(encoder, data.train_items, autocast_dtype)
+        dev = encoder_features(encoder, data.val_items, autocast_dtype)
+        train_y = np.array([y for _, y in data.train_items])
+        dev_y = np.array([y for _, y in data.val_items])
+        spec = data.task.spec
+        details[name] = {"train": len(train_y), "dev": len(dev_y)}
+        for feature in features:
+            scores[feature][name], details[name][f"C_{feature}"] = fit_probe(
+                train[feature], train_y, dev[feature], dev_y, spec.metric, spec.num_labels == 1)
+        metrics[f"{name}_majority"] = data.task.majority_score()
+    if not tasks:
+        return metrics, details
+    for feature, by_task in scores.items():
+        named = {f"{name}_probe": score for name, score in by_task.items()} | {"probe_avg": float(np.mean(list(by_task.values())))}
+        if feature == PROBE_FEATURE:
+            metrics |= named
+        if every_feature:
+            metrics |= {f"{key}_{feature}": score for key, score in named.items()}
+    return metrics, details

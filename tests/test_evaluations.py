@@ -1,0 +1,231 @@
+"""The evaluations of a trained encoder (experiments.evaluations), each on a model built so that the right
+answer is known: probes on labels the features determine (and on shuffled ones), minimal pairs on an encoder
+that prefers the original order (and one that cannot see order), the word-order check on an encoder that
+attends to its neighbours (and one that attends evenly). Fast: tiny models, no corpus."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from ablations.config import EncoderConfig
+from ablations.encoder import Encoder
+from ablations.heads import MLMHead, init_head
+
+TINY = dict(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, max_positions=64,
+            dropout=0.0, attention_dropout=0.0)
+
+
+# -- linear probes ------------------------------------------------------------------------------------
+
+
+def _items(rng, count):
+    """Random token sequences of 8-24 tokens (no padding inside), as fine-tuning encodes them."""
+    return [np.array([rng.integers(5, 300, n), np.zeros(n, int)]) for n in rng.integers(8, 25, count)]
+
+
+def _task(train, dev, labels_train, labels_dev):
+    spec = SimpleNamespace(metric="accuracy", num_labels=2)
+    majority = float(100 * max(np.mean(labels_dev), 1 - np.mean(labels_dev)))
+    task = SimpleNamespace(spec=spec, majority_score=lambda: majority)
+    return SimpleNamespace(task=task, train_items=list(zip(train, labels_train)), val_items=list(zip(dev, labels_dev)))
+
+
+def test_a_probe_reads_a_label_its_features_determine_and_not_a_shuffled_one():
+    from experiments.evaluations.probes import FEATURES, PROBE_FEATURE, encoder_features, probe_metrics
+
+    torch.manual_seed(0)
+    encoder = Encoder(EncoderConfig(**TINY, initializer_range=0.1)).eval()
+    rng = np.random.default_rng(0)
+    examples = _items(rng, 900)
+    features = encoder_features(encoder, [(x, 0) for x in examples])[PROBE_FEATURE]
+    projection = features @ rng.normal(size=features.shape[1])
+    distance = projection - np.median(projection)
+    keep = np.argsort(np.abs(distance))[150:]  # a margin: drop the examples nearest the boundary
+    examples, labels = [examples[i] for i in keep], (distance[keep] > 0).astype(np.int64)
+    linear = _task(examples[:500], examples[500:], labels[:500], labels[500:])
+    metrics, details = probe_metrics(encoder, {"linear": linear})
+    assert metrics["linear_probe"] >= 97, metrics
+    assert metrics["probe_avg"] == metrics["linear_probe"] == metrics[f"linear_probe_{PROBE_FEATURE}"]
+    assert {f"probe_avg_{f}" for f in FEATURES} <= set(metrics) and details["linear"]["train"] == 500
+    shuffled = _task(examples[:500], examples[500:], rng.permutation(labels[:500]), labels[500:])
+    score = probe_metrics(encoder, {"shuffled": shuffled}, every_feature=False)[0]["shuffled_probe"]
+    assert 40 <= score <= 60, score  # chance on 250 dev examples, whose classes are balanced
+    assert probe_metrics(encoder, {"linear": linear})[0] == metrics  # deterministic for an encoder and data
+
+
+# -- minimal pairs ------------------------------------------------------------------------------------
+
+CYCLE, FIRST = 20, 5  # a language whose every token is followed by the next one, mod 20
+
+
+def _counting(rng, count, length):
+    starts = rng.integers(0, CYCLE, count)
+    return (FIRST + (starts[:, None] + np.arange(length)) % CYCLE).astype(np.int64)
+
+
+def _trained_on_counting(steps=120):
+    """A tiny MLM trained on the counting language until it predicts a masked token from its neighbours. Its
+    attention is disentangled (relative positions): with absolute ones a model this small stays on the unigram
+    plateau for hundreds of steps, as the suite's small rows do."""
+    from lightning_modules.mlm import masked_lm
+
+    torch.manual_seed(0)
+    config = EncoderConfig(**TINY | {"num_layers": 1}, attention="disentangled", relative_span=16, emd=False)
+    encoder, rng = Encoder(config), np.random.default_rng(1)
+    head = init_head(MLMHead(encoder.config))
+    optimiser = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=3e-3)
+    for _ in range(steps):
+        ids = torch.from_numpy(_counting(rng, 32, 12))
+        masked = torch.from_numpy(rng.random(ids.shape) < 0.2)
+        masked[:, 0] |= ~masked.any(1)
+        positions = torch.nonzero(masked.reshape(-1))[:, 0]
+        batch = {"input_ids": ids.masked_fill(masked, 4), "attention_mask": torch.ones_like(ids, dtype=torch.bool),
+                 "token_type_ids": torch.zeros_like(ids), "mlm_positions": positions}
+        loss = torch.nn.functional.cross_entropy(masked_lm(encoder, head, batch)[0], ids.reshape(-1)[positions])
+        optimiser.zero_grad(), loss.backward(), optimiser.step()
+    return encoder.eval(), head.eval()
+
+
+def _swap_pairs(rng, count):
+    from experiments.evaluations.minimal_pairs import MinimalPairs, _swap
+
+    sentences, pairs = [], []
+    for original in _counting(rng, count, 10):
+        variant = np.array(_swap(tuple(original.tolist()), rng))
+        pairs.append((len(sentences), len(sentences) + 1))
+        sentences += [original, variant]
+    return MinimalPairs(sentences, [np.arange(len(s)) for s in sentences], {"swap": pairs})
+
+
+@pytest.mark.slow(seconds=5)
+def test_minimal_pairs_near_100_for_an_encoder_that_learned_the_order_and_50_for_one_that_cannot_see_it():
+    from experiments.evaluations.minimal_pairs import minimal_pair_metrics
+
+    pairs = _swap_pairs(np.random.default_rng(2), 200)
+    encoder, head = _trained_on_counting()
+    metrics, details = minimal_pair_metrics(encoder, head, pairs)
+    assert metrics["minimal_pairs_swap"] >= 95 and metrics["minimal_pairs"] == metrics["minimal_pairs_swap"], metrics
+    assert details["pairs"] == {"swap": 200}
+    with torch.no_grad():  # every distance gets the same embedding: the encoder sees a set of tokens, each swap ties
+        encoder.relative_table.weight.copy_(encoder.relative_table.weight.mean(0))
+    assert minimal_pair_metrics(encoder, head, pairs)[0]["minimal_pairs_swap"] == 50.0
+
+
+def test_pll_word_l2r_masks_the_rest_of_a_word_to_the_right_of_the_token_scored():
+    from datamodules.tokenization import CLS_ID, MASK_ID, SEP_ID
+    from experiments.evaluations.minimal_pairs import _masked_copies
+
+    ids, positions = _masked_copies(np.array([10, 11, 12, 13]), np.array([0, 0, 1, 1]), 8)
+    assert positions.tolist() == [1, 2, 3, 4] and ids.shape == (4, 8)
+    assert ids[0, :6].tolist() == [CLS_ID, MASK_ID, MASK_ID, 12, 13, SEP_ID]  # the word's second piece too
+    assert ids[1, :6].tolist() == [CLS_ID, 10, MASK_ID, 12, 13, SEP_ID]  # its first piece stays visible
+    assert ids[2, :6].tolist() == [CLS_ID, 10, 11, MASK_ID, MASK_ID, SEP_ID]
+    assert ids[3, :6].tolist() == [CLS_ID, 10, 11, 12, MASK_ID, SEP_ID]
+
+
+def test_pseudo_log_likelihood_batches_give_each_sentence_its_own_sum():
+    from experiments.evaluations.minimal_pairs import pseudo_log_likelihoods
+
+    torch.manual_seed(0)
+    encoder = Encoder(EncoderConfig(**TINY)).eval()
+    head = init_head(MLMHead(encoder.config)).eval()
+    rng = np.random.default_rng(0)
+    sentences = [rng.integers(5, 300, n) for n in (3, 9, 14, 5, 22)]
+    words = [np.arange(len(s)) // 2 for s in sentences]
+    together = pseudo_log_likelihoods(encoder, head, sentences, words, tokens_per_batch=10_000)
+    alone = [pseudo_log_likelihoods(encoder, head, [s], [w])[0] for s, w in zip(sentences, words)]
+    small_batches = pseudo_log_likelihoods(encoder, head, sentences, words, tokens_per_batch=64)
+    assert np.allclose(together, alone, atol=1e-4) and np.allclose(small_batches, alone, atol=1e-4)
+
+
+def test_minimal_pairs_are_fixed_and_each_kind_changes_what_it_says(tiny_tokenizer):
+    from collections import Counter
+
+    from datamodules.tokenization import encode_sentences
+    from experiments.evaluations.minimal_pairs import make_pairs, tokenize_pairs
+
+    text = ["The company said its profit rose in the third quarter .", "Shares of the bank fell sharply on Monday .",
+            "The minister said the plan would cut costs .", "Prices rose as demand grew in the region ."]
+    sentences = [s.split() for s in text]
+    counts = Counter({"profit": 40, "costs": 35, "demand": 50, "bank": 9, "plan": 12, "region": 8, "third": 60,
+                      "rose": 70, "fell": 64, "said": 300, "the": 2000, "its": 100, "in": 900, "cut": 33})
+    pairs = make_pairs(sentences, counts, per_kind=6, seed=0)
+    assert pairs == make_pairs(sentences, counts, per_kind=6, seed=0)  # seeded: the same pairs every time
+    assert pairs != make_pairs(sentences, counts, per_kind=6, seed=1)
+    assert len(pairs["swap"]) == 6 and len(set(pairs["swap"])) == 6  # a second round of new variants
+    for original, variant in pairs["swap"]:
+        changed = [i for i, (a, b) in enumerate(zip(original, variant)) if a != b]
+        assert sorted(original) == sorted(variant) and len(changed) == 2 and changed[1] == changed[0] + 1
+    for original, variant in pairs["replace"]:
+        (i,) = [i for i, (a, b) in enumerate(zip(original, variant)) if a != b]
+        assert variant[i].islower() and variant[i].isalpha()
+        assert int(np.log2(counts[original[i]])) == int(np.log2(counts[variant[i]]))  # the same frequency band
+    tokenized = SimpleNamespace(tokenizer=tiny_tokenizer, config=SimpleNamespace(kind="bpe"))
+    built = tokenize_pairs(pairs, tokenized, max_length=64)
+    for kind, found in pairs.items():
+        for (original, _), (a, _) in zip(found, built.pairs[kind]):
+            # word by word, a sentence tokenizes as the corpus tokenized it: whole
+            assert built.sentences[a].tolist() == encode_sentences(tiny_tokenizer, "bpe", [" ".join(original)])[0]
+            assert built.words[a][-1] == len(original) - 1
+
+
+# -- word order ---------------------------------------------------------------------------------------
+
+
+def _neighbour_attention(strength: float) -> Encoder:
+    """Disentangled attention whose every head scores only the relative distance: content queries and keys
+    give nothing (zero weights), and the content-to-position term gives `strength` to distances -1 and +1."""
+    config = EncoderConfig(**TINY, attention="disentangled", relative_span=16, p2c=False, emd=False,
+                           normalize_relative_embeddings=False)
+    encoder = Encoder(config).eval()
+    with torch.no_grad():
+        for block in encoder.blocks:
+            attention = block.attention
+            attention.query.weight.zero_(), attention.key.weight.zero_(), attention.key.bias.zero_()
+            attention.query.bias.fill_(1.0)
+            attention.position_key.weight.copy_(torch.eye(config.hidden_size)), attention.position_key.bias.zero_()
+        encoder.relative_table.weight.zero_()
+        span = config.relative_span
+        encoder.relative_table.weight[[span - 1, span + 1]] = strength  # delta(i, j) = i - j + k
+    return encoder
+
+
+def test_the_word_order_check_sees_an_encoder_that_reads_its_neighbours_and_one_that_does_not():
+    from experiments.evaluations.word_order import LEARNED_ADJACENT_MULTIPLE, word_order_metrics, word_order_report
+
+    ids = torch.randint(5, 300, (3, 16))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[2, 12:] = False
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    counts = {"unigram": 7.0, "left_bigram": 5.0}
+    local = word_order_report(_neighbour_attention(2.0), [batch], counts, mlm_loss=5.5, mlm_of="the encoder")
+    for layer in local["layers"]:  # nearly all the attention on the 2 neighbours of 12-16 tokens: about 6-8x
+        assert layer["adjacent_vs_uniform_most_local_head"] > 5 and layer["adjacent_vs_uniform_mean_head"] > 5
+        assert layer["entropy_share"] < 0.5
+    assert local["learned"] and word_order_metrics(local)["adjacent_attention"] > 2 * LEARNED_ADJACENT_MULTIPLE
+    even = word_order_report(_neighbour_attention(0.0), [batch], counts, mlm_loss=5.5, mlm_of="the encoder")
+    for layer in even["layers"]:  # every score ties: uniform attention, 1.0x on the neighbours
+        assert layer["adjacent_vs_uniform_most_local_head"] == pytest.approx(1.0, abs=1e-4)
+        assert layer["entropy_share"] == pytest.approx(1.0, abs=1e-4)
+    assert not even["learned"]
+    # attending locally is not enough: the MLM loss must also be past the count models' midpoint (6.0)
+    assert not word_order_report(_neighbour_attention(2.0), [batch], counts, 6.2, "the encoder")["learned"]
+
+
+def test_the_word_order_column_and_problem_follow_each_seed():
+    from experiments.evaluations.word_order import word_order_cell, word_order_problem
+
+    def values(adjacent, mlm):
+        return {"adjacent_attention": adjacent, "mlm_loss": mlm, "unigram_loss": [7.0] * len(mlm),
+                "bigram_loss": [5.0] * len(mlm)}
+
+    assert word_order_cell(values([4.0, 4.4], [5.5, 5.6])) == "learned (4.2x)"
+    assert word_order_problem(values([4.0, 4.4], [5.5, 5.6])) is None
+    assert word_order_cell(values([1.0, 1.0], [6.6, 6.7])) == "bag of words (1.0x)"
+    assert word_order_problem(values([1.0, 1.0], [6.6, 6.7])).startswith("still a bag of words: its most local head puts 1.0x")
+    assert word_order_cell(values([4.0, 1.0, 3.5], [5.5, 6.6, 5.9])) == "learned in 2 of 3 seeds (2.8x)"
+    assert " in 1 of 3 seeds" in word_order_problem(values([4.0, 1.0, 3.5], [5.5, 6.6, 5.9]))
+    rtd = {"adjacent_attention": [3.1], "generator_mlm_loss": [5.9], "unigram_loss": [7.0], "bigram_loss": [5.0]}
+    assert word_order_cell(rtd) == "learned (3.1x)"  # the discriminator's attention, the generator's loss
+    assert word_order_cell({"mlm_loss": [6.0]}) == "-" and word_order_problem({"mlm_loss": [6.0]}) is None
