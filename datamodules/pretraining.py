@@ -47,6 +47,11 @@ class PretrainingDataConfig:
     tokens_per_batch: int = 4096  # padded tokens per optimizer step (batch 32 x 128)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     max_heldout_blocks: int | None = 256  # size of the shared held-out set (None: every held-out block)
+    # departure (BERT trained 90% of its steps at 128 and then 512; Li et al. 2022's sequence-length warm-up):
+    # the first `warmup_block_epochs` passes over the training text use blocks of `warmup_block_size` tokens,
+    # the rest `block_size`. Batches keep their token budget, so short blocks mean more of them per batch.
+    warmup_block_size: int | None = None
+    warmup_block_epochs: int = 0
 
     def validate(self, max_positions: int | None = None) -> None:
         problems = []
@@ -57,6 +62,11 @@ class PretrainingDataConfig:
         if max_positions is not None and self.block_size > max_positions:
             problems.append(f"block_size {self.block_size} is longer than the model accepts "
                             f"(max_positions {max_positions}); lower block_size or raise max_positions")
+        if self.warmup_block_epochs and not (self.warmup_block_size and 16 <= self.warmup_block_size < self.block_size):
+            problems.append(f"warmup_block_epochs {self.warmup_block_epochs} needs a warmup_block_size between 16 and "
+                            f"block_size ({self.block_size}), got {self.warmup_block_size}")
+        if self.warmup_block_epochs < 0:
+            problems.append("warmup_block_epochs must be >= 0")
         if self.tokens_per_batch < self.block_size:
             problems.append(f"tokens_per_batch ({self.tokens_per_batch}) must hold at least one block ({self.block_size})")
         require(problems, "data config")
@@ -70,14 +80,18 @@ class PretrainingDataConfig:
 
 
 class MaskedExamples(Dataset):
-    """The examples of one format and split; item i of epoch e is masked with rng(seed, e, i)."""
+    """The examples of one format and split; item i of epoch e is masked with rng(seed, e, i). With a
+    sequence-length warm-up, epochs before `warmup_epochs` come from `warmup_format` (shorter blocks)."""
 
-    def __init__(self, fmt: InputFormat, masking: MaskingConfig, vocab_size: int, seed: int):
-        self.format, self.masking, self.vocab_size, self.seed = fmt, masking, vocab_size, seed
+    def __init__(self, fmt: InputFormat, masking: MaskingConfig, vocab_size: int, seed: int,
+                 warmup_format: InputFormat | None = None, warmup_epochs: int = 0):
+        self.main_format, self.masking, self.vocab_size, self.seed = fmt, masking, vocab_size, seed
+        self.warmup_format, self.warmup_epochs = warmup_format, warmup_epochs
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.format = self.warmup_format if epoch < self.warmup_epochs else self.main_format
         # static masking fixes both the mask and the NSP pairs: BERT drew them once, in preprocessing
         self.data_epoch = self.masking.mask_epoch(epoch)
         self.examples = self.format.examples(self.data_epoch)
@@ -212,7 +226,10 @@ class PretrainingDataModule(L.LightningDataModule):
         tokenized = self.load()
         config = self.config
         self.train_format = InputFormat(config.input_format, tokenized.train, config.block_size, self.seed)
-        self.train_set = MaskedExamples(self.train_format, config.masking, tokenized.vocab_size, self.seed)
+        warmup_format = InputFormat(config.input_format, tokenized.train, config.warmup_block_size, self.seed) \
+            if config.warmup_block_epochs else None
+        self.train_set = MaskedExamples(self.train_format, config.masking, tokenized.vocab_size, self.seed,
+                                        warmup_format, config.warmup_block_epochs)
         heldout_format = InputFormat(HELDOUT_FORMAT, tokenized.val, config.block_size, HELDOUT_SEED)
         masking = heldout_masking(config.masking)
         self.heldout_set = MaskedExamples(heldout_format, masking, tokenized.vocab_size, HELDOUT_SEED)

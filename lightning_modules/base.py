@@ -25,6 +25,10 @@ class OptimConfig:
     beta2: float = 0.98  # RoBERTa: 0.98 instead of BERT's 0.999
     eps: float = 1e-6
     gradient_clip: float = 1.0
+    # departure (off at 1.0): the absolute position table's learning rate as a multiple of the others'. Adam
+    # moves each position vector by about one learning rate per step, as it moves a word vector, but a small
+    # model's attention only starts to read positions once they stand out after the embedding LayerNorm
+    position_lr_scale: float = 1.0
     max_steps: int = 1000  # set by the runner from the token budget
 
 
@@ -40,13 +44,22 @@ def describe(optim: dict) -> str:
             f"{100 * optim['warmup_fraction']:g}% of the steps then linear decay to 0, gradient clip {optim['gradient_clip']}")
 
 
-def decay_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay for biases and norm weights (1-D parameters), as in BERT."""
-    decay, no_decay = [], []
+def decay_groups(module: torch.nn.Module, weight_decay: float, peak_lr: float, position_lr_scale: float = 1.0) -> list[dict]:
+    """No weight decay for biases and norm weights (1-D parameters), as in BERT; the absolute position
+    tables in a group of their own when their learning rate is scaled."""
+    decay, no_decay, positions = [], [], []
     for name, parameter in module.named_parameters():
-        if parameter.requires_grad:
+        if not parameter.requires_grad:
+            continue
+        if position_lr_scale != 1.0 and name.endswith("embeddings.position.weight"):
+            positions.append(parameter)
+        else:
             (no_decay if parameter.ndim < 2 else decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr": peak_lr},
+              {"params": no_decay, "weight_decay": 0.0, "lr": peak_lr}]
+    if positions:
+        groups.append({"params": positions, "weight_decay": weight_decay, "lr": peak_lr * position_lr_scale})
+    return groups
 
 
 def warmup_linear_decay(step: int, warmup: int, total: int) -> float:
@@ -83,7 +96,7 @@ class ObjectiveModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
-        optimizer = torch.optim.AdamW(decay_groups(self, o.weight_decay), lr=o.peak_lr, betas=(o.beta1, o.beta2),
+        optimizer = torch.optim.AdamW(decay_groups(self, o.weight_decay, o.peak_lr, o.position_lr_scale), lr=o.peak_lr, betas=(o.beta1, o.beta2),
                                       eps=o.eps)
         warmup = int(o.warmup_fraction * o.max_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(

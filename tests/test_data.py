@@ -145,6 +145,8 @@ def test_malformed_jsonl(tmp_path, cache):
     (PretrainingDataConfig(corpus=CorpusConfig(source="ftp")), "unknown data source"),
     (PretrainingDataConfig(block_size=1024), "longer than the model accepts"),
     (PretrainingDataConfig(masking=MaskingConfig(replacement="half")), "unknown replacement"),
+    (PretrainingDataConfig(warmup_block_epochs=1, warmup_block_size=128), "needs a warmup_block_size"),
+    (PretrainingDataConfig(warmup_block_epochs=1), "needs a warmup_block_size"),
 ])
 def test_invalid_data_configs(config, message):
     with pytest.raises(UsageError, match=message):
@@ -336,6 +338,20 @@ def test_token_budget_batches_hold_more_short_sequences(tokenized):
         sizes[name] = np.mean([len(b) for b in batches])
     assert sizes["sentence-pair"] > 1.5 * sizes["segment-pair"]
     assert sizes["doc-sentences"] > sizes["full-sentences"]  # its short end-of-document blocks
+
+
+def test_sequence_length_warm_up_trains_short_blocks_first_then_full_ones(cache):
+    config = PretrainingDataConfig(corpus=SMALL_NEWS, tokenizer=SMALL_TOKENIZER, input_format="doc-sentences",
+                                   block_size=128, tokens_per_batch=2048, warmup_block_size=32, warmup_block_epochs=1)
+    data = PretrainingDataModule(config, seed=0, cache_dir=cache)
+    data.setup()
+    sampler = data.train_dataloader().batch_sampler
+    longest = {}
+    for epoch in (0, 1, 2):
+        sampler.set_epoch(epoch)
+        longest[epoch] = max(int(data.train_set.lengths[batch].max()) for batch in sampler)
+    assert longest[0] <= 32 < longest[1] <= 128 and longest[2] == longest[1]
+    assert len(next(iter(data.val_dataloader()[0]))["input_ids"][0]) > 32  # held-out blocks stay full length
 
 
 def test_datamodule_batches_list_masked_positions_and_count_tokens(cache):

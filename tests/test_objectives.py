@@ -248,6 +248,22 @@ def test_fine_tuning_a_pretrained_checkpoint_beats_the_majority_class(data):
     assert accuracy > task.majority_score() + 2, (accuracy, task.majority_score())
 
 
+@pytest.mark.parametrize("objective", ["mlm", "rtd"])
+def test_position_lr_scale_gives_only_the_absolute_position_tables_a_scaled_rate(objective):
+    def groups(scale):
+        optim = OptimConfig(peak_lr=1e-3, max_steps=100, position_lr_scale=scale)
+        module = MLMModule(ENCODER, optim) if objective == "mlm" else RTDModule(ENCODER, optim, RTDConfig(sharing="nes"))
+        optimizer = module.configure_optimizers()["optimizer"]
+        names = {id(p): n for n, p in module.named_parameters()}
+        return [(group["initial_lr"], sorted(names[id(p)] for p in group["params"])) for group in optimizer.param_groups]
+
+    scaled = groups(10.0)
+    assert scaled[-1][0] == pytest.approx(1e-2) and scaled[0][0] == scaled[1][0] == pytest.approx(1e-3)
+    assert scaled[-1][1] and all(name.endswith("embeddings.position.weight") for name in scaled[-1][1])
+    assert len(scaled[-1][1]) == (1 if objective == "mlm" else 2)  # an RTD row: generator and discriminator
+    assert len(groups(1.0)) == 2  # off by default: RoBERTa's one rate for every parameter
+
+
 def test_invalid_rtd_configs():
     from datamodules.errors import UsageError
 

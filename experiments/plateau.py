@@ -1,0 +1,234 @@
+"""The escape study: when does a row leave the bag-of-words plateau, and what moves that point?
+
+    python -m experiments.plateau run NAME --experiment ablation-nsp --row DOC-SENTENCES --preset small \
+        --set data.tokens_per_batch=8192 [--evals 20]
+    python -m experiments.plateau report          # docs/plateau/README.md (the table) and curves.png
+
+`run` trains one row (any table's row, at any preset, with any `--set` override) exactly as the runner
+configures it, and at `--evals` evenly spaced steps measures on the table's held-out blocks (all of the preset's): the held-out
+MLM loss (an RTD row's generator's, and its discriminator's AUC), and per layer the most local head's
+attention on adjacent tokens as a multiple of uniform (experiments.word_order). Each measurement is
+appended to `docs/plateau/runs/NAME.jsonl` as it is taken, so a killed run keeps its curve so far.
+
+A row has escaped when some layer's most local head puts >= 3x the uniform share on adjacent tokens and
+its held-out MLM loss is at most the midpoint between the unigram and the left-bigram count models (the
+word-order check of issue 23). `report` gathers every run into one table and one plot.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+STUDY_DIR = Path(__file__).resolve().parent.parent / "docs" / "plateau"
+LOCAL_MULTIPLE = 3.0  # the most local head's adjacent-token share over uniform that counts as reading order
+
+
+def cpu_name() -> str:
+    """The CPU's model name and whether it has bf16 (what decides the training precision)."""
+    import torch
+
+    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
+    bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return f"{names[0] if names else platform.machine()}{', AVX-512 bf16' if bf16 else ''}"
+
+
+def midpoint(count_models: dict) -> float:
+    return (count_models["unigram"] + count_models["left_bigram"]) / 2
+
+
+class MeasureWordOrder(Callback):
+    """After each validation: the held-out metrics Lightning logged, and the attention profile, as one line."""
+
+    def __init__(self, path: Path, batches: list, encoder_of, started: float):
+        self.path, self.batches, self.encoder_of, self.started = path, batches, encoder_of, started
+
+    def on_validation_end(self, trainer, module):
+        from experiments.word_order import attention_profile
+
+        was_training = module.training
+        module.eval()
+        layers = attention_profile(self.encoder_of(module), self.batches)
+        module.train(was_training)
+        metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        point = {"step": trainer.global_step, "tokens": module.padded_tokens_seen,
+                 "lr": trainer.optimizers[0].param_groups[0]["lr"], "seconds": round(time.time() - self.started, 1),
+                 "mlm_loss": metrics.get("mlm_loss"), "disc_auc": metrics.get("disc_auc"),
+                 "most_local": [round(layer["adjacent_vs_uniform_most_local_head"], 3) for layer in layers],
+                 "entropy_share": [round(layer["entropy_share"], 3) for layer in layers]}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(point) + "\n")
+        print(f"  step {point['step']}: MLM {point['mlm_loss']:.3f}"
+              + (f", AUC {point['disc_auc']:.3f}" if point["disc_auc"] is not None else "")
+              + ", most local head per layer " + " / ".join(f"{m:.1f}x" for m in point["most_local"]), flush=True)
+
+
+def run(args) -> None:
+    import torch
+
+    from datamodules.pretraining import PretrainingDataModule
+    from experiments.durable import SeedEachBatch
+    from experiments.overrides import parse_overrides
+    from experiments.presets import get_preset
+    from experiments.registry import get_experiment
+    from experiments.runner import build_module, default_precision, plan
+    from experiments.word_order import count_model_cross_entropy
+
+    experiment, preset = get_experiment(args.experiment), get_preset(args.preset)
+    overrides = parse_overrides(args.set, None, None)
+    p = plan(experiment, preset, 1, [args.row], overrides, Path("/tmp/plateau-plan"))[0]
+    config = p.config
+    STUDY_DIR.joinpath("runs").mkdir(parents=True, exist_ok=True)
+    path = STUDY_DIR / "runs" / f"{args.name}.jsonl"
+    L.seed_everything(args.seed, workers=True, verbose=False)
+    data = PretrainingDataModule(config.data, seed=args.seed)
+    data.prepare_data()
+    data.setup()
+    module = build_module(config, data.vocab_size)
+    rtd = config.objective == "rtd"
+    precision = args.precision or default_precision()
+    header = {"name": args.name, "experiment": experiment.id, "row": args.row, "preset": preset.name,
+              "overrides": overrides, "seed": args.seed, "steps": p.steps, "tokens_per_step": config.tokens_per_step,
+              "peak_lr": config.optim.peak_lr, "count_models": count_model_cross_entropy(data.load()),
+              "command": "python -m experiments.plateau " + shlex.join(sys.argv[1:]),
+              "date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(),
+              "threads": torch.get_num_threads(), "precision": precision}
+    path.write_text(json.dumps(header) + "\n")
+    print(f"{args.name}: {args.row} of {experiment.id} at {preset.name} {overrides or ''}: {p.steps} steps x "
+          f"{config.tokens_per_step:,} tokens; unigram {header['count_models']['unigram']:.3f}, left bigram "
+          f"{header['count_models']['left_bigram']:.3f}, midpoint {midpoint(header['count_models']):.3f}", flush=True)
+    heldout, blocks = [], 0  # the first held-out blocks, whatever the batch size
+    for batch in data.val_dataloader()[0]:
+        if blocks >= args.attention_blocks:
+            break
+        heldout.append(batch)
+        blocks += len(batch["input_ids"])
+    started = time.time()
+    measure = MeasureWordOrder(path, heldout, (lambda m: m.discriminator) if rtd else (lambda m: m.encoder), started)
+    trainer = L.Trainer(accelerator="auto", devices=1, precision=precision, max_steps=p.steps, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, inference_mode=False, gradient_clip_val=config.optim.gradient_clip,
+                        val_check_interval=max(1, p.steps // args.evals), check_val_every_n_epoch=None,
+                        use_distributed_sampler=False,
+                        callbacks=[SeedEachBatch(args.seed), measure])
+    trainer.fit(module, datamodule=data)
+    print(f"{args.name}: done in {time.time() - started:.0f} s", flush=True)
+
+
+def load_runs(directory: Path) -> list[dict]:
+    runs = []
+    for path in sorted((directory / "runs").glob("*.jsonl")):
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if lines:
+            runs.append({**lines[0], "points": lines[1:]})
+    return runs
+
+
+def first(points: list[dict], test) -> dict | None:
+    return next((point for point in points if test(point)), None)
+
+
+def summary(run: dict) -> dict:
+    """Where a run crossed each threshold (tokens), and where it ended."""
+    points, middle = run["points"], midpoint(run["count_models"])
+    local = first(points, lambda q: max(q["most_local"]) >= LOCAL_MULTIPLE)
+    below = first(points, lambda q: q["mlm_loss"] is not None and q["mlm_loss"] <= middle)
+    both = first(points, lambda q: max(q["most_local"]) >= LOCAL_MULTIPLE and q["mlm_loss"] is not None
+                 and q["mlm_loss"] <= middle)
+    last = points[-1] if points else None
+    return {"local": local, "below": below, "escaped": both, "last": last,
+            "finished": bool(last) and last["step"] >= run["steps"]}
+
+
+def _tokens(point: dict | None) -> str:
+    return f"{point['tokens'] / 1e6:.1f}M" if point else "no"
+
+
+def report(args) -> None:
+    runs = load_runs(STUDY_DIR)
+    if not runs:
+        raise SystemExit(f"no runs under {STUDY_DIR / 'runs'}: start one with `python -m experiments.plateau run ...`")
+    lines = ["| run | row | changes from the preset | steps x tokens/step | 3x adjacent at | MLM <= midpoint at | "
+             "escaped at | at the end: MLM, most local head per layer | AUC | time |", "|---" * 10 + "|"]
+    for run in runs:
+        s, last = summary(run), summary(run)["last"]
+        changes = ", ".join(f"`{k}={v}`" for k, v in run["overrides"].items()) or "(none)"
+        end = (f"{last['mlm_loss']:.3f}, " + " / ".join(f"{m:.1f}x" for m in last["most_local"])) if last else "-"
+        auc = f"{last['disc_auc']:.3f}" if last and last.get("disc_auc") is not None else ""
+        state = "" if s["finished"] else f" (stopped at step {last['step'] if last else 0})"
+        lines.append(f"| {run['name']} | {run['row']} | {changes} | {run['steps']:,} x {run['tokens_per_step']:,} | "
+                     f"{_tokens(s['local'])} | {_tokens(s['below'])} | **{_tokens(s['escaped'])}** | {end}{state} | "
+                     f"{auc} | {last['seconds'] / 60 if last else 0:.1f} min |")
+    table = "\n".join(lines)
+    plot(runs, STUDY_DIR / "curves.png")
+    commands = "\n".join(f"    {run['command']}" for run in runs)
+    first_run = runs[0]
+    text = (f"# The escape study\n\nGenerated by `python -m experiments.plateau report` from `docs/plateau/runs/*.jsonl`; "
+            f"each run's first line records its command, date, CPU and precision.\n\n"
+            f"Escaped: some layer's most local head >= {LOCAL_MULTIPLE:g}x the uniform share on adjacent tokens and "
+            f"held-out MLM loss <= the midpoint of the unigram ({first_run['count_models']['unigram']:.3f}) and "
+            f"left-bigram ({first_run['count_models']['left_bigram']:.3f}) count models "
+            f"({midpoint(first_run['count_models']):.3f} nats on the default corpus). Tokens are padded training tokens "
+            f"at the first held-out evaluation that met the threshold (evaluations are evenly spaced, so this is an "
+            f"upper bound within one interval).\n\n{table}\n\n![curves](curves.png)\n\nTo reproduce:\n\n{commands}\n")
+    (STUDY_DIR / "README.md").write_text(text)
+    print(text)
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (local_axis, loss_axis) = plt.subplots(1, 2, figsize=(13, 5))
+    for run in runs:
+        tokens = [q["tokens"] / 1e6 for q in run["points"]]
+        local_axis.plot(tokens, [max(q["most_local"]) for q in run["points"]], marker=".", label=run["name"])
+        loss_axis.plot(tokens, [q["mlm_loss"] for q in run["points"]], marker=".", label=run["name"])
+    counts = runs[0]["count_models"]
+    local_axis.axhline(LOCAL_MULTIPLE, color="grey", linestyle="--", linewidth=1)
+    local_axis.set(xlabel="training tokens (M)", ylabel="most local head: adjacent share / uniform",
+                   title="attention to adjacent tokens", yscale="log")
+    for value, name in ((counts["unigram"], "unigram"), (midpoint(counts), "midpoint"), (counts["left_bigram"], "left bigram")):
+        loss_axis.axhline(value, color="grey", linestyle=":" if name != "midpoint" else "--", linewidth=1)
+        loss_axis.annotate(name, (0, value), fontsize=8, color="grey", va="bottom")
+    loss_axis.set(xlabel="training tokens (M)", ylabel="held-out MLM loss (nats)", title="held-out MLM loss")
+    loss_axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m experiments.plateau", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    start = commands.add_parser("run", help="train one row and record its word-order curve")
+    start.add_argument("name", help="the run's name (docs/plateau/runs/NAME.jsonl)")
+    start.add_argument("--experiment", default="ablation-nsp")
+    start.add_argument("--row", default="DOC-SENTENCES")
+    start.add_argument("--preset", default="small")
+    start.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    start.add_argument("--seed", type=int, default=0)
+    start.add_argument("--evals", type=int, default=20, help="evenly spaced held-out measurements")
+    start.add_argument("--attention-blocks", type=int, default=64, help="held-out blocks for the attention profile")
+    start.add_argument("--precision", default=None)
+    commands.add_parser("report", help="the table and plot of every run")
+    args = parser.parse_args(argv)
+    from datamodules.errors import exit_on_usage_error
+
+    with exit_on_usage_error():
+        (run if args.command == "run" else report)(args)
+
+
+if __name__ == "__main__":
+    main()
