@@ -5,8 +5,10 @@ one trainer per row (locks), and a graceful stop on Ctrl-C / SIGTERM.
   a full disk leaves the old file or the new one, never half of one.
 - On resume, a checkpoint that does not load (or fails its zip checksums) is renamed aside with a
   one-line warning and the next newest one is used; with none left the row starts again from step 0.
-- A row (and the pretraining work directory it trains) is held by an O_EXCL lock file naming host, pid
-  and start time; a second sweep skips it, and a lock whose process is gone is taken over.
+- A row (and the pretraining work directory it trains) is held by a lock: an flock on a lock file that holds
+  its owner's host, pid, start time and heartbeat. A second sweep skips the row. The kernel frees an flock
+  when its process dies, so a killed sweep's rows are free at once; a lock from another host is taken over
+  once its heartbeat (every minute) is older than the lease (10 min; `ABLATIONS_LOCK_LEASE=<seconds>`).
 - The first SIGINT / SIGTERM asks the run to stop after the current step with a checkpoint; a second
   SIGINT stops at once.
 
@@ -15,10 +17,12 @@ through the n-th write of <what> ("checkpoint" or "row-file"), to prove such a k
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import socket
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -27,6 +31,8 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
+
+from experiments.progress import minutes
 
 # -- whole-file writes -------------------------------------------------------------------------------
 
@@ -118,6 +124,32 @@ def resumable_checkpoint(directory: Path, log=print, set_aside: bool = True) -> 
 
 
 # -- one trainer per row -----------------------------------------------------------------------------
+#
+# A lock is a file with an flock on it and its owner's record inside (host, pid, start, last heartbeat).
+# The kernel gives an flock to one open file at a time and takes it back when its process dies, however it
+# dies: two sweeps never hold one row, and a killed sweep's rows are free at once, with no guessing from
+# pids. A sweep on another host may hold the file with an flock that this host cannot see (a file server
+# without coherent locks), so a record from another host is also trusted while its heartbeat is younger
+# than the lease; a record older than that is a dead host's, and is taken over with a warning.
+
+LEASE_SECONDS = 600.0  # the default lease; ABLATIONS_LOCK_LEASE=<seconds> or Lock(lease=...) changes it
+HEARTBEAT_SECONDS = 60.0  # or a fifth of a shorter lease: one late beat never lets the lock go
+RECORD_BYTES = 512  # the record, padded to this size, is rewritten in place by one write of the same size
+
+_held: set[Lock] = set()  # this process's held locks
+_warned_no_locks = False
+
+
+def _forget_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker), close the child's copies of the parent's lock files: an open
+    copy would keep the parent's flock alive after the parent is killed, until the child exits too."""
+    for lock in list(_held):
+        lock.held = False
+        os.close(lock.descriptor)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_locks)
 
 
 def _process_start(pid: int) -> str | None:
@@ -129,10 +161,7 @@ def _process_start(pid: int) -> str | None:
 
 
 def _alive(owner: dict) -> bool:
-    """Whether the process that wrote a lock still runs. A lock from another host is trusted as alive:
-    this machine cannot see that host's processes (the skip message says how to clear it)."""
-    if owner.get("host") != socket.gethostname():
-        return True
+    """Whether the process of a record from this host still runs (asked only where there is no flock)."""
     pid = int(owner.get("pid", -1))
     try:
         os.kill(pid, 0)
@@ -143,56 +172,146 @@ def _alive(owner: dict) -> bool:
     return owner.get("pid_start") in (None, _process_start(pid))
 
 
-class Lock:
-    """An O_EXCL lock file: `acquire()` is True when this process now holds it."""
+def _parse(data: bytes) -> dict:
+    """A lock file's record: {} when it is empty (created, not written yet). One that does not parse was read
+    while its owner rewrote it (not atomic on every file system): an unknown host's, aged by the file's mtime."""
+    if not data.strip():
+        return {}
+    try:
+        return json.loads(data)
+    except ValueError:
+        return {"host": "?"}
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.held = False
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    """Whether `path` still names the file open at `descriptor` (a holder removes it when it releases)."""
+    try:
+        return os.path.samestat(os.fstat(descriptor), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _warn_no_locks(path: Path, error: OSError, log) -> None:
+    global _warned_no_locks
+    if not _warned_no_locks:  # once per process, not once per row
+        _warned_no_locks = True
+        log(f"warning: the file system of {path.parent} has no file locks (flock: {error}), so the rows' lock "
+            f"files alone keep sweeps apart, and two sweeps that reach a row at the same moment may both train it. "
+            f"Run one sweep at a time on this results directory, or put --results-dir on a file system with locks "
+            f"(a local disk; NFS with its lock service)")
+
+
+class Lock:
+    """One trainer per row: `acquire()` is True when this process now holds the lock, until `release()`."""
+
+    def __init__(self, path: Path, lease: float | None = None, log=print):
+        self.path, self.log, self.held = path, log, False
+        self.lease = float(os.environ.get("ABLATIONS_LOCK_LEASE", LEASE_SECONDS)) if lease is None else lease
+        self.heartbeat = min(HEARTBEAT_SECONDS, self.lease / 5)
 
     def owner(self) -> dict:
         try:
-            return json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
+            return _parse(self.path.read_bytes())
+        except OSError:
             return {}
 
     def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):  # a second try after taking over a stale lock
-            try:
-                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self.owner()
-                age = time.time() - self.path.stat().st_mtime if self.path.exists() else 0.0
-                being_written = not owner and age < 10  # an empty lock seconds old: its owner is still writing it
-                if being_written or (owner and _alive(owner)):
-                    return False
-                try:  # rename, not delete: of two sweeps taking over at once, only one rename succeeds
-                    os.replace(self.path, self.path.with_name(f"{self.path.name}.stale{os.getpid()}"))
-                    os.remove(self.path.with_name(f"{self.path.name}.stale{os.getpid()}"))
-                except FileNotFoundError:
-                    pass
-                continue
-            me = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid()),
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-            with os.fdopen(descriptor, "w") as handle:
-                json.dump(me, handle)
-            self.held = True
+        if self.held:
             return True
-        return False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        opened = self._open()
+        if opened is None:
+            return False
+        descriptor, locked = opened
+        owner = _parse(os.pread(descriptor, 1 << 16, 0))
+        here = owner.get("host") == socket.gethostname()
+        age = time.time() - float(owner.get("heartbeat") or os.fstat(descriptor).st_mtime)
+        if here:  # holding the flock, we know its process is gone (it would hold the flock); without, ask /proc
+            in_use = not locked and _alive(owner)
+        else:  # another host's flock may be invisible here: its heartbeat says whether it still runs
+            in_use = bool(owner) and age < self.lease
+        if in_use:
+            os.close(descriptor)  # and with it our flock
+            return False
+        if owner and not here:
+            self.log(f"warning: taking over {self.path} from {owner.get('host')} pid {owner.get('pid', '?')}: its "
+                     f"last heartbeat was {minutes(age)} ago (lease {minutes(self.lease)}); its row resumes here")
+        self.descriptor = descriptor
+        self.record = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid()),
+                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(descriptor, 0)  # no tail of a longer record of the previous owner
+        self._beat()
+        self.held = True
+        _held.add(self)
+        self._stopping = threading.Event()
+        self._heart = threading.Thread(target=self._keep_beating, name=f"heartbeat {self.path.name}", daemon=True)
+        self._heart.start()
+        return True
+
+    def _open(self) -> tuple[int, bool] | None:
+        """The lock file, open and flocked: (descriptor, True); (descriptor, False) on a file system without
+        flock; None when a live process holds the flock."""
+        while True:
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # the kernel (or the file server) says a live process holds it
+                os.close(descriptor)
+                return None
+            except OSError as error:  # ENOLCK, EOPNOTSUPP, ...: this file system has no flock
+                _warn_no_locks(self.path, error, self.log)
+                return descriptor, False
+            if _same_file(descriptor, self.path):
+                return descriptor, True
+            os.close(descriptor)  # its holder released and removed it between our open and our flock: try anew
+
+    def _beat(self) -> None:
+        """Write the record with the time now as its heartbeat, in place (a new file would not carry the flock)
+        and flushed (another host sees it only then)."""
+        self.record["heartbeat"] = time.time()
+        os.pwrite(self.descriptor, json.dumps(self.record).encode().ljust(RECORD_BYTES), 0)
+        os.fsync(self.descriptor)
+
+    def _mine(self) -> bool:
+        """Whether the record is still ours: another host takes the lock over when our heartbeat stops for
+        longer than the lease (this host suspended, or cut off from the file server)."""
+        owner = _parse(os.pread(self.descriptor, 1 << 16, 0))
+        return (owner.get("host"), owner.get("pid")) == (self.record["host"], self.record["pid"])
+
+    def _keep_beating(self) -> None:
+        """The heartbeat thread: a write of a few hundred bytes every `heartbeat` seconds, beside the training
+        thread (the write and the fsync release the GIL). It stops at release, or when the lock was taken over."""
+        while not self._stopping.wait(self.heartbeat):
+            try:
+                if not self._mine():
+                    self.log(f"warning: {self.path} was taken over by {self.describe()} after this process was "
+                             f"silent for longer than the lease; both may now train this row")
+                    return
+                self._beat()
+            except OSError as error:  # a file server's hiccup: say so, and beat again next time
+                self.log(f"warning: could not refresh the lock {self.path} ({error}); trying again in "
+                         f"{minutes(self.heartbeat)}")
 
     def describe(self) -> str:
+        """Who holds the lock, for the message of a sweep that skips the row."""
         owner = self.owner()
-        return (f"{owner.get('host', '?')} pid {owner.get('pid', '?')} since {owner.get('started', '?')} "
-                f"(if that process is gone, delete {self.path})")
+        text = f"{owner.get('host', '?')} pid {owner.get('pid', '?')} since {owner.get('started', '?')}"
+        if "heartbeat" in owner:
+            text += f", last heartbeat {minutes(time.time() - owner['heartbeat'])} ago"
+        if owner.get("host") != socket.gethostname():
+            text += f", taken over if silent for {minutes(self.lease)}"
+        return f"{text}; lock file {self.path}"
 
     def release(self) -> None:
-        if self.held:
-            self.held = False
-            try:
-                os.remove(self.path)
-            except FileNotFoundError:
-                pass
+        if not self.held:
+            return
+        self.held = False
+        _held.discard(self)
+        self._stopping.set()
+        self._heart.join()
+        if self._mine():  # removed while still flocked: a sweep that opened it meanwhile sees it gone, and retries
+            self.path.unlink(missing_ok=True)
+        os.close(self.descriptor)  # and with it the flock
 
 
 # -- graceful stop -----------------------------------------------------------------------------------
