@@ -27,7 +27,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -35,7 +35,8 @@ from ablations.encoder import Encoder
 from datamodules.errors import UsageError
 from datamodules.pretraining import PretrainingDataModule
 from experiments import tracking
-from experiments.evaluations import cached_task, evaluate_pretrained, fine_tune_all, probe_state, task_data
+from experiments.evaluations import cached_task, evaluate_pretrained, evaluation_device, fine_tune_all, task_data
+from experiments.evaluations.early_points import SaveEncoderAt, evaluate_early_points
 from experiments.durable import (AtomicCheckpointIO, Lock, SaveFinalStep, SeedEachBatch, StopOnRequest, StopRequest,
                                  Stopped, resumable_checkpoint, write_json_atomically)
 from experiments.overrides import conflicts, directory_name
@@ -77,11 +78,6 @@ class Hardware:
                          num_sanity_val_steps=0, inference_mode=False, callbacks=[*callbacks, progress_bar(label)],
                          **kwargs)
 
-    @property
-    def evaluation_device(self) -> str:
-        """Where a row's evaluations run (they are plain forward passes, outside the Trainer)."""
-        return "cuda" if torch.cuda.is_available() and self.accelerator in ("auto", "gpu", "cuda") else "cpu"
-
 
 def default_precision() -> str:
     if torch.cuda.is_available():
@@ -110,20 +106,6 @@ def git_commit() -> str:
 
 def is_global_zero() -> bool:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
-
-
-class SaveEncoderAt(Callback):
-    """Saves the encoder to fine-tune from at given fractions of training (ELECTRA's early checkpoints)."""
-
-    def __init__(self, directory: Path, fractions: tuple[float, ...], total_steps: int):
-        self.directory = directory
-        self.steps = {f: max(1, round(f * total_steps)) for f in fractions}
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        for fraction, step in self.steps.items():
-            path = self.directory / f"encoder_at_{fraction}.pt"
-            if trainer.global_step == step and trainer.is_global_zero and not path.exists():
-                torch.save(module.encoder_state(), path)
 
 
 @dataclass
@@ -244,14 +226,9 @@ def pretrain(p: RowPlan, config: RunConfig, steps: int, work: Path, hardware: Ha
     # every rank picks the same file; only rank 0 sets damaged ones aside
     resume = resumable_checkpoint(checkpoints, log, set_aside=is_global_zero()) if checkpoints.exists() else None
     # our own checkpoint, written by this runner: it holds the config dataclasses, so not weights-only
-    _fit(trainer, module, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=False)
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=False)
+    StopRequest.check()  # Ctrl-C / SIGTERM ended the fit (StopOnRequest): stop the row here
     return module, data, trainer
-
-
-def _fit(trainer: L.Trainer, module, **kwargs) -> None:
-    """trainer.fit, then stop the row if Ctrl-C / SIGTERM asked for it (StopOnRequest ended the fit)."""
-    trainer.fit(module, **kwargs)
-    StopRequest.check()
 
 
 # Token-budget batches carry 98.5-99.2% of their planned padded tokens (measured on every format at smoke and
@@ -269,14 +246,6 @@ def check_budget(module, planned_tokens: int, name: str) -> None:
             f"under .cache/ can be deleted and is rebuilt) or lower data.tokens_per_batch. No result was written.")
 
 
-def early_point(config: RunConfig, fraction: float, steps: int) -> tuple[RunConfig, int]:
-    """ELECTRA Table 1's "at 25% of training": a run of that fraction of the row's steps with its own
-    warm-up and decay to zero (a mid-run checkpoint would still be at ~80% of the peak learning rate)."""
-    early_steps = max(1, round(fraction * steps))
-    return dataclasses.replace(config, optim=dataclasses.replace(config.optim, max_steps=early_steps),
-                               evaluate_at=()), early_steps
-
-
 def run_row(p: RowPlan, hardware: Hardware) -> dict:
     """Pretrain (resuming if interrupted), evaluate the encoder (held-out figures, word order, minimal pairs,
     linear probes, fine-tuning; experiments.evaluations), write the row JSON."""
@@ -292,29 +261,27 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
     metrics = {k[4:]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and k != "val/loss"}
     tasks = task_data(config, data.load(), p.seed)
     precision = hardware.precision or default_precision()
-    evaluation = evaluate_pretrained(module, data, config, tasks, metrics, hardware.evaluation_device, precision)
+    evaluation = evaluate_pretrained(module, data, config, tasks, metrics, evaluation_device(hardware.accelerator),
+                                     precision)
     metrics |= evaluation.metrics
     seconds |= evaluation.seconds
     encoder_config = module.discriminator_config() if config.objective == "rtd" else module.encoder.config
-    finished_runs = work / f"finetune-{config.config_hash()[:12]}"
+
+    def finished_run(task: str, k: int, at: str = "") -> Path:
+        """Where a finished fine-tuning run is recorded (`at`: an early point's), so a stopped row reruns only
+        the runs it had not finished; keyed by the row's config hash."""
+        return work / f"finetune-{config.config_hash()[:12]}{at}" / f"{slug(task)}@ft{k}.json"
+
+    def pretrain_early(early_config: RunConfig, early_steps: int, fraction: float) -> dict:
+        early_module = pretrain(p, early_config, early_steps, work / f"early-{fraction:g}", hardware)[0]
+        check_budget(early_module, early_steps * config.tokens_per_step, f"{p.name} at {fraction:g}")
+        return early_module.encoder_state()
+
     scores, seconds["fine-tuning"] = fine_tune_all(config, encoder_config, module.encoder_state(), tasks, p.seed,
-                                                   hardware, lambda task, k: finished_runs / f"{slug(task)}@ft{k}.json")
-    metrics |= scores
-    early_points = {}
-    for fraction in config.evaluate_at:
-        if config.early_points == "mid-run":
-            state, early_steps = torch.load(work / f"encoder_at_{fraction}.pt", weights_only=True), None
-        else:
-            early_config, early_steps = early_point(config, fraction, p.steps)
-            early_module = pretrain(p, early_config, early_steps, work / f"early-{fraction:g}", hardware)[0]
-            check_budget(early_module, early_steps * config.tokens_per_step, f"{p.name} at {fraction:g}")
-            state = early_module.encoder_state()
-        early_runs = finished_runs.with_name(f"{finished_runs.name}@{fraction:g}")
-        early = fine_tune_all(config, encoder_config, state, tasks, p.seed, hardware,
-                              lambda task, k: early_runs / f"{slug(task)}@ft{k}.json")[0]
-        early |= probe_state(encoder_config, state, tasks, hardware.evaluation_device, precision)
-        metrics |= {f"{k}@{fraction:g}": v for k, v in early.items() if not k.endswith("majority") and "@ft" not in k}
-        early_points[f"{fraction:g}"] = {"steps": early_steps or round(fraction * p.steps), "schedule": config.early_points}
+                                                   hardware, finished_run)
+    early, early_points = evaluate_early_points(config, encoder_config, tasks, p.seed, p.steps, work, hardware,
+                                                precision, finished_run, pretrain_early)
+    metrics |= scores | early
     result = {
         "experiment": p.experiment.id, "preset": p.preset.name, "row": p.row.name, "seed": p.seed,
         "config_hash": config.config_hash(), "config": config.to_dict(), "metrics": metrics,

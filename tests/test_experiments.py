@@ -353,7 +353,8 @@ def test_masking_table_evaluates_on_every_held_out_block_of_the_whole_corpus():
 def test_electra_small_early_points_are_shorter_runs_with_their_own_schedule():
     """ELECTRA Table 1's "at 25% of training" is a model trained for a quarter of the time, so its learning
     rate has warmed up and decayed to zero over its own steps, not a mid-run checkpoint at ~80% of peak."""
-    from experiments.runner import early_point, plan
+    from experiments.evaluations.early_points import early_point
+    from experiments.runner import plan
     from lightning_modules.base import warmup_linear_decay
 
     row = plan(EXPERIMENTS["ablation-electra-small"], PRESETS["small"], 1, ["ELECTRA-Small"], None, Path("/unused"))[0]

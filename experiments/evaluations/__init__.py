@@ -26,6 +26,11 @@ from experiments.evaluations.probes import probe_metrics
 from experiments.evaluations.word_order import word_order_metrics, word_order_report
 
 
+def evaluation_device(accelerator: str) -> str:
+    """Where a row's evaluations run (plain forward passes, outside the Trainer): its GPU if it may use one."""
+    return "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
+
+
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The dtype the row trained its matmuls in ("bf16-mixed" -> bfloat16), or None for full precision."""
     if precision.startswith("bf16"):

@@ -35,10 +35,11 @@ from datamodules.tokenization import CLS_ID, MASK_ID, PAD_ID, SEP_ID, encode_sen
 
 KINDS = ("swap", "replace")
 PAIRS_PER_KIND = 2000  # the binomial sampling error of a share near 75% is then about 1 point
-# A preset's held-out budget (`data.max_heldout_blocks`: smoke 32, small 256, base every block) scales this
-# held-out evaluation too: 8 pairs per held-out block, up to PAIRS_PER_KIND (smoke 256 pairs per kind, whose
-# tiny models learn nothing anyway; small and larger 2,000)
-PAIRS_PER_HELDOUT_BLOCK = 8
+# A preset's held-out budget (the tokens of its `data.max_heldout_blocks` held-out blocks: smoke 32 x 64, small
+# 256 x 128, base every block) scales this held-out evaluation too: a pair per 16 of those tokens, at most
+# PAIRS_PER_KIND. Smoke gets 128 pairs per kind (its tiny models learn nothing; CI runs every row), small and
+# larger 2,000.
+HELDOUT_TOKENS_PER_PAIR = 16
 MIN_WORDS, MAX_WORDS = 5, 15  # short sentences: a sentence of n tokens costs n forward passes of n tokens
 PAIR_SEED = 0
 MAX_VARIANTS = 3  # variants of one kind per original, used only when the corpus has too few short sentences
@@ -58,8 +59,10 @@ class MinimalPairs:
 _BUILT: dict[tuple, MinimalPairs] = {}
 
 
-def pairs_per_kind(max_heldout_blocks: int | None) -> int:
-    return PAIRS_PER_KIND if max_heldout_blocks is None else min(PAIRS_PER_KIND, PAIRS_PER_HELDOUT_BLOCK * max_heldout_blocks)
+def pairs_per_kind(data_config) -> int:
+    if data_config.max_heldout_blocks is None:
+        return PAIRS_PER_KIND
+    return min(PAIRS_PER_KIND, data_config.max_heldout_blocks * data_config.block_size // HELDOUT_TOKENS_PER_PAIR)
 
 
 def build_pairs(data_config, tokenized) -> MinimalPairs:
@@ -67,7 +70,7 @@ def build_pairs(data_config, tokenized) -> MinimalPairs:
     MIN_WORDS to MAX_WORDS words whose tokens fit a block with [CLS] and [SEP]."""
     from datamodules.corpus import load_corpus
 
-    per_kind, max_length = pairs_per_kind(data_config.max_heldout_blocks), data_config.block_size
+    per_kind, max_length = pairs_per_kind(data_config), data_config.block_size
     key = (str(tokenized.directory), max_length, per_kind)
     if key in _BUILT:
         return _BUILT[key]
