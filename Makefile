@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PIP := .venv/bin/pip
-PRESET ?= small
+PRESET ?= cpu
 SEEDS ?= 1
 ARGS ?=
 CORPUS ?=
@@ -24,7 +24,7 @@ TORCH_VERSION ?= 2.13.0
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-30s\033[0m %s\n", $$1, $$2}'
-	@echo "  Variables: PRESET=smoke|small|medium|base (default $(PRESET)), SEEDS=N (default $(SEEDS)), ARGS='--devices 2 ...'"
+	@echo "  Variables: PRESET=smoke|small|cpu|medium|base (default $(PRESET)), SEEDS=N (default $(SEEDS)), ARGS='--devices 2 ...'"
 	@echo "             CORPUS=files:PATH[,PATH]|hub:NAME[:CONFIG], SET='path=value ...', TASKS=..., export: E=<table> ROW=<row> TO=<dir>"
 
 setup: .venv/.setup-done ## Create .venv with torch (CPU build without a GPU), the suite and the offline data

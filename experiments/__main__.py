@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from datamodules.errors import UsageError, exit_on_usage_error
+from experiments.presets import DEFAULT_PRESET, PRESETS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("list", help="show every experiment with its paper and make target")
     run = commands.add_parser("run", help="run one experiment (or all) and print its table")
     run.add_argument("experiment", help="an experiment id, or 'all'")
-    run.add_argument("--preset", default="small", help="smoke | small | medium | base")
+    run.add_argument("--preset", default=DEFAULT_PRESET, help=f"{' | '.join(PRESETS)} (default {DEFAULT_PRESET})")
     run.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
     run.add_argument("--rows", default=None, help="comma-separated row names (default: every row)")
     run.add_argument("--tasks", default=None,
@@ -35,12 +36,12 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--compile", action="store_true", help="torch.compile the encoders (speed only)")
     table = commands.add_parser("table", help="rebuild a table from its row files")
     table.add_argument("experiment")
-    table.add_argument("--preset", default="small")
+    table.add_argument("--preset", default=DEFAULT_PRESET)
     table.add_argument("--results-dir", default=None, type=Path)
     export = commands.add_parser("export", help="write a trained row's encoder and tokenizer as a HuggingFace model")
     export.add_argument("experiment")
     export.add_argument("--row", required=True, help="the row's name, as in the table")
-    export.add_argument("--preset", default="small")
+    export.add_argument("--preset", default=DEFAULT_PRESET)
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--to", required=True, type=Path, help="the directory to write (AutoModel.from_pretrained)")
     export.add_argument("--format", default=None, help="bert | roberta | deberta-v2 (default: from the attention)")
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
                                      "loss against count models, where each layer attends)")
     word_order.add_argument("experiment")
     word_order.add_argument("--row", required=True, help="the row's name, as in the table")
-    word_order.add_argument("--preset", default="small")
+    word_order.add_argument("--preset", default=DEFAULT_PRESET)
     word_order.add_argument("--seed", type=int, default=0)
     word_order.add_argument("--results-dir", default=None, type=Path)
     for command in (table, export, word_order):  # a run with overrides lives in its own directory: name them again
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("--corpus", default=None)
         command.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
     calibrate = commands.add_parser("calibrate", help="measure a preset's seed-to-seed noise for the verdicts")
-    calibrate.add_argument("--preset", default="small")
+    calibrate.add_argument("--preset", default=DEFAULT_PRESET)
     calibrate.add_argument("--seeds", type=int, default=3, help="pretraining seeds of each calibration row")
     calibrate.add_argument("--results-dir", default=None, type=Path)
     calibrate.add_argument("--output", default=None, type=Path, help="default: experiments/calibration.json")

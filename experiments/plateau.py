@@ -27,8 +27,10 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from experiments.evaluations.word_order import LEARNED_ADJACENT_MULTIPLE as LOCAL_MULTIPLE
+from experiments.evaluations.word_order import mlm_loss_threshold
+
 STUDY_DIR = Path(__file__).resolve().parent.parent / "docs" / "plateau"
-LOCAL_MULTIPLE = 3.0  # the most local head's adjacent-token share over uniform that counts as reading order
 
 
 def cpu_name() -> str:
@@ -42,31 +44,34 @@ def cpu_name() -> str:
 
 
 def midpoint(count_models: dict) -> float:
-    return (count_models["unigram"] + count_models["left_bigram"]) / 2
+    return mlm_loss_threshold(count_models["unigram"], count_models["left_bigram"])
 
 
 class MeasureWordOrder(Callback):
     """After each validation: the held-out metrics Lightning logged, and the attention profile, as one line."""
 
-    def __init__(self, path: Path, batches: list, encoder_of, started: float):
-        self.path, self.batches, self.encoder_of, self.started = path, batches, encoder_of, started
+    def __init__(self, path: Path, batches: list, train_batches: list, rtd: bool, started: float):
+        self.path, self.batches, self.train_batches, self.rtd, self.started = path, batches, train_batches, rtd, started
 
     def on_validation_end(self, trainer, module):
-        from experiments.word_order import attention_profile
+        from experiments.evaluations.heldout import heldout_mlm_loss
+        from experiments.evaluations.word_order import attention_profile
 
         was_training = module.training
         module.eval()
-        layers = attention_profile(self.encoder_of(module), self.batches)
+        layers = attention_profile(module.discriminator if self.rtd else module.encoder, self.batches)
+        train_loss = heldout_mlm_loss(module, self.train_batches, self.rtd)
         module.train(was_training)
         metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         point = {"step": trainer.global_step, "tokens": module.padded_tokens_seen,
                  "lr": trainer.optimizers[0].param_groups[0]["lr"], "seconds": round(time.time() - self.started, 1),
-                 "mlm_loss": metrics.get("mlm_loss"), "disc_auc": metrics.get("disc_auc"),
+                 "mlm_loss": metrics.get("mlm_loss", metrics.get("generator_mlm_loss")), "train_mlm_loss": train_loss,
+                 "disc_auc": metrics.get("disc_auc"),
                  "most_local": [round(layer["adjacent_vs_uniform_most_local_head"], 3) for layer in layers],
                  "entropy_share": [round(layer["entropy_share"], 3) for layer in layers]}
         with self.path.open("a") as handle:
             handle.write(json.dumps(point) + "\n")
-        print(f"  step {point['step']}: MLM {point['mlm_loss']:.3f}"
+        print(f"  step {point['step']}: MLM {point['mlm_loss']:.3f} (training blocks {train_loss:.3f})"
               + (f", AUC {point['disc_auc']:.3f}" if point["disc_auc"] is not None else "")
               + ", most local head per layer " + " / ".join(f"{m:.1f}x" for m in point["most_local"]), flush=True)
 
@@ -74,13 +79,15 @@ class MeasureWordOrder(Callback):
 def run(args) -> None:
     import torch
 
-    from datamodules.pretraining import PretrainingDataModule
+    from datamodules.formats import InputFormat
+    from datamodules.pretraining import (HELDOUT_FORMAT, HELDOUT_SEED, MaskedExamples, PretrainingDataModule, collate,
+                                         heldout_masking)
     from experiments.durable import SeedEachBatch
     from experiments.overrides import parse_overrides
     from experiments.presets import get_preset
     from experiments.registry import get_experiment
     from experiments.runner import build_module, default_precision, plan
-    from experiments.word_order import count_model_cross_entropy
+    from experiments.evaluations.heldout import count_model_cross_entropy
 
     experiment, preset = get_experiment(args.experiment), get_preset(args.preset)
     overrides = parse_overrides(args.set, None, None)
@@ -111,8 +118,15 @@ def run(args) -> None:
             break
         heldout.append(batch)
         blocks += len(batch["input_ids"])
+    # as many blocks of the training text, laid out and masked as the held-out ones: the gap between the two
+    # losses tells a model that memorises its training text from one that has stopped learning
+    tokenized = data.load()
+    train_blocks = MaskedExamples(InputFormat(HELDOUT_FORMAT, tokenized.train, config.data.block_size, HELDOUT_SEED),
+                                  heldout_masking(config.data.masking), tokenized.vocab_size, HELDOUT_SEED)
+    count = min(len(train_blocks), config.data.max_heldout_blocks or 256)
+    train_batches = [collate([train_blocks[i] for i in range(j, min(j + 16, count))]) for j in range(0, count, 16)]
     started = time.time()
-    measure = MeasureWordOrder(path, heldout, (lambda m: m.discriminator) if rtd else (lambda m: m.encoder), started)
+    measure = MeasureWordOrder(path, heldout, train_batches, rtd, started)
     trainer = L.Trainer(accelerator="auto", devices=1, precision=precision, max_steps=p.steps, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, inference_mode=False, gradient_clip_val=config.optim.gradient_clip,
@@ -193,7 +207,9 @@ def plot(runs: list[dict], path: Path) -> None:
     for run in runs:
         tokens = [q["tokens"] / 1e6 for q in run["points"]]
         local_axis.plot(tokens, [max(q["most_local"]) for q in run["points"]], marker=".", label=run["name"])
-        loss_axis.plot(tokens, [q["mlm_loss"] for q in run["points"]], marker=".", label=run["name"])
+        line, = loss_axis.plot(tokens, [q["mlm_loss"] for q in run["points"]], marker=".", label=run["name"])
+        if all(q.get("train_mlm_loss") is not None for q in run["points"]):  # dashed: on training blocks
+            loss_axis.plot(tokens, [q["train_mlm_loss"] for q in run["points"]], linestyle="--", color=line.get_color())
     counts = runs[0]["count_models"]
     local_axis.axhline(LOCAL_MULTIPLE, color="grey", linestyle="--", linewidth=1)
     local_axis.set(xlabel="training tokens (M)", ylabel="most local head: adjacent share / uniform",
@@ -201,7 +217,7 @@ def plot(runs: list[dict], path: Path) -> None:
     for value, name in ((counts["unigram"], "unigram"), (midpoint(counts), "midpoint"), (counts["left_bigram"], "left bigram")):
         loss_axis.axhline(value, color="grey", linestyle=":" if name != "midpoint" else "--", linewidth=1)
         loss_axis.annotate(name, (0, value), fontsize=8, color="grey", va="bottom")
-    loss_axis.set(xlabel="training tokens (M)", ylabel="held-out MLM loss (nats)", title="held-out MLM loss")
+    loss_axis.set(xlabel="training tokens (M)", ylabel="held-out MLM loss (nats)", title="MLM loss: held-out (solid), training blocks (dashed)")
     loss_axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
