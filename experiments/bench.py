@@ -2,20 +2,30 @@
 
 1. Preprocessing the offline corpus: cold (from nothing) and warm (cache), with peak memory; the corpus
    repeated 10x, to show memory stays bounded as the corpus grows.
-2. Building and masking one batch vs one training step of a small model.
+2. Building and masking one batch vs one training step of a small model, in the precision a training run
+   on this machine uses (`experiments.runner.default_precision`).
 3. Training steps of our encoders vs HuggingFace transformers at the same configuration and on the same
    batches, interleaved round by round, each model and precision in its own process (see `Worker`):
-   MLM vs BertForMaskedLM (fp32, bf16), DeBERTa vs DebertaV2ForMaskedLM (fp32, bf16), RTD vs ELECTRA
-   built from ElectraForMaskedLM + ElectraForPreTraining with shared embeddings (bf16).
+   MLM vs BertForMaskedLM, DeBERTa vs DebertaV2ForMaskedLM, RTD vs ELECTRA built from ElectraForMaskedLM +
+   ElectraForPreTraining with shared embeddings; each in fp32, and in bf16 where the CPU has bf16.
    Tokens/s, model FLOPs per token, achieved FLOP/s and peak memory of each.
+4. The default preset's own shape (the one `make ablation-*` trains when no PRESET is given), ours vs HF's
+   MLM in the precision a training run uses: tokens/s, the ratio and what one row's pretraining costs.
+
+bf16 rows run only where the runner would train in bf16 (`default_precision()`): on a CPU without bf16
+instructions torch falls back to a reference GEMM that takes minutes per step, so those rows are skipped
+with one line saying why. `--precision fp32` skips them anywhere (say a CPU lacks bf16, or emulate one
+with ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS, which that test does not see).
 
 Writes results/bench.json. `--quick` runs fewer steps (for a fast look; the figures are noisier).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -23,13 +33,55 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = dict(num_layers=4, hidden_size=256, num_heads=4, ffn_size=1024, vocab_size=8192, max_positions=512)
-BATCH, LENGTH = 32, 128
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The encoder and the batches both contenders train on."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    ffn_size: int
+    vocab_size: int
+    max_positions: int
+    batch: int
+    length: int
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch * self.length
+
+    def encoder(self, **changes):
+        from ablations.config import EncoderConfig
+
+        return EncoderConfig(num_layers=self.num_layers, hidden_size=self.hidden_size, num_heads=self.num_heads,
+                             ffn_size=self.ffn_size, vocab_size=self.vocab_size, max_positions=self.max_positions,
+                             dropout=self.dropout, attention_dropout=self.attention_dropout).replace(**changes)
+
+    def hf(self) -> dict:
+        """The same sizes as HuggingFace config arguments."""
+        return dict(vocab_size=self.vocab_size, hidden_size=self.hidden_size, num_hidden_layers=self.num_layers,
+                    num_attention_heads=self.num_heads, intermediate_size=self.ffn_size,
+                    max_position_embeddings=self.max_positions, hidden_dropout_prob=self.dropout,
+                    attention_probs_dropout_prob=self.attention_dropout)
+
+    def describe(self) -> str:
+        return (f"{self.num_layers} x {self.hidden_size} ({self.num_heads} heads, FFN {self.ffn_size}), "
+                f"sequence {self.length}, batch {self.batch}, vocabulary {self.vocab_size:,}")
+
+
+# The comparisons' shape (MLM, DeBERTa, RTD): fixed, so their figures stay comparable as the presets change.
+SMALL = Shape(num_layers=4, hidden_size=256, num_heads=4, ffn_size=1024, vocab_size=8192, max_positions=512,
+              batch=32, length=128)
 
 
 def use_all_cores() -> None:
@@ -84,20 +136,60 @@ def bench_preprocessing(include_10x: bool) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------------------- precision
+
+
+def bf16_rows(choice: str = "auto") -> tuple[bool, str]:
+    """Whether the bf16 rows run, and the line to print about it. `auto` asks the runner's own test
+    (`experiments.runner.default_precision`, which picks the precision of every training run): bf16 rows
+    run where a training run would use bf16. `fp32` says this CPU has no bf16 (or emulates one that has
+    none); `bf16` runs them even where the runner's test says the CPU lacks bf16 (slow: a reference GEMM)."""
+    if choice not in PRECISIONS:
+        raise ValueError(f"unknown precision {choice!r} (valid: {', '.join(PRECISIONS)})")
+    if choice == "fp32":
+        return False, "bf16 rows skipped: --precision fp32 says this CPU has no bf16"
+    from experiments.runner import default_precision
+
+    training = default_precision()
+    if training.startswith("bf16"):
+        return True, f"bf16 rows run: a training run here uses {training} (experiments.runner.default_precision)"
+    if choice == "bf16":
+        return True, (f"bf16 rows run because --precision bf16 asks, although a training run here uses {training}: "
+                      "without bf16 instructions torch's fallback GEMM makes them very slow")
+    return False, (f"bf16 rows skipped: this CPU has no bf16 instructions, so a training run here uses {training} "
+                   "(experiments.runner.default_precision) and a bf16 step would take minutes")
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def machine() -> dict:
+    """What the figures were measured on, including any instruction-set cap in the environment (then the
+    figures are of an emulated CPU: this one with its newer instructions switched off, not a real older one)."""
+    name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
+    caps = {variable: os.environ[variable] for variable in ISA_CAPS if variable in os.environ}
+    return {"cpu": name, "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "date": time.strftime("%Y-%m-%d"), **({"emulated_isa_caps": caps} if caps else {})}
+
+
 # -------------------------------------------------------------------------------------- the models
 
 
-def random_batch(generator: torch.Generator, vocab: int) -> dict:
+def random_batch(generator: torch.Generator, shape: Shape) -> dict:
     """A batch like the collator's: 15% of positions masked, with their flat indices listed."""
-    ids = torch.randint(5, vocab, (BATCH, LENGTH), generator=generator)
-    chosen = torch.rand(BATCH, LENGTH, generator=generator) < 0.15
+    batch, length = shape.batch, shape.length
+    ids = torch.randint(5, shape.vocab_size, (batch, length), generator=generator)
+    chosen = torch.rand(batch, length, generator=generator) < 0.15
     labels = torch.where(chosen, ids, torch.full_like(ids, -100))
     inputs = torch.where(chosen, torch.full_like(ids, 4), ids)
     positions = torch.nonzero(chosen.reshape(-1)).squeeze(1)
     return {"input_ids": inputs, "attention_mask": torch.ones_like(ids, dtype=torch.bool),
             "token_type_ids": torch.zeros_like(ids), "labels": labels, "mlm_positions": positions,
-            "mlm_labels": ids.reshape(-1)[positions], "nsp_labels": torch.zeros(BATCH, dtype=torch.long),
-            "num_tokens": BATCH * LENGTH}
+            "mlm_labels": ids.reshape(-1)[positions], "nsp_labels": torch.zeros(batch, dtype=torch.long),
+            "num_tokens": batch * length}
 
 
 class Contender:
@@ -116,43 +208,45 @@ class Contender:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def contenders(kind: str, only: int | None = None) -> tuple[Contender | None, Contender | None]:
-    """(ours, HF's) for `kind`; with `only`, build just that one (the memory probe measures one model)."""
-    factories = _factories(kind)
+KINDS = ("mlm", "deberta", "rtd", "default")
+
+
+def contenders(kind: str, shape: Shape = SMALL, only: int | None = None) -> tuple[Contender | None, Contender | None]:
+    """(ours, HF's) for `kind` at `shape`; with `only`, build just that one (the memory probe measures one)."""
+    factories = _factories(kind, shape)
     return tuple(factory() if only in (None, i) else None for i, factory in enumerate(factories))
 
 
-def _factories(kind: str):
+def _factories(kind: str, shape: Shape):
     import transformers
 
-    from ablations.config import EncoderConfig
     from ablations.flops import mlm_training_flops_per_token, rtd_training_flops_per_token
     from lightning_modules.base import OptimConfig
     from lightning_modules.mlm import MLMModule
     from lightning_modules.rtd import RTDConfig, RTDModule, generator_config
 
+    if kind not in KINDS:
+        raise ValueError(f"unknown comparison {kind!r} (valid: {', '.join(KINDS)})")
     torch.manual_seed(0)
-    common = dict(vocab_size=SMALL["vocab_size"], hidden_size=SMALL["hidden_size"], num_hidden_layers=SMALL["num_layers"],
-                  num_attention_heads=SMALL["num_heads"], intermediate_size=SMALL["ffn_size"],
-                  max_position_embeddings=SMALL["max_positions"], hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-    if kind == "mlm":
-        ours_config = EncoderConfig(**SMALL)
-        flops = mlm_training_flops_per_token(ours_config, LENGTH)
+    common = shape.hf()
+    if kind in ("mlm", "default"):
+        ours_config = shape.encoder()
+        flops = mlm_training_flops_per_token(ours_config, shape.length)
         return (lambda: Contender("ours MLM", MLMModule(ours_config, OptimConfig()), _our_loss, flops),
                 lambda: Contender("HF BertForMaskedLM", transformers.BertForMaskedLM(
                     transformers.BertConfig(**common, attn_implementation="sdpa")), _hf_mlm_loss, flops))
     if kind == "deberta":
-        ours_config = EncoderConfig(**SMALL, attention="disentangled", relative_span=128, emd=False, type_vocab_size=0)
+        ours_config = shape.encoder(attention="disentangled", relative_span=128, emd=False, type_vocab_size=0)
         hf_config = transformers.DebertaV2Config(
             **common, relative_attention=True, max_relative_positions=128, position_buckets=-1,
             pos_att_type=["c2p", "p2c"], position_biased_input=False, type_vocab_size=0, norm_rel_ebd="layer_norm")
-        flops = mlm_training_flops_per_token(ours_config, LENGTH)
+        flops = mlm_training_flops_per_token(ours_config, shape.length)
         return (lambda: Contender("ours DeBERTa MLM", MLMModule(ours_config, OptimConfig()), _our_loss, flops),
                 lambda: Contender("HF DebertaV2ForMaskedLM", transformers.DebertaV2ForMaskedLM(hf_config),
                                   _hf_mlm_loss, flops))
     rtd = RTDConfig(sharing="es", generator_width=0.25)
-    ours_config = EncoderConfig(**SMALL)
-    flops = rtd_training_flops_per_token(ours_config, generator_config(ours_config, rtd), LENGTH)
+    ours_config = shape.encoder()
+    flops = rtd_training_flops_per_token(ours_config, generator_config(ours_config, rtd), shape.length)
     return (lambda: Contender("ours RTD (ELECTRA, ES)", RTDModule(ours_config, OptimConfig(), rtd), _our_loss, flops),
             lambda: Contender("HF ELECTRA (shared embeddings)", HFElectra(common, 0.25), lambda m, b: m(b), flops))
 
@@ -201,10 +295,10 @@ class Worker:
     (measured; ours none once warm), and the allocator state each model leaves moved the other's speed by
     5-20% either way; switching precision within one process does the same."""
 
-    def __init__(self, kind: str, which: int, bf16: bool, steps: int):
+    def __init__(self, kind: str, which: int, bf16: bool, steps: int, shape: Shape = SMALL):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "experiments.bench", "--worker", kind, str(which), str(int(bf16)), str(steps)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            [sys.executable, "-m", "experiments.bench", "--worker", kind, str(which), str(int(bf16)), str(steps),
+             json.dumps(asdict(shape))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         hello = self._reply()
         self.name, self.flops_per_token = hello["name"], hello["flops_per_token"]
 
@@ -227,13 +321,13 @@ class Worker:
 WORKER_REPLY = "BENCH-WORKER "
 
 
-def _worker(kind: str, which: int, bf16: bool, steps: int) -> None:
+def _worker(kind: str, which: int, bf16: bool, steps: int, shape: Shape) -> None:
     """The worker's side: build the model and the batches (seeded: both workers train on the same ones),
     then time `count` training steps per request."""
     use_all_cores()
-    contender = contenders(kind, only=which)[which]
+    contender = contenders(kind, shape, only=which)[which]
     generator = torch.Generator().manual_seed(0)
-    batches = [random_batch(generator, SMALL["vocab_size"]) for _ in range(steps)]
+    batches = [random_batch(generator, shape) for _ in range(steps)]
     print(WORKER_REPLY + json.dumps({"name": contender.name, "flops_per_token": contender.flops_per_token}), flush=True)
     for request in sys.stdin:
         count = int(request)
@@ -243,12 +337,20 @@ def _worker(kind: str, which: int, bf16: bool, steps: int) -> None:
         print(WORKER_REPLY + json.dumps({"seconds_per_step": (time.perf_counter() - start) / count}), flush=True)
 
 
-def measure(kind: str, precisions: list[bool], steps: int, rounds: int) -> list[dict]:
+def measure(kind: str, precisions: list[bool], steps: int, rounds: int, shape: Shape = SMALL,
+            bf16: tuple[bool, str] | None = None) -> list[dict]:
     """Per precision, ours and HF's, each in its worker, interleaved round by round on the same batches;
-    the median step time of each."""
+    the median step time of each. `bf16` is `bf16_rows()`'s answer (asked here when not given): where it
+    says no, a bf16 precision becomes one skipped row, with the reason, and no worker is started for it."""
+    if bf16 is None:
+        bf16 = bf16_rows() if True in precisions else (False, "")
+    runs_bf16, reason = bf16
     rows = []
-    for bf16 in precisions:
-        pair = (Worker(kind, 0, bf16, steps), Worker(kind, 1, bf16, steps))
+    for use_bf16 in precisions:
+        if use_bf16 and not runs_bf16:
+            rows.append({"kind": kind, "precision": "bf16", "skipped": reason})
+            continue
+        pair = (Worker(kind, 0, use_bf16, steps, shape), Worker(kind, 1, use_bf16, steps, shape))
         try:
             for worker in pair:  # warm-up: first calls allocate and pick kernels
                 worker.seconds_per_step(2)
@@ -261,8 +363,8 @@ def measure(kind: str, precisions: list[bool], steps: int, rounds: int) -> list[
                 worker.close()
         medians = [statistics.median(seconds) for seconds in times]
         for worker, seconds in zip(pair, medians):
-            tokens_per_s = BATCH * LENGTH / seconds
-            rows.append({"model": worker.name, "precision": "bf16" if bf16 else "fp32",
+            tokens_per_s = shape.tokens_per_step / seconds
+            rows.append({"model": worker.name, "precision": "bf16" if use_bf16 else "fp32",
                          "step_s": round(seconds, 4), "tokens_per_s": round(tokens_per_s),
                          "model_flops_per_token": f"{worker.flops_per_token:.3e}",
                          "achieved_gflops": round(worker.flops_per_token * tokens_per_s / 1e9, 1)})
@@ -270,86 +372,173 @@ def measure(kind: str, precisions: list[bool], steps: int, rounds: int) -> list[
     return rows
 
 
-def peak_memory_mb(kind: str, which: int, bf16: bool) -> float:
+def peak_memory_mb(kind: str, which: int, bf16: bool, shape: Shape = SMALL) -> float:
     """Peak RSS of a fresh process running 3 steps of one model (CPU has no allocator counter)."""
-    done = subprocess.run([sys.executable, "-m", "experiments.bench", "--memory-child", kind, str(which), str(int(bf16))],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-m", "experiments.bench", "--memory-child", kind, str(which), str(int(bf16)),
+                           json.dumps(asdict(shape))], capture_output=True, text=True, cwd=ROOT)
     return float(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else float("nan")
 
 
-def _memory_child(kind: str, which: int, bf16: bool) -> None:
+def _memory_child(kind: str, which: int, bf16: bool, shape: Shape) -> None:
     use_all_cores()
-    contender = contenders(kind, only=which)[which]
+    contender = contenders(kind, shape, only=which)[which]
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
-        contender.step(random_batch(generator, SMALL["vocab_size"]), bf16)
+        contender.step(random_batch(generator, shape), bf16)
     print(peak_rss_mb())
+
+
+# ----------------------------------------------------------------------------- the default preset
+
+
+def default_preset() -> str:
+    """The preset a table trains at when none is named. Read when the bench runs, as presets.py and the
+    Makefile stand then: presets.py's own default where it names one (a `default_preset()` function or a
+    module-level DEFAULT_PRESET / DEFAULT), else the Makefile's `PRESET ?= ...`."""
+    from experiments import presets
+
+    named = presets.default_preset() if callable(getattr(presets, "default_preset", None)) else None
+    for attribute in ("DEFAULT_PRESET", "DEFAULT"):
+        if named is None:
+            named = getattr(presets, attribute, None)
+    if named is not None:
+        return named.name if isinstance(named, presets.Preset) else str(named)
+    makefile = ROOT / "Makefile"
+    found = re.search(r"^PRESET\s*\?=\s*(\S+)", makefile.read_text(), re.MULTILINE) if makefile.exists() else None
+    if found is None:
+        raise RuntimeError("no default preset: experiments/presets.py names none and the Makefile has no 'PRESET ?='")
+    return found.group(1)
+
+
+def preset_shape(name: str) -> tuple[Shape, int]:
+    """The shape an MLM row trains at under preset `name` (its sizes, sequence, batch and vocabulary, as
+    experiments.presets.configure makes them) and the row's pretraining budget in tokens."""
+    from experiments.presets import configure, get_preset
+    from experiments.spec import RunConfig
+
+    config = configure(RunConfig(), get_preset(name), {})
+    encoder, data = config.encoder, config.data
+    shape = Shape(num_layers=encoder.num_layers, hidden_size=encoder.hidden_size, num_heads=encoder.num_heads,
+                  ffn_size=encoder.ffn_size, vocab_size=data.tokenizer.vocab_size, max_positions=encoder.max_positions,
+                  batch=max(1, config.tokens_per_step // data.block_size), length=data.block_size,
+                  dropout=encoder.dropout, attention_dropout=encoder.attention_dropout)
+    return shape, config.train_tokens
+
+
+def bench_default_preset(name: str, bf16: bool, steps: int, rounds: int) -> dict:
+    """Ours vs HF's MLM at the preset's shape, in the precision a training run uses, and what a row's
+    pretraining (train_tokens, no evaluation or fine-tuning) then takes with each."""
+    shape, train_tokens = preset_shape(name)
+    rows = measure("default", [bf16], steps, rounds, shape, bf16=(True, ""))
+    for row in rows:
+        row["pretraining_minutes"] = round(train_tokens / row["tokens_per_s"] / 60, 2)
+    return {"preset": name, "shape": asdict(shape), "train_tokens": train_tokens, "rows": rows}
 
 
 # ------------------------------------------------------------------------------------ data vs step
 
 
-def bench_batch_building(steps: int) -> dict:
-    from ablations.config import EncoderConfig
+def bench_batch_building(steps: int, bf16: bool) -> dict:
     from datamodules.pretraining import PretrainingDataConfig, PretrainingDataModule, TokenBudgetBatches, collate
     from lightning_modules.base import OptimConfig
     from lightning_modules.mlm import MLMModule
 
-    data = PretrainingDataModule(PretrainingDataConfig(block_size=LENGTH, tokens_per_batch=BATCH * LENGTH), seed=0)
+    data = PretrainingDataModule(PretrainingDataConfig(block_size=SMALL.length, tokens_per_batch=SMALL.tokens_per_step),
+                                 seed=0)
     data.setup()
-    batches = TokenBudgetBatches(data.train_set, BATCH * LENGTH, seed=0, shuffle=True)._all_batches()[:steps]
+    batches = TokenBudgetBatches(data.train_set, SMALL.tokens_per_step, seed=0, shuffle=True)._all_batches()[:steps]
     start = time.perf_counter()
     built = [collate([data.train_set[i] for i in batch]) for batch in batches]
     build_s = (time.perf_counter() - start) / len(batches)
-    model = Contender("ours MLM", MLMModule(EncoderConfig(**(SMALL | {"vocab_size": data.vocab_size})), OptimConfig()),
-                      _our_loss, 0.0)
-    model.step(built[0], True)
+    shape = dataclasses.replace(SMALL, vocab_size=data.vocab_size)
+    model = Contender("ours MLM", MLMModule(shape.encoder(), OptimConfig()), _our_loss, 0.0)
+    model.step(built[0], bf16)
     start = time.perf_counter()
     for batch in built:
-        model.step(batch, True)
+        model.step(batch, bf16)
     step_s = (time.perf_counter() - start) / len(built)
-    return {"build_and_mask_batch_ms": round(build_s * 1000, 2), "train_step_ms": round(step_s * 1000, 1),
-            "batch_share_of_step": round(build_s / step_s, 4)}
+    return {"precision": "bf16" if bf16 else "fp32", "build_and_mask_batch_ms": round(build_s * 1000, 2),
+            "train_step_ms": round(step_s * 1000, 1), "batch_share_of_step": round(build_s / step_s, 4)}
+
+
+def _print_rows(kind: str, rows: list[dict]) -> None:
+    for row in rows:
+        if "skipped" in row:
+            continue
+        print(f"{kind:8} {row['model']:32} {row['precision']:5} {row['tokens_per_s']:>8,} tokens/s  "
+              f"{row['achieved_gflops']:>6} GFLOP/s  peak {row['peak_rss_mb']:>5} MB"
+              + (f"  speedup x{row['speedup_vs_hf']}" if "speedup_vs_hf" in row else "")
+              + (f"  pretraining {row['pretraining_minutes']} min" if "pretraining_minutes" in row else ""))
+
+
+def _add_peak_memory(kind: str, rows: list[dict], shape: Shape) -> None:
+    for row in rows:
+        if "skipped" not in row:
+            which = 0 if row["model"].startswith("ours") else 1
+            row["peak_rss_mb"] = round(peak_memory_mb(kind, which, row["precision"] == "bf16", shape))
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer steps, no 10x corpus")
-    parser.add_argument("--only", default="preprocess,batch,mlm,deberta,rtd")
+    parser.add_argument("--only", default="preprocess,batch,mlm,deberta,rtd,default",
+                        help="comma-separated parts (default: all of them)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 rows where a training run here uses bf16 (experiments.runner.default_precision); "
+                             "fp32: this CPU has no bf16 (skip them); bf16: run them anyway")
+    parser.add_argument("--preset", default=None, help="whose shape the 'default' part times (default: the default preset)")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "bench.json")
     parser.add_argument("--preprocess-child", nargs=2, help=argparse.SUPPRESS)
-    parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.preprocess_child:
         return _preprocess_child(args.preprocess_child[0], int(args.preprocess_child[1]))
     if args.worker:
-        kind, which, bf16, steps = args.worker
-        return _worker(kind, int(which), bool(int(bf16)), int(steps))
+        kind, which, bf16, steps, shape = args.worker
+        return _worker(kind, int(which), bool(int(bf16)), int(steps), Shape(**json.loads(shape)))
     if args.memory_child:
-        return _memory_child(args.memory_child[0], int(args.memory_child[1]), bool(int(args.memory_child[2])))
+        kind, which, bf16, shape = args.memory_child
+        return _memory_child(kind, int(which), bool(int(bf16)), Shape(**json.loads(shape)))
     use_all_cores()
     parts = args.only.split(",")
+    unknown = set(parts) - {"preprocess", "batch", *KINDS}
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(sorted(unknown))} (valid: preprocess, batch, {', '.join(KINDS)})")
     steps, rounds = (3, 2) if args.quick else (5, 4)
-    report = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}}
+    report = {"machine": machine()}
+    caps = report["machine"].get("emulated_isa_caps")
+    print(f"machine: {report['machine']['cpu']}, {report['machine']['cpus']} CPUs, torch {torch.__version__} "
+          f"({report['machine']['torch_cpu_capability']} kernels)"
+          + (f"; instruction sets capped by {', '.join(f'{k}={v}' for k, v in caps.items())}: the figures are of "
+             "an emulated CPU, not a real one" if caps else ""))
+    runs_bf16, reason = bf16_rows(args.precision)
+    report["machine"]["bf16_rows"] = reason
+    print(reason + ("; the caps do not change that test (it reads the CPU): --precision fp32 emulates a CPU without bf16"
+                    if caps and runs_bf16 else ""))
     if "preprocess" in parts:
         report["preprocessing"] = bench_preprocessing(include_10x=not args.quick)
         print("preprocessing:", json.dumps(report["preprocessing"]))
     if "batch" in parts:
-        report["batch_vs_step"] = bench_batch_building(steps=10 if args.quick else 30)
+        report["batch_vs_step"] = bench_batch_building(steps=10 if args.quick else 30, bf16=runs_bf16)
         print("batch vs step:", json.dumps(report["batch_vs_step"]))
-    for kind, precisions in (("mlm", [False, True]), ("deberta", [False, True]), ("rtd", [True])):
+    for kind, precisions in (("mlm", [False, True]), ("deberta", [False, True]), ("rtd", [False, True])):
         if kind not in parts:
             continue
-        rows = measure(kind, precisions, steps, rounds)
-        for row in rows:
-            which = 0 if row["model"].startswith("ours") else 1
-            row["peak_rss_mb"] = round(peak_memory_mb(kind, which, row["precision"] == "bf16"))
-            print(f"{kind:8} {row['model']:32} {row['precision']:5} {row['tokens_per_s']:>8,} tokens/s  "
-                  f"{row['achieved_gflops']:>6} GFLOP/s  peak {row['peak_rss_mb']:>5} MB"
-                  + (f"  speedup x{row['speedup_vs_hf']}" if "speedup_vs_hf" in row else ""))
+        rows = measure(kind, precisions, steps, rounds, bf16=(runs_bf16, reason))
+        _add_peak_memory(kind, rows, SMALL)
+        _print_rows(kind, rows)
         report[kind] = rows
+    if "default" in parts:
+        name = args.preset or default_preset()
+        result = bench_default_preset(name, runs_bf16, steps, rounds)
+        shape = Shape(**result["shape"])
+        _add_peak_memory("default", result["rows"], shape)
+        print(f"preset {name} ({'default' if args.preset is None else 'asked for'}): {shape.describe()}; "
+              f"a row pretrains on {result['train_tokens']:,} tokens")
+        _print_rows("default", result["rows"])
+        report["default_preset"] = result
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2))
     print(f"written: {args.output}")

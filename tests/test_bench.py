@@ -14,3 +14,66 @@ def test_workers_time_both_models_on_the_same_batches_and_report_a_ratio():
     # the ratio is HF's median step time over ours (both rounded for the table)
     assert abs(rows[0]["speedup_vs_hf"] - rows[1]["step_s"] / rows[0]["step_s"]) < 0.02
     json.dumps(rows)  # what results/bench.json holds
+
+
+def _cpu_reports(monkeypatch, precision: str) -> None:
+    """Make the runner's test of the machine (experiments.runner.default_precision) answer `precision`."""
+    from experiments import runner
+
+    monkeypatch.setattr(runner, "default_precision", lambda: precision)
+
+
+def test_the_runners_test_and_the_precision_switch_decide_whether_bf16_rows_run(monkeypatch):
+    _cpu_reports(monkeypatch, "bf16-mixed")
+    assert bench.bf16_rows("auto")[0]
+    assert not bench.bf16_rows("fp32")[0]  # the switch: say this CPU has no bf16 (or emulate one without)
+    _cpu_reports(monkeypatch, "32-true")
+    runs, reason = bench.bf16_rows("auto")
+    assert not runs and "32-true" in reason and "default_precision" in reason
+    assert bench.bf16_rows("bf16")[0]  # asked for explicitly, they run anyway
+    with pytest.raises(ValueError, match="unknown precision"):
+        bench.bf16_rows("fp16")
+    with pytest.raises(SystemExit):  # the switch is the command line's --precision
+        bench.main(["--precision", "fp16"])
+
+
+@pytest.mark.slow(seconds=25)
+def test_bf16_rows_are_skipped_not_run_on_a_cpu_without_bf16(monkeypatch):
+    """The worker protocol with bf16 reported unsupported: fp32 workers run, no bf16 worker is started,
+    and the bf16 row is a skipped row that says why."""
+    _cpu_reports(monkeypatch, "32-true")
+    started = []
+
+    class RecordingWorker(bench.Worker):
+        def __init__(self, kind, which, bf16, steps, shape=bench.SMALL):
+            started.append(bf16)
+            super().__init__(kind, which, bf16, steps, shape)
+
+    monkeypatch.setattr(bench, "Worker", RecordingWorker)
+    tiny, _ = bench.preset_shape("smoke")  # the smoke preset's model: fast steps
+    rows = bench.measure("mlm", precisions=[False, True], steps=1, rounds=1, shape=tiny)
+    assert started == [False, False]  # ours and HF's in fp32; nothing in bf16
+    measured, skipped = rows[:2], rows[2:]
+    assert [row["precision"] for row in measured] == ["fp32", "fp32"] and all(row["tokens_per_s"] > 0 for row in measured)
+    assert len(skipped) == 1 and skipped[0]["precision"] == "bf16" and "no bf16" in skipped[0]["skipped"]
+    json.dumps(rows)
+
+
+@pytest.mark.slow(seconds=25)
+def test_the_default_presets_shape_is_read_from_the_presets_and_priced_per_row():
+    from experiments.presets import PRESETS, configure, get_preset
+    from experiments.spec import RunConfig
+
+    assert bench.default_preset() in PRESETS
+    config = configure(RunConfig(), get_preset("smoke"), {})
+    shape, train_tokens = bench.preset_shape("smoke")
+    assert (shape.hidden_size, shape.num_layers, shape.length) == (config.encoder.hidden_size, config.encoder.num_layers,
+                                                                   config.data.block_size)
+    assert shape.tokens_per_step == config.data.tokens_per_batch and train_tokens == config.train_tokens
+    result = bench.bench_default_preset("smoke", bf16=False, steps=1, rounds=1)
+    assert result["preset"] == "smoke" and result["train_tokens"] == train_tokens
+    ours, hf = result["rows"]
+    assert ours["model"] == "ours MLM" and hf["model"] == "HF BertForMaskedLM" and "speedup_vs_hf" in ours
+    for row in (ours, hf):  # a row's pretraining at that speed: its token budget over tokens per second
+        assert row["pretraining_minutes"] == pytest.approx(train_tokens / row["tokens_per_s"] / 60, abs=0.006)
+    json.dumps(result)
