@@ -54,6 +54,19 @@ def test_a_probe_reads_a_label_its_features_determine_and_not_a_shuffled_one():
     assert probe_metrics(encoder, {"linear": linear})[0] == metrics  # deterministic for an encoder and data
 
 
+def test_a_regression_task_is_probed_by_ridge_regression_with_its_correlation_metric():
+    from experiments.evaluations.probes import fit_probe
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(600, 16))
+    target = features @ rng.normal(size=16) + 0.1 * rng.normal(size=600)
+    score, c = fit_probe(features[:400], target[:400], features[400:], target[400:], "pearson_spearman", regression=True)
+    assert score > 95 and c in (1.0, 10.0, 100.0)  # a linear target: the weakest regularisation wins
+    noise, _ = fit_probe(features[:400], rng.permutation(target[:400]), features[400:], target[400:],
+                         "pearson_spearman", regression=True)
+    assert abs(noise) < 25, noise
+
+
 # -- minimal pairs ------------------------------------------------------------------------------------
 
 CYCLE, FIRST = 20, 5  # a language whose every token is followed by the next one, mod 20
@@ -229,3 +242,19 @@ def test_the_word_order_column_and_problem_follow_each_seed():
     rtd = {"adjacent_attention": [3.1], "generator_mlm_loss": [5.9], "unigram_loss": [7.0], "bigram_loss": [5.0]}
     assert word_order_cell(rtd) == "learned (3.1x)"  # the discriminator's attention, the generator's loss
     assert word_order_cell({"mlm_loss": [6.0]}) == "-" and word_order_problem({"mlm_loss": [6.0]}) is None
+
+
+def test_the_count_models_are_counted_once_per_tokenized_corpus(tmp_path):
+    import math
+
+    from experiments.evaluations.heldout import count_model_cross_entropy
+
+    cycle = np.tile(np.arange(4, 8, dtype=np.int32), 200)
+    corpus = SimpleNamespace(vocab_size=10, directory=tmp_path / "tokens-a", train=SimpleNamespace(tokens=cycle),
+                             val=SimpleNamespace(tokens=cycle[:80]))
+    first = count_model_cross_entropy(corpus)
+    assert first["unigram"] == pytest.approx(math.log(4), abs=0.01) and first["left_bigram"] < 0.1
+    corpus.train = SimpleNamespace(tokens=np.random.default_rng(0).integers(4, 8, 800).astype(np.int32))
+    assert count_model_cross_entropy(corpus) == first  # the same corpus (its cache directory): not counted again
+    corpus.directory = tmp_path / "tokens-b"  # another tokenized corpus: counted on its own tokens
+    assert count_model_cross_entropy(corpus)["left_bigram"] > 1.0

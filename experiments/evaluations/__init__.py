@@ -5,6 +5,8 @@
     minimal_pairs.py  a zero-shot grammar score: pseudo-log-likelihood of minimal pairs
     probes.py         linear probes of the frozen encoder on every downstream task
     finetuning.py     fine-tuning on every downstream task (the median of `finetune.seeds` runs)
+    early_points.py   ELECTRA Table 1's early points: the row fine-tuned and probed at fractions of training
+    trained.py        a trained row loaded back from its checkpoint (`word-order`, `export`)
 
 Each is a function of an encoder (or a trained module) and data. A row (experiments.runner.run_row) runs
 them all through `evaluate_pretrained` and `fine_tune_all`, `python -m experiments word-order` runs the word

@@ -101,11 +101,14 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, dev_x: np.ndarray, dev_y
     smaller C on a tie), then the probe is refitted on the whole training set."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
+    from threadpoolctl import threadpool_limits
 
     labels = train_y if not regression and np.bincount(train_y.astype(int)).min() >= 2 else None
     fit_x, select_x, fit_y, select_y = train_test_split(train_x, train_y, test_size=SELECTION_SHARE,
                                                         random_state=SELECTION_SEED, stratify=labels)
-    with warnings.catch_warnings():
+    # one BLAS thread: these matrices are small, and on a busy machine (a second sweep, another worker) two
+    # OpenBLAS threads spin for a core: the 7 fits of one probe took 13 s with two and 0.18 s with one
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
         # a few lbfgs runs at the largest C stop at MAX_ITERATIONS; their fit is deterministic all the same
         warnings.simplefilter("ignore", ConvergenceWarning)
         selection = [task_score(metric, select_y, _model(regression, c).fit(fit_x, fit_y).predict(select_x))
