@@ -158,8 +158,10 @@ def summary(run: dict) -> dict:
     both = first(points, lambda q: max(q["most_local"]) >= LOCAL_MULTIPLE and q["mlm_loss"] is not None
                  and q["mlm_loss"] <= middle)
     last = points[-1] if points else None
-    return {"local": local, "below": below, "escaped": both, "last": last,
-            "finished": bool(last) and last["step"] >= run["steps"]}
+    interval = points[1]["step"] - points[0]["step"] if len(points) > 1 else run["steps"]
+    lowest = min((q for q in points if q["mlm_loss"] is not None), key=lambda q: q["mlm_loss"], default=None)
+    return {"local": local, "below": below, "escaped": both, "last": last, "lowest": lowest,
+            "finished": bool(last) and last["step"] > run["steps"] - interval}
 
 
 def _tokens(point: dict | None) -> str:
@@ -171,7 +173,8 @@ def report(args) -> None:
     if not runs:
         raise SystemExit(f"no runs under {STUDY_DIR / 'runs'}: start one with `python -m experiments.plateau run ...`")
     lines = ["| run | row | changes from the preset | steps x tokens/step | 3x adjacent at | MLM <= midpoint at | "
-             "escaped at | at the end: MLM, most local head per layer | AUC | time |", "|---" * 10 + "|"]
+             "escaped at | lowest held-out MLM (at) | at the end: MLM, most local head per layer | AUC | time |",
+             "|---" * 11 + "|"]
     for run in runs:
         s, last = summary(run), summary(run)["last"]
         changes = ", ".join(f"`{k}={v}`" for k, v in run["overrides"].items()) or "(none)"
@@ -179,7 +182,8 @@ def report(args) -> None:
         auc = f"{last['disc_auc']:.3f}" if last and last.get("disc_auc") is not None else ""
         state = "" if s["finished"] else f" (stopped at step {last['step'] if last else 0})"
         lines.append(f"| {run['name']} | {run['row']} | {changes} | {run['steps']:,} x {run['tokens_per_step']:,} | "
-                     f"{_tokens(s['local'])} | {_tokens(s['below'])} | **{_tokens(s['escaped'])}** | {end}{state} | "
+                     f"{_tokens(s['local'])} | {_tokens(s['below'])} | **{_tokens(s['escaped'])}** | "
+                     f"{s['lowest']['mlm_loss']:.3f} ({_tokens(s['lowest'])}) | {end}{state} | "
                      f"{auc} | {last['seconds'] / 60 if last else 0:.1f} min |")
     table = "\n".join(lines)
     plot(runs, STUDY_DIR / "curves.png")
@@ -192,7 +196,7 @@ def report(args) -> None:
             f"left-bigram ({first_run['count_models']['left_bigram']:.3f}) count models "
             f"({midpoint(first_run['count_models']):.3f} nats on the default corpus). Tokens are padded training tokens "
             f"at the first held-out evaluation that met the threshold (evaluations are evenly spaced, so this is an "
-            f"upper bound within one interval).\n\n{table}\n\n![curves](curves.png)\n\nTo reproduce:\n\n{commands}\n")
+            f"upper bound within one interval). Time is wall-clock on a shared 2-core machine, one thread per run and two runs side by side, some of them slowed by other jobs: compare runs by tokens, not by time.\n\n{table}\n\n![curves](curves.png)\n\nTo reproduce:\n\n{commands}\n")
     (STUDY_DIR / "README.md").write_text(text)
     print(text)
 

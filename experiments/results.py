@@ -23,7 +23,7 @@ from experiments.evaluations.probes import PROBE_FEATURE
 from experiments.evaluations.word_order import LEARNED_ADJACENT_MULTIPLE, word_order_cell
 from experiments.verdicts import (INCONCLUSIVE, Calibration, Noise, combine, judge, learning_problems,
                                   load_calibration, row_kind)
-from experiments.spec import PROBE_AVERAGE, Claim, Experiment, lower_is_better
+from experiments.spec import DEPARTURES, PROBE_AVERAGE, Claim, Experiment, departures, lower_is_better
 from lightning_modules.base import describe
 
 
@@ -43,6 +43,7 @@ class RowSummary:
     tasks: list[str] = field(default_factory=list)  # the downstream tasks it was fine-tuned on
     corpus: dict = field(default_factory=dict)  # the corpus it was pretrained on (its config's data.corpus)
     kind: str = "absolute-mlm"  # whose calibrated noise its claims use (experiments.verdicts.KINDS)
+    departures: dict = field(default_factory=dict)  # the departure switches it trained with (spec.departures)
 
     def mean(self, metric: str) -> float:
         values = self.values.get(metric, [])
@@ -71,6 +72,7 @@ def load_rows(experiment: Experiment, directory: Path) -> dict[str, RowSummary]:
         summary.tasks = list(record["config"].get("tasks", []))
         summary.corpus = record["config"]["data"]["corpus"]
         summary.kind = row_kind(record["config"])
+        summary.departures = departures(record["config"])
         summary.wall_time_s.append(record["wall_time_s"])
         summary.curves.append(directory / record["curves"])
         commit = record["git_commit"]
@@ -217,6 +219,10 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
         table.append(cells)
     noise = load_calibration(preset)
     verdicts = [(c, *check_claim(c, rows, order, noise)) for c in experiment.checked_claims]
+    used = {f"{path}={value}": [name for name in order if name in rows and rows[name].departures.get(path) == value]
+            for s in rows.values() for path, value in s.departures.items()}
+    # a departure that changes how every row learns makes every claim of the table the suite's proxy
+    regime = sorted(d for d in used if DEPARTURES[d.split("=")[0]])
     unlearned = {name: problems for name, s in rows.items()
                  if (problems := learning_problems(s.values, [task_name(t) for t in s.tasks]))}
     optimisers: dict[str, list[str]] = {}  # one line per distinct setting, with the rows that used it
@@ -229,7 +235,9 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
     plots = _plots(experiment, rows, directory, majority, set(unlearned))
     payload = {"experiment": experiment.id, "title": experiment.title, "paper": experiment.paper, "preset": preset,
                "built": stamp, "commits": commits, "header": header, "rows": table, "budget": experiment.budget,
-               "claims": [{"claim": c.text, "source": c.source, "verdict": v, "effect": e} for c, v, e in verdicts],
+               "claims": [{"claim": c.text, "source": "proxy" if regime else c.source, "verdict": v, "effect": e}
+                          for c, v, e in verdicts],
+               "departures": used,
                "majority_baselines": majority, "optimisers": optimisers, "plots": plots,
                "noise": noise.source, "did_not_learn": unlearned,
                "minimal_pairs": {name: {kind: round(s.mean(f"minimal_pairs_{kind}"), 1) for kind in PAIR_KINDS
@@ -260,6 +268,10 @@ def render_markdown(experiment: Experiment, payload: dict) -> str:
         out.write(f"Pretraining corpus: {'; '.join(payload['corpus'])}.\n\n")
     if payload.get("overrides"):
         out.write(f"Run with overrides (every row): {', '.join(f'`{o}`' for o in payload['overrides'])}.\n\n")
+    if payload.get("departures"):
+        out.write("Departures from the papers (docs/faithfulness.md): " + "; ".join(
+            f"`{d}` ({'every row' if len(names) == len(payload['rows']) else ', '.join(names)})"
+            for d, names in payload["departures"].items()) + ".\n\n")
     header = payload["header"]
     out.write("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
     for row in payload["rows"]:
@@ -290,8 +302,8 @@ def render_markdown(experiment: Experiment, payload: dict) -> str:
         out.write(f"\n**{name} decides no claim**: {'; '.join(problems)}.\n")
     if payload["claims"]:
         out.write("\n## The paper's claims, checked on these numbers\n\n"
-                  "(paper): the paper states it; (proxy): the paper measured something else, and this is the "
-                  "suite's stand-in for it. Each effect is the mean paired difference over pretraining seeds with "
+                  "(paper): the paper states it; (proxy): the paper measured something else, or the rows train with a "
+                  "departure that changes how they learn (named above), and this is the suite's stand-in for it. Each effect is the mean paired difference over pretraining seeds with "
                   "its 95% interval; **holds** / **does not hold** when the whole interval is on one side of the "
                   f"claim's threshold, else **inconclusive** (noise for this preset: {payload.get('noise', '-')}).\n\n")
         for claim in payload["claims"]:

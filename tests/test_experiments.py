@@ -35,7 +35,7 @@ def test_list_shows_every_table_with_its_make_target():
 
 @pytest.mark.parametrize("args, message", [
     (["run", "ablation-unknown", "--preset", "smoke"], "unknown experiment 'ablation-unknown' (valid: ablation-nsp"),
-    (["run", "ablation-nsp", "--preset", "huge"], "unknown preset 'huge' (valid: smoke, small, medium, base)"),
+    (["run", "ablation-nsp", "--preset", "huge"], "unknown preset 'huge' (valid: smoke, small, cpu, medium, base)"),
     (["run", "ablation-nsp", "--preset", "smoke", "--rows", "NO-SUCH-ROW"], "unknown row 'NO-SUCH-ROW'"),
     (["run", "ablation-nsp", "--preset", "smoke", "--tasks", "imdb"], "unknown downstream task 'imdb'"),
 ])
@@ -458,3 +458,14 @@ def test_every_experiment_and_row_smoke_runs(tmp_path):
     steps = {row[0]: int(row[efficiency["header"].index("steps")].replace(",", "")) for row in efficiency["rows"]}
     assert steps["All-Tokens MLM"] < steps["ELECTRA"] < steps["BERT"]  # equal FLOPs, dearer steps: fewer of them
     assert "Budget rule" in (tmp_path / "ablation-electra-efficiency" / "smoke" / "table.md").read_text()
+
+
+def test_departures_name_the_switches_a_preset_turns_on_and_base_turns_on_none():
+    from experiments.presets import PRESETS, configure
+    from experiments.spec import RunConfig, departures
+
+    assert departures(configure(RunConfig(), PRESETS["cpu"], {}).to_dict()) == {
+        "data.warmup_block_size": 32, "data.warmup_block_epochs": 1}
+    assert departures(configure(RunConfig(), PRESETS["base"], {}).to_dict()) == {}
+    assert departures(configure(RunConfig(), PRESETS["base"], {"optim.position_lr_scale": 10.0}).to_dict()) == {
+        "optim.position_lr_scale": 10.0}
