@@ -239,6 +239,9 @@ def test_the_word_order_column_and_problem_follow_each_seed():
     assert word_order_problem(values([1.0, 1.0], [6.6, 6.7])).startswith("still a bag of words: its most local head puts 1.0x")
     assert word_order_cell(values([4.0, 1.0, 3.5], [5.5, 6.6, 5.9])) == "learned in 2 of 3 seeds (2.8x)"
     assert " in 1 of 3 seeds" in word_order_problem(values([4.0, 1.0, 3.5], [5.5, 6.6, 5.9]))
+    # local attention whose MLM loss has not followed (the cpu preset's rows): neither learned nor a bag of words
+    assert word_order_cell(values([8.0], [6.37])) == "attends locally, MLM not yet (8.0x, 6.37 > 6.00)"
+    assert word_order_problem(values([8.0], [6.37])).startswith("not yet word order: its most local head puts 8.0x")
     rtd = {"adjacent_attention": [3.1], "generator_mlm_loss": [5.9], "unigram_loss": [7.0], "bigram_loss": [5.0]}
     assert word_order_cell(rtd) == "learned (3.1x)"  # the discriminator's attention, the generator's loss
     assert word_order_cell({"mlm_loss": [6.0]}) == "-" and word_order_problem({"mlm_loss": [6.0]}) is None
