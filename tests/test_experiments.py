@@ -469,3 +469,19 @@ def test_departures_name_the_switches_a_preset_turns_on_and_base_turns_on_none()
     assert departures(configure(RunConfig(), PRESETS["base"], {}).to_dict()) == {}
     assert departures(configure(RunConfig(), PRESETS["base"], {"optim.position_lr_scale": 10.0}).to_dict()) == {
         "optim.position_lr_scale": 10.0}
+
+
+def test_the_escape_study_records_a_curve_and_reports_it(tmp_path):
+    """`python -m experiments.plateau`: a smoke row's curve (held-out and training-block MLM, the most local head
+    per layer) appended per evaluation, then the table and plot; no runs is a clear error."""
+    from experiments.plateau import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["report", "--dir", str(tmp_path)])
+    assert stop.value.code == 2
+    main(["run", "tiny", "--preset", "smoke", "--evals", "2", "--dir", str(tmp_path)])
+    header, *points = [json.loads(line) for line in (tmp_path / "runs" / "tiny.jsonl").read_text().splitlines()]
+    assert header["steps"] == points[-1]["step"] and len(points) == 2 and header["precision"]
+    assert all(len(q["most_local"]) == 2 and q["mlm_loss"] > 0 and q["train_mlm_loss"] > 0 for q in points)
+    main(["report", "--dir", str(tmp_path)])
+    assert "| tiny | DOC-SENTENCES |" in (tmp_path / "README.md").read_text() and (tmp_path / "curves.png").exists()
