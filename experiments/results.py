@@ -287,8 +287,8 @@ def render_markdown(experiment: Experiment, payload: dict) -> str:
         out.write(f"\nWord order: **learned** when some layer's most local attention head puts at least "
                   f"{LEARNED_ADJACENT_MULTIPLE:g}x the uniform share on the adjacent tokens (the figure shown) and the "
                   f"held-out MLM loss (an RTD row's generator's) is at most the midpoint between a unigram and a "
-                  f"left-bigram count model of the training text; otherwise still a **bag of words**, which decides no "
-                  f"claim.\n")
+                  f"left-bigram count model of the training text. A row that has not (a **bag of words**, or one that "
+                  f"**attends locally** but whose MLM loss has not followed) decides no claim.\n")
     if PROBE_AVERAGE in header:
         out.write(f"\nLinear probes (`<task>_probe`, `{PROBE_AVERAGE}`): logistic regression on the frozen encoder's "
                   f"features ({PROBE_FEATURE.replace('_', ' ')}), its regularisation chosen on a fifth of the training "

@@ -236,12 +236,13 @@ def test_the_word_order_column_and_problem_follow_each_seed():
     assert word_order_cell(values([4.0, 4.4], [5.5, 5.6])) == "learned (4.2x)"
     assert word_order_problem(values([4.0, 4.4], [5.5, 5.6])) is None
     assert word_order_cell(values([1.0, 1.0], [6.6, 6.7])) == "bag of words (1.0x)"
-    assert word_order_problem(values([1.0, 1.0], [6.6, 6.7])).startswith("still a bag of words: its most local head puts 1.0x")
+    assert word_order_problem(values([1.0, 1.0], [6.6, 6.7])) == \
+        "still a bag of words: most local head 1.0x (< 3x), held-out MLM loss 6.650 (> 6.000, the count models' midpoint)"
     assert word_order_cell(values([4.0, 1.0, 3.5], [5.5, 6.6, 5.9])) == "learned in 2 of 3 seeds (2.8x)"
     assert " in 1 of 3 seeds" in word_order_problem(values([4.0, 1.0, 3.5], [5.5, 6.6, 5.9]))
     # local attention whose MLM loss has not followed (the cpu preset's rows): neither learned nor a bag of words
     assert word_order_cell(values([8.0], [6.37])) == "attends locally, MLM not yet (8.0x, 6.37 > 6.00)"
-    assert word_order_problem(values([8.0], [6.37])).startswith("not yet word order: its most local head puts 8.0x")
+    assert word_order_problem(values([8.0], [6.37])).startswith("not yet word order: most local head 8.0x (>= 3x), held")
     rtd = {"adjacent_attention": [3.1], "generator_mlm_loss": [5.9], "unigram_loss": [7.0], "bigram_loss": [5.0]}
     assert word_order_cell(rtd) == "learned (3.1x)"  # the discriminator's attention, the generator's loss
     assert word_order_cell({"mlm_loss": [6.0]}) == "-" and word_order_problem({"mlm_loss": [6.0]}) is None

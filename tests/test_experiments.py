@@ -208,7 +208,7 @@ def test_a_bag_of_words_row_decides_no_claim(tmp_path):
     bag = RowSummary("B", [0, 1, 2], {"score": [70, 71, 70]} | words(1.0, 6.6), [], [], [], [], [], set())
     claim = Claim("A >= B", "at_least", "score", a="A", b="B")
     verdict, effect = check_claim(claim, {"A": learned, "B": bag}, ["A", "B"])
-    assert verdict == "inconclusive" and effect.startswith("B did not learn (still a bag of words: its most local head")
+    assert verdict == "inconclusive" and effect.startswith("B did not learn (still a bag of words: most local head 1.0x")
     assert "(measured: +10.67" in effect
     other = RowSummary("B", [0, 1, 2], {"score": [70, 71, 70]} | words(3.5, 5.9), [], [], [], [], [], set())
     assert check_claim(claim, {"A": learned, "B": other}, ["A", "B"])[0] == "holds"  # both learned word order

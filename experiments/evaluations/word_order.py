@@ -127,7 +127,8 @@ def word_order_problem(values: dict[str, list[float]]) -> str | None:
     unlearned = [s for s in seeds if not s[0]]
     where = "" if len(unlearned) == len(seeds) else f" in {len(unlearned)} of {len(seeds)} seeds"
     adjacent, mlm, threshold = (float(np.mean([s[i] for s in unlearned])) for i in (1, 2, 3))
-    state = "not yet word order" if all(s[1] >= LEARNED_ADJACENT_MULTIPLE for s in unlearned) else "still a bag of words"
-    return (f"{state}{where}: its most local head puts {adjacent:.1f}x the uniform share on adjacent "
-            f"tokens (word order: >= {LEARNED_ADJACENT_MULTIPLE:g}x) and its held-out MLM loss is {mlm:.3f} "
-            f"(word order: <= {threshold:.3f}, the midpoint of the unigram and left-bigram count models)")
+    local = all(s[1] >= LEARNED_ADJACENT_MULTIPLE for s in unlearned)
+    # short: a claim's verdict line repeats it for each row it involves that has not learned
+    return (f"{'not yet word order' if local else 'still a bag of words'}{where}: most local head {adjacent:.1f}x "
+            f"({'>=' if local else '<'} {LEARNED_ADJACENT_MULTIPLE:g}x), held-out MLM loss {mlm:.3f} "
+            f"({'<=' if mlm <= threshold else '>'} {threshold:.3f}, the count models' midpoint)")
