@@ -20,7 +20,8 @@ encoder. An RTD row is scored through its generator, the only part of it that pr
 
 Cost: one forward pass per token of every sentence scored (the masked copies of a sentence go through the
 encoder together, in batches of similar length), so only sentences of at most `MAX_WORDS` words are used
-and each original is scored once for both kinds.
+and each original is scored once for both kinds: on the news corpus 5,264 sentences, 2.6M token positions.
+At cpu (4 x 128, bf16, 2 cores) that took 16-19 s per NSP row, against 354-435 s of pretraining (2026-12-03).
 """
 from __future__ import annotations
 
