@@ -111,7 +111,6 @@ def _swap_pairs(rng, count):
     return MinimalPairs(sentences, [np.arange(len(s)) for s in sentences], {"swap": pairs})
 
 
-@pytest.mark.slow(seconds=5)
 def test_minimal_pairs_near_100_for_an_encoder_that_learned_the_order_and_50_for_one_that_cannot_see_it():
     from experiments.evaluations.minimal_pairs import minimal_pair_metrics
 
