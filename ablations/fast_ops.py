@@ -4,8 +4,12 @@
   weight gradient) go through oneDNN instead of torch's default BLAS. On AMD CPUs MKL's sgemm takes its
   AVX2 path even where AVX-512 is available; oneDNN dispatches on the CPU's instruction set and runs the
   same fp32 GEMM about 2.2x faster on the 2-core development machine (`make bench` measures the effect).
-  Results are fp32 GEMMs either way (no reduced-precision math mode). Under autocast, on GPUs, under
-  torch.compile (which picks its own GEMMs), or where oneDNN is missing, it is `F.linear`.
+  That edge is AVX-512's: capped to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2) both libraries run near the AVX2 FMA
+  peak, oneDNN 5-15% ahead on forward and input gradients, MKL as far ahead on long-reduction weight
+  gradients; routing those to MKL there did not show in a whole step (within the +-5% noise of a loaded
+  machine), so every GEMM stays on oneDNN. Results are fp32 GEMMs either way (no reduced-precision math
+  mode). Under autocast, on GPUs, under torch.compile (which picks its own GEMMs), or where oneDNN is
+  missing, it is `F.linear`.
 - `dropout` / `dropout_add`: on the CPU a mask from 16-bit slices of SplitMix64 random words (torch's
   Bernoulli sampler costs as much as a matmul of the same size), and the residual add fused with it.
 """
@@ -31,7 +35,8 @@ ONEDNN_LINEAR = _onednn_linear_available()
 
 def _onednn_mm_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b.T for 2-D fp32 a (M, K) and b (N, K), by oneDNN's inner product (the op torch.compile's CPU
-    backend uses for linear layers). Strided views are read in place."""
+    backend uses for linear layers). A strided (e.g. transposed) b is read in place; a strided a is first
+    copied to a contiguous tensor (by torch, inside the op)."""
     return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
 
 

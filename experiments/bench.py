@@ -84,9 +84,14 @@ SMALL = Shape(num_layers=4, hidden_size=256, num_heads=4, ffn_size=1024, vocab_s
               batch=32, length=128)
 
 
+THREADS_VARIABLE = "BENCH_THREADS"  # set by --threads, read by every process the bench starts
+
+
 def use_all_cores() -> None:
-    """Every process of the bench (coordinator, timing workers, memory probes) runs on the same threads."""
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 16)))
+    """Every process of the bench (coordinator, timing workers, memory probes) runs on the same threads:
+    all cores (up to 16), or --threads N (on a machine others share, 1 thread keeps ratios steadier)."""
+    asked = int(os.environ.get(THREADS_VARIABLE, "0") or 0)
+    torch.set_num_threads(asked if asked > 0 else max(1, min(os.cpu_count() or 1, 16)))
 
 
 # ------------------------------------------------------------------------------------- preprocessing
@@ -427,12 +432,19 @@ def preset_shape(name: str) -> tuple[Shape, int]:
 
 def bench_default_preset(name: str, bf16: bool, steps: int, rounds: int) -> dict:
     """Ours vs HF's MLM at the preset's shape, in the precision a training run uses, and what a row's
-    pretraining (train_tokens, no evaluation or fine-tuning) then takes with each."""
+    pretraining (train_tokens, no evaluation or fine-tuning) then takes with each. Every token is priced
+    at the preset's block size, also those of a sequence-length warm-up (shorter blocks: a little cheaper)."""
+    from experiments.presets import configure, get_preset
+    from experiments.spec import RunConfig
+
     shape, train_tokens = preset_shape(name)
     rows = measure("default", [bf16], steps, rounds, shape, bf16=(True, ""))
     for row in rows:
         row["pretraining_minutes"] = round(train_tokens / row["tokens_per_s"] / 60, 2)
-    return {"preset": name, "shape": asdict(shape), "train_tokens": train_tokens, "rows": rows}
+    data = configure(RunConfig(), get_preset(name), {}).data
+    warmup = {"warmup_block_size": data.warmup_block_size, "warmup_block_epochs": data.warmup_block_epochs} \
+        if data.warmup_block_epochs else {}
+    return {"preset": name, "shape": asdict(shape), "train_tokens": train_tokens, **warmup, "rows": rows}
 
 
 # ------------------------------------------------------------------------------------ data vs step
@@ -488,6 +500,8 @@ def main(argv=None) -> None:
                         help="auto: bf16 rows where a training run here uses bf16 (experiments.runner.default_precision); "
                              "fp32: this CPU has no bf16 (skip them); bf16: run them anyway")
     parser.add_argument("--preset", default=None, help="whose shape the 'default' part times (default: the default preset)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of every timed process (default: all cores, up to 16)")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "bench.json")
     parser.add_argument("--preprocess-child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
@@ -501,6 +515,10 @@ def main(argv=None) -> None:
     if args.memory_child:
         kind, which, bf16, shape = args.memory_child
         return _memory_child(kind, int(which), bool(int(bf16)), Shape(**json.loads(shape)))
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be >= 1")
+        os.environ[THREADS_VARIABLE] = str(args.threads)  # inherited by the workers and probes
     use_all_cores()
     parts = args.only.split(",")
     unknown = set(parts) - {"preprocess", "batch", *KINDS}
@@ -535,8 +553,10 @@ def main(argv=None) -> None:
         result = bench_default_preset(name, runs_bf16, steps, rounds)
         shape = Shape(**result["shape"])
         _add_peak_memory("default", result["rows"], shape)
+        warmup = (f" (its first {result['warmup_block_epochs']} pass(es) in {result['warmup_block_size']}-token blocks "
+                  "priced at the full length)") if "warmup_block_size" in result else ""
         print(f"preset {name} ({'default' if args.preset is None else 'asked for'}): {shape.describe()}; "
-              f"a row pretrains on {result['train_tokens']:,} tokens")
+              f"a row pretrains on {result['train_tokens']:,} tokens{warmup}")
         _print_rows("default", result["rows"])
         report["default_preset"] = result
     args.output.parent.mkdir(parents=True, exist_ok=True)
