@@ -93,13 +93,13 @@ def dispatch(args) -> None:
     if args.command == "index":
         print(write_index(results_dir, list(EXPERIMENTS.values())))
         return
-    from experiments.overrides import directory_name, parse_overrides
+    from experiments.overrides import directory_name, parse_overrides, split_tasks
 
     preset = get_preset(args.preset)
     if args.command == "calibrate":  # always the preset's own configuration: no overrides
         calibrate(preset, args.seeds, results_dir, args.output, args.kinds.split(",") if args.kinds else None)
         return
-    tasks = tuple(_split_tasks(args.tasks)) if args.tasks else None
+    tasks = tuple(split_tasks(args.tasks)) if args.tasks else None
     overrides = parse_overrides(args.set, args.corpus, tasks)
     if args.command == "table":
         experiment = get_experiment(args.experiment)
@@ -200,15 +200,6 @@ def finetune_cost(result: dict) -> dict | None:
     one_seed = every_seed - sum(sum(times[1:]) for times in runs.values())
     return {"ratio": round(every_seed / one_seed, 3), "row_s": every_seed, "pretraining_s": seconds["pretraining"],
             "finetune_s": runs}
-
-
-def _split_tasks(text: str) -> list[str]:
-    """Split on commas, keeping `files:train,validation` (and `NAME=files:train,validation`) together."""
-    parts, out = text.split(","), []
-    while parts:
-        part = parts.pop(0).strip()
-        out.append(f"{part},{parts.pop(0).strip()}" if "files:" in part and parts else part)
-    return out
 
 
 if __name__ == "__main__":

@@ -95,6 +95,15 @@ def parse_overrides(assignments: list[str], corpus: str | None = None, tasks: tu
     return overrides
 
 
+def split_tasks(text: str) -> list[str]:
+    """Split on commas, keeping `files:train,validation` (and `NAME=files:train,validation`) together."""
+    parts, out = text.split(","), []
+    while parts:
+        part = parts.pop(0).strip()
+        out.append(f"{part},{parts.pop(0).strip()}" if "files:" in part and parts else part)
+    return out
+
+
 def corpus_overrides(text: str) -> dict:
     """`files:PATH[,PATH...]` (text files, folders, JSON lines) or `hub:NAME[:CONFIG]` as corpus fields."""
     kind, _, rest = text.partition(":")

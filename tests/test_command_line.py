@@ -190,6 +190,30 @@ def test_word_order_reports_both_rows_and_explains_an_untrained_one(own_table, c
     assert code == 2 and "has no pretrained checkpoint" in stderr
 
 
+@pytest.mark.slow(seconds=15)
+@pytest.mark.xdist_group("own-table")
+def test_the_fine_tuning_spread_study_reruns_a_trained_rows_fine_tuning_and_reports_it(own_table, tmp_path):
+    """`python -m experiments.finetune_spread`: a trained row (named by its table's overrides) fine-tuned twice per
+    task with a changed setting, its runs written and reported; a non-fine-tuning --set is refused."""
+    from experiments.finetune_spread import main
+
+    results, args, _ = own_table
+    table = dict(zip(args[::2], args[1::2]))
+    study = ["--experiment", "ablation-deberta", "--row", "DeBERTa", "--preset", "smoke", "--results-dir", str(results),
+             "--corpus", table["--corpus"], "--tasks", table["--tasks"], "--table-set", "encoder.p2c_index=code",
+             "--table-set", "finetune.seeds=2", "--dir", str(tmp_path)]
+    main(["run", "low-lr", "--runs", "2", "--set", "finetune.peak_lr=5e-4", *study])
+    written = json.loads((tmp_path / "runs" / "low-lr.json").read_text())
+    assert written["finetune"]["peak_lr"] == 5e-4 and written["finetune"]["seeds"] == 2
+    assert list(written["runs"]) == ["reviews"] and len(written["runs"]["reviews"]) == 2
+    assert all(0 <= score <= 100 for score in written["runs"]["reviews"])
+    main(["report", "--dir", str(tmp_path)])
+    assert "| low-lr | DeBERTa (smoke) | `finetune.peak_lr=0.0005` | reviews | 2 |" in (tmp_path / "README.md").read_text()
+    with pytest.raises(SystemExit) as refused:
+        main(["run", "wrong", "--set", "optim.peak_lr=1e-3", *study])
+    assert refused.value.code == 2
+
+
 def test_calibrate_refuses_one_seed_and_reports_what_the_fine_tuning_seeds_cost():
     from experiments.__main__ import finetune_cost
 
