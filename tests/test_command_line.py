@@ -208,7 +208,7 @@ def test_the_fine_tuning_spread_study_reruns_a_trained_rows_fine_tuning_and_repo
     assert list(written["runs"]) == ["reviews"] and len(written["runs"]["reviews"]) == 2
     assert all(0 <= score <= 100 for score in written["runs"]["reviews"])
     main(["report", "--dir", str(tmp_path)])
-    assert "| low-lr | DeBERTa (smoke) | `finetune.peak_lr=0.0005` | reviews | 2 |" in (tmp_path / "README.md").read_text()
+    assert "| low-lr | DeBERTa seed 0 (smoke) | `finetune.peak_lr=0.0005` | reviews | 2 |" in (tmp_path / "README.md").read_text()
     with pytest.raises(SystemExit) as refused:
         main(["run", "wrong", "--set", "optim.peak_lr=1e-3", *study])
     assert refused.value.code == 2
