@@ -8,7 +8,7 @@
 fine-tunes it on each of the row's tasks `--runs` times, exactly as a row fine-tunes (seeds 0, 1000, 2000, ...
 above the pretraining seed), with the preset's fine-tuning settings changed by `--set finetune.*`, and writes
 every run's score and seconds to `docs/finetuning/runs/NAME.json`. A stopped study reruns only the runs it
-had not finished (they are recorded under the results directory). The encoder is the same for every run
+had not finished (they are recorded in the row's work folder, by settings). The encoder is the same for every run
 and every setting, so the spread is the fine-tuning's own. `report` gathers every setting into one table.
 """
 from __future__ import annotations
@@ -47,9 +47,9 @@ def run(args) -> None:
     p, module, data = load_trained_row(experiment, preset, args.row, args.seed, table_overrides, args.results_dir)
     config = apply_changes(p.config, changes | {"finetune.seeds": args.runs})
     encoder_config = module.discriminator_config() if config.objective == "rtd" else module.encoder.config
-    # the finished runs, by row and settings (not by name: the same settings under another name reuse them)
-    records = args.results_dir / "finetune-spread" / experiment.id / preset.name / f"{slug(args.row)}__seed{args.seed}"
-
+    # the finished runs, in the trained encoder's work folder, by settings (not by name: the same settings under
+    # another name reuse them)
+    records = p.work_dir / "finetune-spread"
     settings = dataclasses.asdict(config.finetune)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
