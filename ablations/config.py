@@ -30,6 +30,14 @@ class EncoderConfig:
     layer_norm_eps: float = 1e-5  # RoBERTa's value (BERT 1e-12, DeBERTa 1e-7; parity tests set them)
     pre_layer_norm: bool = False  # departure: the papers use post-LN; pre-LN trains more stably when small
     attention: str = "absolute"  # absolute (BERT/RoBERTa) | disentangled (DeBERTa)
+    # departure (docs/what-models-learn.md): a learned bias per head and relative distance (clipped to
+    # relative_span, as in Shaw et al. 2018 and T5), added to absolute attention's scores, starting at zero.
+    # At a CPU budget absolute positions alone do not get a small model to word order; never set it on a row
+    # whose claim is about position encoding (DeBERTa's table keeps RoBERTa-ReImp absolute)
+    relative_bias: bool = False
+    # the bias is stored divided by this gain: Adam moves a parameter by about the learning rate per step, so at
+    # lr 1e-3 a plain scalar could move about one logit in a 2,000-step run (T5 trains its bias at lr 1e-2)
+    relative_bias_gain: float = 10.0
     # DeBERTa's disentangled attention (He et al. 2021, §3.1) -----------------------------------------
     c2p: bool = True  # content-to-position term (off for the -C2P ablation)
     p2c: bool = True  # position-to-content term (off for the -P2C ablation)
@@ -70,6 +78,9 @@ class EncoderConfig:
             problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.p2c_index not in P2C_INDEX:
             problems.append(f"p2c_index must be one of {', '.join(P2C_INDEX)}")
+        if self.relative_bias and self.attention != "absolute":
+            problems.append(f"relative_bias adds relative positions to absolute attention; {self.attention} attention "
+                            "has its own (set encoder.relative_bias=false)")
         if self.position_buckets and self.position_buckets > self.relative_span:
             problems.append("position_buckets must be <= relative_span")
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "ffn_size", "max_positions"):

@@ -85,6 +85,9 @@ class Attention(nn.Module):
             self.position_key = Linear(hidden, hidden) if config.c2p else None
             self.position_query = Linear(hidden, hidden) if config.p2c else None
         self.scale = 1.0 / math.sqrt(config.head_size * (1 + self.position_terms))
+        # the relative_bias departure: one learned scalar per head and (clipped) distance, zero at the start
+        self.distance_bias = nn.Parameter(torch.zeros(config.num_heads, config.relative_table_size)) \
+            if config.relative_bias else None
 
     def _heads(self, x):
         """(B, L, H) -> (h, B, L, d), contiguous. Head-major: the same tensor is (h*B, L, d) for the
@@ -95,9 +98,9 @@ class Attention(nn.Module):
     def forward(self, x, key_padding_bias, relative=None, query_input=None):
         """x: keys/values (B, L, H); query_input: queries if they differ (the EMD), else x.
         key_padding_bias: (1, B, 1, L) additive, -inf at padded keys (head-major, like q, k, v).
-        relative: (table (2k, H), index (Lq, L)) for disentangled attention."""
+        relative: (table (2k, H), index (Lq, L)) for disentangled attention, (None, index) for relative_bias."""
         q, k, v = (self._heads(t) for t in self._project(x, query_input))
-        bias = key_padding_bias.to(q.dtype)  # cast the small tensor, never the (h, B, L, L) one
+        bias = self._bias(key_padding_bias.to(q.dtype), relative)  # cast the small tensor, never the (h, B, L, L) one
         if self.position_terms:
             bias = self._position_scores(q, k, *relative) + bias  # already scaled: see _scaled_positions
         p = self.config.attention_dropout if self.training else 0.0
@@ -118,10 +121,18 @@ class Attention(nn.Module):
         """The self-attention probabilities (h, B, L, L) that `forward` would use without dropout, written out
         in full (forward never materialises them on the SDPA path); for diagnostics, not for training."""
         q, k, _ = (self._heads(t) for t in self._project(x))
-        scores = q @ k.transpose(-1, -2) * self.scale + key_padding_bias.to(q.dtype)
+        scores = q @ k.transpose(-1, -2) * self.scale + self._bias(key_padding_bias.to(q.dtype), relative)
         if self.position_terms:
             scores = scores + self._position_scores(q, k, *relative)
         return scores.float().softmax(-1)
+
+    def _bias(self, key_padding_bias, relative):
+        """The additive bias before the position terms: key padding (1, B, 1, L), plus with relative_bias each
+        head's learned bias for the distance between query and key, (h, 1, Lq, L): together (h, B, Lq, L)."""
+        if self.distance_bias is None:
+            return key_padding_bias
+        distance_bias = self.distance_bias[:, relative[1]] * self.config.relative_bias_gain
+        return distance_bias.unsqueeze(1).to(key_padding_bias.dtype) + key_padding_bias
 
     def _project(self, x, query_input=None):
         """q, k, v (B, L, H). Self-attention runs the three projections as one GEMM over the concatenated
@@ -270,7 +281,8 @@ class Encoder(nn.Module):
             nn.init.zeros_(module.bias)
 
     def attention_inputs(self, attention_mask, length: int, device):
-        """The additive key-padding bias and, for disentangled attention, (relative table, delta index)."""
+        """The additive key-padding bias and, for disentangled attention, (relative table, delta index); with
+        relative_bias, (None, delta index)."""
         if attention_mask is None:
             bias = torch.zeros(1, 1, 1, length, device=device)
         else:
@@ -282,6 +294,8 @@ class Encoder(nn.Module):
             if self.relative_norm is not None:
                 table = self.relative_norm(table)
             relative = (table, relative_position_index(length, length, self.config, device))
+        elif self.config.relative_bias:
+            relative = (None, relative_position_index(length, length, self.config, device))
         return bias, relative
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, embedding_noise=None):

@@ -57,6 +57,9 @@ def _check_exportable(config: EncoderConfig, fmt: str) -> None:
         problems.append("pre-LN encoders have no HF equivalent (train with --set encoder.pre_layer_norm=false)")
     if fmt in ("bert", "roberta") and config.attention != "absolute":
         problems.append(f"{fmt} needs absolute attention; use deberta-v2")
+    if config.relative_bias:
+        problems.append("the relative_bias departure has no HF BERT/RoBERTa equivalent (train the row with "
+                        "--set encoder.relative_bias=false, or at a preset without it)")
     if config.embedding_dim != config.hidden_size:
         # ours normalises then projects (ELECTRA); HF DeBERTa projects then normalises, HF BERT has neither
         problems.append("an embedding projection (embedding_size < hidden_size) has no HF equivalent here")

@@ -105,7 +105,7 @@ class RunConfig:
 # the suite's proxy for the paper's; the others touch a single mechanism and their tables' notes say so.
 DEPARTURES = {
     "data.warmup_block_size": True, "data.warmup_block_epochs": True, "optim.position_lr_scale": True,
-    "encoder.pre_layer_norm": True, "encoder.p2c_index": False, "rtd.head_bias_prior": False,
+    "encoder.pre_layer_norm": True, "encoder.relative_bias": True, "encoder.p2c_index": False, "rtd.head_bias_prior": False,
 }
 
 

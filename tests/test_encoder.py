@@ -15,6 +15,7 @@ from datamodules.tokenization import PAD_ID
 TINY = dict(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, max_positions=64,
             dropout=0.0, attention_dropout=0.0)
 DEBERTA = EncoderConfig(**TINY, attention="disentangled", relative_span=6)
+RELATIVE_BIAS = EncoderConfig(**TINY, relative_bias=True, relative_span=4)  # the cpu preset's departure
 
 
 def random_weights(module, seed=0, std=0.3):
@@ -143,8 +144,8 @@ def test_emd_changes_only_the_masked_position_predictions():
     assert with_emd.emd.positions.weight.shape == (64, 32) and without.emd is None
 
 
-@pytest.mark.parametrize("config", [EncoderConfig(**TINY), DEBERTA, EncoderConfig(**TINY, pre_layer_norm=True)],
-                         ids=["absolute", "disentangled", "pre-ln"])
+@pytest.mark.parametrize("config", [EncoderConfig(**TINY), DEBERTA, EncoderConfig(**TINY, pre_layer_norm=True),
+                                    RELATIVE_BIAS], ids=["absolute", "disentangled", "pre-ln", "relative-bias"])
 def test_padding_never_changes_outputs_at_real_positions(config):
     encoder = random_weights(Encoder(config), std=0.1).eval()
     ids = torch.randint(5, 300, (1, 10))
@@ -156,8 +157,8 @@ def test_padding_never_changes_outputs_at_real_positions(config):
     assert torch.allclose(alone, with_padding[:, :10], atol=1e-5)
 
 
-@pytest.mark.parametrize("config", [EncoderConfig(**TINY), DEBERTA.replace(relative_span=4)],
-                         ids=["absolute", "disentangled-clipped"])
+@pytest.mark.parametrize("config", [EncoderConfig(**TINY), DEBERTA.replace(relative_span=4), RELATIVE_BIAS],
+                         ids=["absolute", "disentangled-clipped", "relative-bias"])
 def test_attention_probabilities_are_the_ones_forward_uses(config):
     """The diagnostic's probabilities (word-order check), applied to the values, give forward's output;
     padded keys get none."""
@@ -173,6 +174,30 @@ def test_attention_probabilities_are_the_ones_forward_uses(config):
         assert torch.allclose(attention.output(mixed), attention(x, bias, relative), atol=1e-5)
     assert torch.allclose(probabilities.sum(-1), torch.ones(()), atol=1e-5)
     assert probabilities[:, 0, :, 10:].abs().max() == 0
+
+
+def test_relative_bias_adds_each_heads_learned_value_for_the_clipped_distance():
+    """softmax(q.k / sqrt(d) + b[h, clip(i - j, -k, k - 1)]) one pair at a time; starting at zero it changes
+    nothing, and training moves it (it is a parameter of the departure, not a fixed locality prior)."""
+    encoder = random_weights(Encoder(RELATIVE_BIAS), std=0.3).eval()
+    attention, k, d = encoder.blocks[0].attention, RELATIVE_BIAS.relative_span, RELATIVE_BIAS.head_size
+    x = torch.randn(1, 9, RELATIVE_BIAS.hidden_size)
+    bias, relative = encoder.attention_inputs(None, 9, "cpu")
+    with torch.no_grad():
+        probabilities = attention.probabilities(x, bias, relative)[:, 0]
+        q, key = attention.query(x[0]), attention.key(x[0])
+        for h in range(RELATIVE_BIAS.num_heads):
+            part = slice(h * d, (h + 1) * d)
+            scores = torch.tensor([[q[i, part] @ key[j, part] / math.sqrt(d)
+                                    + attention.distance_bias[h, min(max(i - j, -k), k - 1) + k] * RELATIVE_BIAS.relative_bias_gain
+                                    for j in range(9)] for i in range(9)])
+            assert torch.allclose(probabilities[h], scores.softmax(-1), atol=1e-5)
+    fresh, plain = Encoder(RELATIVE_BIAS), Encoder(RELATIVE_BIAS.replace(relative_bias=False))
+    plain.load_state_dict({n: p for n, p in fresh.state_dict().items() if "distance_bias" not in n})
+    ids = torch.randint(5, 300, (2, 9))
+    assert torch.allclose(fresh.eval()(ids), plain.eval()(ids), atol=1e-6)
+    (fresh.train()(ids) @ torch.randn(RELATIVE_BIAS.hidden_size)).square().sum().backward()
+    assert fresh.blocks[0].attention.distance_bias.grad.abs().sum() > 0
 
 
 def test_word_order_measures_uniform_attention_and_a_determined_next_token():
@@ -226,6 +251,8 @@ def test_invalid_encoder_configs_are_reported_together():
     with pytest.raises(UsageError) as error:
         EncoderConfig(hidden_size=30, num_heads=4, attention="sparse").validate()
     assert "not divisible" in str(error.value) and "unknown attention" in str(error.value)
+    with pytest.raises(UsageError, match="relative_bias=false"):
+        EncoderConfig(attention="disentangled", relative_bias=True).validate()
 
 
 def test_cpu_dropout_drops_a_fraction_p_and_keeps_the_mean():

@@ -99,3 +99,5 @@ def test_export_refuses_what_hf_cannot_represent():
         to_hf(Encoder(EncoderConfig(**(TINY | dict(attention="disentangled")))), "deberta-v2")
     with pytest.raises(UsageError, match="projection"):
         to_hf(Encoder(EncoderConfig(**(TINY | dict(embedding_size=32)))), "bert")
+    with pytest.raises(UsageError, match="relative_bias=false"):
+        to_hf(Encoder(EncoderConfig(**(TINY | dict(relative_bias=True)))), "bert")

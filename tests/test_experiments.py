@@ -464,11 +464,25 @@ def test_departures_name_the_switches_a_preset_turns_on_and_base_turns_on_none()
     from experiments.presets import PRESETS, configure
     from experiments.spec import RunConfig, departures
 
-    assert departures(configure(RunConfig(), PRESETS["cpu"], {}).to_dict()) == {
-        "data.warmup_block_size": 32, "data.warmup_block_epochs": 1}
+    assert departures(configure(RunConfig(), PRESETS["cpu"], {}).to_dict()) == {"encoder.relative_bias": True}
     assert departures(configure(RunConfig(), PRESETS["base"], {}).to_dict()) == {}
     assert departures(configure(RunConfig(), PRESETS["base"], {"optim.position_lr_scale": 10.0}).to_dict()) == {
         "optim.position_lr_scale": 10.0}
+
+
+def test_the_cpu_presets_relative_bias_never_touches_a_row_that_compares_position_schemes():
+    """The departure goes on absolute-attention rows of tables that do not compare position encodings; in
+    DeBERTa's table RoBERTa-ReImp stays plain absolute attention and the disentangled rows have their own."""
+    from experiments.registry import EXPERIMENTS
+
+    for experiment in EXPERIMENTS.values():
+        for row in experiment.rows:
+            encoder = configure(experiment.base, PRESETS["cpu"], row.changes).encoder
+            encoder.validate()
+            compares_positions = experiment.id == "ablation-deberta"
+            assert encoder.relative_bias == (encoder.attention == "absolute" and not compares_positions), \
+                (experiment.id, row.name)
+            assert not configure(experiment.base, PRESETS["base"], row.changes).encoder.relative_bias
 
 
 def test_the_escape_study_records_a_curve_and_reports_it(tmp_path):
