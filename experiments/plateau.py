@@ -198,7 +198,7 @@ def report(args) -> None:
             f"left-bigram ({first_run['count_models']['left_bigram']:.3f}) count models "
             f"({midpoint(first_run['count_models']):.3f} nats on the default corpus). Tokens are padded training tokens "
             f"at the first held-out evaluation that met the threshold (evaluations are evenly spaced, so this is an "
-            f"upper bound within one interval). Time is wall-clock on a shared 2-core machine, one thread per run and two runs side by side, some of them slowed by other jobs: compare runs by tokens, not by time.\n\n{table}\n\n![curves](curves.png)\n\nTo reproduce:\n\n{commands}\n")
+            f"upper bound within one interval). Time is wall-clock on a shared 2-core machine (each run file records its threads: the runs up to electra-b64-s2000-warm32 had one thread each, two side by side, some slowed by other jobs; the later ones two threads, alone): compare runs by tokens, not by time.\n\n{table}\n\n![curves](curves.png)\n\nTo reproduce:\n\n{commands}\n")
     (args.dir / "README.md").write_text(text)
     print(text)
 
