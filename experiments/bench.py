@@ -55,6 +55,7 @@ class Shape:
     length: int
     dropout: float = 0.1
     attention_dropout: float = 0.1
+    relative_bias: bool = False  # ours only (the cpu preset's departure; HF's BERT has none): priced, not compared
 
     @property
     def tokens_per_step(self) -> int:
@@ -65,7 +66,8 @@ class Shape:
 
         return EncoderConfig(num_layers=self.num_layers, hidden_size=self.hidden_size, num_heads=self.num_heads,
                              ffn_size=self.ffn_size, vocab_size=self.vocab_size, max_positions=self.max_positions,
-                             dropout=self.dropout, attention_dropout=self.attention_dropout).replace(**changes)
+                             dropout=self.dropout, attention_dropout=self.attention_dropout,
+                             relative_bias=self.relative_bias).replace(**changes)
 
     def hf(self) -> dict:
         """The same sizes as HuggingFace config arguments."""
@@ -76,7 +78,8 @@ class Shape:
 
     def describe(self) -> str:
         return (f"{self.num_layers} x {self.hidden_size} ({self.num_heads} heads, FFN {self.ffn_size}), "
-                f"sequence {self.length}, batch {self.batch}, vocabulary {self.vocab_size:,}")
+                f"sequence {self.length}, batch {self.batch}, vocabulary {self.vocab_size:,}"
+                + (", ours with the relative position bias" if self.relative_bias else ""))
 
 
 # The comparisons' shape (MLM, DeBERTa, RTD): fixed, so their figures stay comparable as the presets change.
@@ -241,7 +244,8 @@ def _factories(kind: str, shape: Shape):
                 lambda: Contender("HF BertForMaskedLM", transformers.BertForMaskedLM(
                     transformers.BertConfig(**common, attn_implementation="sdpa")), _hf_mlm_loss, flops))
     if kind == "deberta":
-        ours_config = shape.encoder(attention="disentangled", relative_span=128, emd=False, type_vocab_size=0)
+        ours_config = shape.encoder(attention="disentangled", relative_span=128, emd=False, type_vocab_size=0,
+                                    relative_bias=False)
         hf_config = transformers.DebertaV2Config(
             **common, relative_attention=True, max_relative_positions=128, position_buckets=-1,
             pos_att_type=["c2p", "p2c"], position_biased_input=False, type_vocab_size=0, norm_rel_ebd="layer_norm")
@@ -426,7 +430,8 @@ def preset_shape(name: str) -> tuple[Shape, int]:
     shape = Shape(num_layers=encoder.num_layers, hidden_size=encoder.hidden_size, num_heads=encoder.num_heads,
                   ffn_size=encoder.ffn_size, vocab_size=data.tokenizer.vocab_size, max_positions=encoder.max_positions,
                   batch=max(1, config.tokens_per_step // data.block_size), length=data.block_size,
-                  dropout=encoder.dropout, attention_dropout=encoder.attention_dropout)
+                  dropout=encoder.dropout, attention_dropout=encoder.attention_dropout,
+                  relative_bias=encoder.relative_bias)
     return shape, config.train_tokens
 
 

@@ -70,6 +70,9 @@ def test_the_default_presets_shape_is_read_from_the_presets_and_priced_per_row()
     assert (shape.hidden_size, shape.num_layers, shape.length) == (config.encoder.hidden_size, config.encoder.num_layers,
                                                                    config.data.block_size)
     assert shape.tokens_per_step == config.data.tokens_per_batch and train_tokens == config.train_tokens
+    # ours is timed with what the preset trains, the relative bias included where it sets one
+    assert bench.preset_shape("cpu")[0].relative_bias and not bench.preset_shape("base")[0].relative_bias
+    assert bench.preset_shape("cpu")[0].encoder().relative_bias
     result = bench.bench_default_preset("smoke", bf16=False, steps=1, rounds=1)
     assert result["preset"] == "smoke" and result["train_tokens"] == train_tokens
     ours, hf = result["rows"]
