@@ -21,8 +21,8 @@ from experiments.durable import write_atomically
 from experiments.evaluations.minimal_pairs import KINDS as PAIR_KINDS
 from experiments.evaluations.probes import PROBE_FEATURE
 from experiments.evaluations.word_order import LEARNED_ADJACENT_MULTIPLE, word_order_cell
-from experiments.verdicts import (INCONCLUSIVE, Calibration, Noise, combine, judge, learning_problems,
-                                  load_calibration, row_kind)
+from experiments.verdicts import (INCONCLUSIVE, Calibration, Noise, combine, early_points_in, judge, learning_problems,
+                                  learning_problems_of, load_calibration, row_kind, values_at)
 from experiments.spec import DEPARTURES, PROBE_AVERAGE, Claim, Experiment, departures, lower_is_better
 from lightning_modules.base import describe
 
@@ -93,6 +93,15 @@ def _mean_text(diffs: np.ndarray) -> str:
     return f"{float(np.mean(diffs)):+.2f} over {len(diffs)} seed{'s' * (len(diffs) != 1)}" if len(diffs) else "no seeds"
 
 
+def _early_point_cell(values: dict[str, list[float]]) -> str:
+    """What an early point had learned, from its metrics without the suffix: its word order, and an RTD
+    point's discriminator AUC (`-` for a point that did not record them: a mid-run one, or an older file)."""
+    cell = word_order_cell(values)
+    if "disc_auc" in values:
+        cell = f"AUC {np.mean(values['disc_auc']):.3f}, word order {cell}"
+    return cell
+
+
 def check_claim(claim: Claim, rows: dict[str, RowSummary], order: list[str],
                 noise: Noise | Calibration = Noise("", {}, "not calibrated")) -> tuple[str, str]:
     """(verdict, measured effect): holds / does not hold / inconclusive from the interval of the paired
@@ -111,12 +120,15 @@ def check_claim(claim: Claim, rows: dict[str, RowSummary], order: list[str],
     missing = [r for r, metric in needed if r and (r not in rows or metric not in rows[r].values)]
     if missing:
         return "not measured", f"missing rows: {', '.join(missing)}"
-    involved = {r for r, _ in needed if r} | (set(among) if claim.kind in ("worst", "best", "order") else set())
-    verdict, effect = _judge_claim(claim, rows, among, noise.for_kinds({rows[r].kind for r in involved}))
+    measured = {(r, m) for r, m in needed if r}
+    measured |= {(r, claim.metric) for r in among} if claim.kind in ("worst", "best", "order") else set()
+    verdict, effect = _judge_claim(claim, rows, among, noise.for_kinds({rows[r].kind for r, _ in measured}))
     if noise.never_decides:
         return "not a verdict (smoke preset)", effect.split(", 95% interval")[0].split(", no interval")[0]
-    unlearned = [f"{r} did not learn ({'; '.join(p)})" for r in sorted(involved)
-                 if (p := learning_problems(rows[r].values, [task_name(t) for t in rows[r].tasks]))]
+    # each model the claim reads: a row's own, or its early point's for an `@<fraction>` metric
+    unlearned = list(dict.fromkeys(
+        f"{r} did not learn ({'; '.join(p)})" for r, metric in sorted(measured)
+        if (p := learning_problems_of(rows[r].values, [task_name(t) for t in rows[r].tasks], metric))))
     if unlearned and verdict != "not measured":
         return INCONCLUSIVE, "; ".join(unlearned) + f" (measured: {effect})"
     return verdict, effect
@@ -225,6 +237,11 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
     regime = sorted(d for d in used if DEPARTURES[d.split("=")[0]])
     unlearned = {name: problems for name, s in rows.items()
                  if (problems := learning_problems(s.values, [task_name(t) for t in s.tasks]))}
+    # an early point (ELECTRA Table 1's shorter runs) is a model of its own: whether it had learned, too
+    early = {name: {point: _early_point_cell(values_at(s.values, point)) for point in early_points_in(s.values)}
+             for name, s in rows.items() if early_points_in(s.values)}
+    unlearned |= {f"{name} at {point} of training": problems for name, s in rows.items() for point in early_points_in(s.values)
+                  if (problems := learning_problems(values_at(s.values, point), [task_name(t) for t in s.tasks]))}
     optimisers: dict[str, list[str]] = {}  # one line per distinct setting, with the rows that used it
     for name in order:
         if name in rows and rows[name].optim:
@@ -239,7 +256,7 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
                           for c, v, e in verdicts],
                "departures": used,
                "majority_baselines": majority, "optimisers": optimisers, "plots": plots,
-               "noise": noise.source, "did_not_learn": unlearned,
+               "noise": noise.source, "did_not_learn": unlearned, "early_points": early,
                "minimal_pairs": {name: {kind: round(s.mean(f"minimal_pairs_{kind}"), 1) for kind in PAIR_KINDS
                                         if f"minimal_pairs_{kind}" in s.values}
                                  for name, s in rows.items() if "minimal_pairs" in s.values},
@@ -298,6 +315,10 @@ def render_markdown(experiment: Experiment, payload: dict) -> str:
                   "(PLL-word-l2r) is above their variant's, by kind (two adjacent words swapped; one word replaced by "
                   "one as frequent): " + "; ".join(f"{row}: " + ", ".join(f"{kind} {share:.1f}" for kind, share in kinds.items())
                                                     for row, kinds in payload["minimal_pairs"].items()) + ".\n")
+    if payload.get("early_points"):
+        out.write("\nEarly points (the row at a fraction of its steps), what each had learned: " + "; ".join(
+            f"{row} at " + ", ".join(f"{point}: {cell}" for point, cell in points.items())
+            for row, points in payload["early_points"].items()) + ".\n")
     for name, problems in payload.get("did_not_learn", {}).items():
         out.write(f"\n**{name} decides no claim**: {'; '.join(problems)}.\n")
     if payload["claims"]:

@@ -35,7 +35,8 @@ from ablations.encoder import Encoder
 from datamodules.errors import UsageError
 from datamodules.pretraining import PretrainingDataModule
 from experiments import tracking
-from experiments.evaluations import cached_task, evaluate_pretrained, evaluation_device, fine_tune_all, task_data
+from experiments.evaluations import (cached_task, evaluate_pretrained, evaluation_device, fine_tune_all, learning_figures,
+                                    task_data, validated_metrics)
 from experiments.evaluations.early_points import SaveEncoderAt, evaluate_early_points
 from experiments.durable import (AtomicCheckpointIO, Lock, SaveFinalStep, SeedEachBatch, StopOnRequest, StopRequest,
                                  Stopped, resumable_checkpoint, write_json_atomically)
@@ -257,8 +258,7 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
     # training time summed over every session of a resumed row (data preparation, cached after the first, aside)
     seconds = {"pretraining": round(module.fit_seconds, 1)}
     check_budget(module, p.steps * config.tokens_per_step, p.name)
-    trainer.validate(module, datamodule=data, verbose=False)
-    metrics = {k[4:]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and k != "val/loss"}
+    metrics = validated_metrics(module, data, trainer)
     tasks = task_data(config, data.load(), p.seed)
     precision = hardware.precision or default_precision()
     evaluation = evaluate_pretrained(module, data, config, tasks, metrics, evaluation_device(hardware.accelerator),
@@ -272,10 +272,12 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
         the runs it had not finished; keyed by the row's config hash."""
         return work / f"finetune-{config.config_hash()[:12]}{at}" / f"{slug(task)}@ft{k}.json"
 
-    def pretrain_early(early_config: RunConfig, early_steps: int, fraction: float) -> dict:
-        early_module = pretrain(p, early_config, early_steps, work / f"early-{fraction:g}", hardware)[0]
+    def pretrain_early(early_config: RunConfig, early_steps: int, fraction: float) -> tuple[dict, dict[str, float]]:
+        early_module, early_data, early_trainer = pretrain(p, early_config, early_steps, work / f"early-{fraction:g}",
+                                                           hardware)
         check_budget(early_module, early_steps * config.tokens_per_step, f"{p.name} at {fraction:g}")
-        return early_module.encoder_state()
+        return early_module.encoder_state(), learning_figures(early_module, early_data, early_trainer, early_config,
+                                                              evaluation_device(hardware.accelerator))
 
     scores, seconds["fine-tuning"] = fine_tune_all(config, encoder_config, module.encoder_state(), tasks, p.seed,
                                                    hardware, finished_run)

@@ -225,6 +225,42 @@ def learning_problems(values: dict[str, list[float]], tasks: list[str]) -> list[
     return problems
 
 
+# figures of the corpus a row is measured on, not of its model: an early point shares its row's
+CORPUS_FIGURES = ("unigram_loss", "bigram_loss", "mlm_unigram_acc")
+
+
+def early_point_of(metric: str) -> str | None:
+    """The fraction of training an early point's metric was measured at (`downstream_avg@0.25` -> "0.25"),
+    or None for a metric of the row's own model (`@init` and `@ft<k>` are not points of training)."""
+    _, at, point = metric.rpartition("@")
+    try:
+        return point if at and 0 < float(point) < 1 else None
+    except ValueError:
+        return None
+
+
+def values_at(values: dict[str, list[float]], point: str) -> dict[str, list[float]]:
+    """An early point's metrics without their `@<point>` suffix, with its row's corpus figures and majority
+    classes: what `learning_problems` and the word-order cell read."""
+    at = f"@{point}"
+    shared = {k: v for k, v in values.items() if k in CORPUS_FIGURES or k.endswith("_majority")}
+    return shared | {k[:-len(at)]: v for k, v in values.items() if k.endswith(at)}
+
+
+def early_points_in(values: dict[str, list[float]]) -> list[str]:
+    """The early points a row measured, in order of training (their fractions as the suffix writes them)."""
+    return sorted({p for k in values if (p := early_point_of(k))}, key=float)
+
+
+def learning_problems_of(values: dict[str, list[float]], tasks: list[str], metric: str) -> list[str]:
+    """`learning_problems` of the model `metric` was measured on: the row's own, or its early point's (a claim
+    on `downstream_avg@0.25` is about the run of a quarter of the steps, which may not have learned yet)."""
+    if (point := early_point_of(metric)) is None:
+        return learning_problems(values, tasks)
+    problems = learning_problems(values_at(values, point), tasks)
+    return [f"at {point} of training: {problems[0]}", *problems[1:]] if problems else []
+
+
 # -- calibration ----------------------------------------------------------------------------------------
 
 # One row of each kind, trained with several pretraining seeds (each fine-tuned with the preset's fine-tuning

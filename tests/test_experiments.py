@@ -281,6 +281,34 @@ def test_a_row_that_did_not_learn_decides_nothing():
     assert effect.startswith("B did not learn (discriminator AUC 0.550 <= 0.6; sentiment 58.7 <= its majority class 60.0)")
 
 
+def test_a_claim_on_an_early_point_is_decided_by_what_that_point_had_learned():
+    """ELECTRA Table 1's "at 25% of training" is a shorter run of its own: a claim on it reads that model, which
+    may still be a bag of words when the row itself has learned."""
+    from experiments.results import _early_point_cell
+    from experiments.verdicts import values_at
+
+    def model(adjacent, mlm, auc, at=""):
+        return {f"adjacent_attention{at}": [adjacent] * 3, f"generator_mlm_loss{at}": [mlm] * 3, f"disc_auc{at}": [auc] * 3}
+
+    corpus = {"unigram_loss": [7.0] * 3, "bigram_loss": [5.0] * 3}
+    electra = {"score": [80, 82, 81], "score@0.25": [79, 80, 79]} | corpus | model(4.0, 5.5, 0.75)
+    bert = RowSummary("B", [0, 1, 2], {"score": [70, 71, 70], "adjacent_attention": [4.0] * 3, "mlm_loss": [5.5] * 3}
+                      | corpus, [], [], [], [], [], set())
+    early = Claim("E at 25% >= B", "at_least", "score@0.25", a="E", b="B", metric_b="score")
+    full = Claim("E >= B", "at_least", "score", a="E", b="B")
+
+    bag = {"E": RowSummary("E", [0, 1, 2], electra | model(1.0, 6.6, 0.55, "@0.25"), [], [], [], [], [], set()), "B": bert}
+    verdict, effect = check_claim(early, bag, ["E", "B"])
+    assert verdict == "inconclusive"
+    assert effect.startswith("E did not learn (at 0.25 of training: discriminator AUC 0.550 <= 0.6; still a bag of words")
+    assert check_claim(full, bag, ["E", "B"])[0] == "holds"  # the row's own model had learned
+    assert _early_point_cell(values_at(bag["E"].values, "0.25")) == "AUC 0.550, word order bag of words (1.0x)"
+
+    learned = {"E": RowSummary("E", [0, 1, 2], electra | model(3.5, 5.8, 0.7, "@0.25"), [], [], [], [], [], set()), "B": bert}
+    assert check_claim(early, learned, ["E", "B"])[0] == "holds"
+    assert _early_point_cell(values_at(learned["E"].values, "0.25")) == "AUC 0.700, word order learned (3.5x)"
+
+
 def test_gap_claims_from_initialisation_count_only_what_training_changed():
     """GDES's E_D starts equal to E_G and NES's starts random: a gap already there at step 0 must not
     make a claim hold, and one that training opened must (two seeds, judged against a calibrated noise)."""
@@ -454,6 +482,9 @@ def test_every_experiment_and_row_smoke_runs(tmp_path):
     assert set(early["early_points"]) == {"0.0625", "0.125", "0.25", "0.5"}
     assert all(point["schedule"] == "own-schedule" and point["steps"] >= 1 for point in early["early_points"].values())
     assert "downstream_avg@0.25" in early["metrics"]
+    # each point records what says whether it had learned, and the table says it
+    assert {"disc_auc@0.25", "generator_mlm_loss@0.25", "adjacent_attention@0.25"} <= set(early["metrics"])
+    assert "ELECTRA-Small at 0.0625: AUC " in (tmp_path / "ablation-electra-small" / "smoke" / "table.md").read_text()
     efficiency = json.loads((tmp_path / "ablation-electra-efficiency" / "smoke" / "table.json").read_text())
     steps = {row[0]: int(row[efficiency["header"].index("steps")].replace(",", "")) for row in efficiency["rows"]}
     assert steps["All-Tokens MLM"] < steps["ELECTRA"] < steps["BERT"]  # equal FLOPs, dearer steps: fewer of them

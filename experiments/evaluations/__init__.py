@@ -5,7 +5,8 @@
     minimal_pairs.py  a zero-shot grammar score: pseudo-log-likelihood of minimal pairs
     probes.py         linear probes of the frozen encoder on every downstream task
     finetuning.py     fine-tuning on every downstream task (the median of `finetune.seeds` runs)
-    early_points.py   ELECTRA Table 1's early points: the row fine-tuned and probed at fractions of training
+    early_points.py   ELECTRA Table 1's early points: the row fine-tuned and probed at fractions of training,
+                      each with the figures that say whether it had learned (`learning_figures`)
     trained.py        a trained row loaded back from its checkpoint (`word-order`, `export`)
 
 Each is a function of an encoder (or a trained module) and data. A row (experiments.runner.run_row) runs
@@ -45,6 +46,24 @@ class Evaluation:
     metrics: dict[str, float] = field(default_factory=dict)  # the row's metrics (table columns, claims)
     details: dict = field(default_factory=dict)  # per evaluation, what it was measured on (the row file keeps it)
     seconds: dict[str, float] = field(default_factory=dict)  # what each evaluation cost
+
+
+def validated_metrics(module, data, trainer) -> dict[str, float]:
+    """The module's held-out validation metrics (MLM loss and accuracy; an RTD row's discriminator AUC), as
+    its validation step logs them, without the `val/` prefix."""
+    trainer.validate(module, datamodule=data, verbose=False)
+    return {k[4:]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and k != "val/loss"}
+
+
+def learning_figures(module, data, trainer, config, device: str) -> dict[str, float]:
+    """What says whether a model has learned what the claims are about (experiments.verdicts.learning_problems),
+    without the rest of `evaluate_pretrained`: its validation metrics and its word order. An early point's."""
+    rtd = config.objective == "rtd"
+    metrics = validated_metrics(module, data, trainer)
+    module.to(device).eval()
+    metrics |= word_order_metrics(word_order_of(module, data, rtd, metrics.get("generator_mlm_loss" if rtd else "mlm_loss")))
+    module.cpu()
+    return metrics
 
 
 def word_order_of(module, data, rtd: bool, mlm_loss: float | None = None) -> dict:
