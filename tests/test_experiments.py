@@ -309,6 +309,14 @@ def test_a_claim_on_an_early_point_is_decided_by_what_that_point_had_learned():
     assert _early_point_cell(values_at(learned["E"].values, "0.25")) == "AUC 0.700, word order learned (3.5x)"
 
 
+def test_the_tables_eta_counts_the_early_points_a_row_pretrains(tmp_path):
+    from experiments.runner import plan, planned_work
+
+    rows = {p.row.name: p for p in plan(EXPERIMENTS["ablation-electra-small"], PRESETS["cpu"], 1, None, None, tmp_path)}
+    # equal training FLOPs, and ELECTRA-Small also pretrains its points at 6.25 + 12.5 + 25 + 50% of its steps
+    assert planned_work(rows["ELECTRA-Small"]) / planned_work(rows["BERT-Small"]) == pytest.approx(1.9375, rel=0.01)
+
+
 def test_gap_claims_from_initialisation_count_only_what_training_changed():
     """GDES's E_D starts equal to E_G and NES's starts random: a gap already there at step 0 must not
     make a claim hold, and one that training opened must (two seeds, judged against a calibrated noise)."""
