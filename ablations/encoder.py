@@ -32,6 +32,12 @@ def log_bucket_position(relative: torch.Tensor, bucket_size: int, max_position: 
     return torch.where(relative.abs() <= mid, relative, (log_position * sign).to(relative.dtype))
 
 
+def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows of (B, L, H) at flat indices into B*L, as (len(rows), H), without a boolean mask (which would
+    sync the host)."""
+    return x.reshape(-1, x.shape[-1]).index_select(0, rows)
+
+
 def relative_position_index(query_length: int, key_length: int, config: EncoderConfig, device) -> torch.Tensor:
     """delta(i, j): the row of the relative table used for query i and key j, shape (query_length, key_length)."""
     relative = torch.arange(query_length, device=device)[:, None] - torch.arange(key_length, device=device)[None, :]
@@ -95,10 +101,11 @@ class Attention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.config.num_heads, self.config.head_size).permute(2, 0, 1, 3).contiguous()
 
-    def forward(self, x, key_padding_bias, relative=None, query_input=None):
+    def forward(self, x, key_padding_bias, relative=None, query_input=None, rows=None):
         """x: keys/values (B, L, H); query_input: queries if they differ (the EMD), else x.
         key_padding_bias: (1, B, 1, L) additive, -inf at padded keys (head-major, like q, k, v).
-        relative: (table (2k, H), index (Lq, L)) for disentangled attention, (None, index) for relative_bias."""
+        relative: (table (2k, H), index (Lq, L)) for disentangled attention, (None, index) for relative_bias.
+        rows: flat indices into B*L; the output projection then runs at those rows only, (len(rows), H)."""
         q, k, v = (self._heads(t) for t in self._project(x, query_input))
         bias = self._bias(key_padding_bias.to(q.dtype), relative)  # cast the small tensor, never the (h, B, L, L) one
         if self.position_terms:
@@ -115,7 +122,8 @@ class Attention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, scale=self.scale)
         _, batch, length, _ = out.shape
-        return self.output(out.permute(1, 2, 0, 3).reshape(batch, length, self.config.hidden_size))
+        out = out.permute(1, 2, 0, 3).reshape(batch, length, self.config.hidden_size)
+        return self.output(out if rows is None else gather_rows(out, rows))
 
     def probabilities(self, x, key_padding_bias, relative=None):
         """The self-attention probabilities (h, B, L, L) that `forward` would use without dropout, written out
@@ -225,15 +233,20 @@ class Block(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout_p = config.dropout  # applied with the residual add, see dropout_add
 
-    def forward(self, x, key_padding_bias, relative=None, query_input=None):
+    def forward(self, x, key_padding_bias, relative=None, query_input=None, rows=None):
+        """(B, L, H) -> (B, L, H); with `rows` (flat indices into B*L), (len(rows), H): the states at those
+        rows only. Attention still reads every key; after it, each row is computed on its own, so the rows
+        nobody reads skip the output projection, the feed-forward and the norms."""
         residual = x if query_input is None else query_input
+        if rows is not None:
+            residual = gather_rows(residual, rows)
         p, training = self.dropout_p, self.training
         if self.pre_norm:
             attended = self.attention(self.attention_norm(x), key_padding_bias, relative,
-                                      None if query_input is None else self.attention_norm(query_input))
+                                      None if query_input is None else self.attention_norm(query_input), rows)
             h = dropout_add(residual, attended, p, training)
             return dropout_add(h, self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(h)))), p, training)
-        attended = self.attention(x, key_padding_bias, relative, query_input)
+        attended = self.attention(x, key_padding_bias, relative, query_input, rows)
         h = self.attention_norm(dropout_add(residual, attended, p, training))
         return self.ffn_norm(dropout_add(h, self.ffn_out(F.gelu(self.ffn_in(h))), p, training))
 
@@ -249,10 +262,13 @@ class EnhancedMaskDecoder(nn.Module):
         self.positions = nn.Embedding(config.max_positions, config.hidden_size)
         self.layer = Block(config)
 
-    def forward(self, hidden, key_padding_bias, relative):
+    def forward(self, hidden, key_padding_bias, relative, rows=None):
+        """(B, L, H), or with `rows` the last step's states at those rows only (see Block.forward): the
+        steps before it must compute every row, since the next step's queries are all of them."""
         query = hidden + self.positions.weight[: hidden.shape[1]]
-        for _ in range(self.steps):
-            query = self.layer(hidden, key_padding_bias, relative, query_input=query)
+        for step in range(self.steps):
+            query = self.layer(hidden, key_padding_bias, relative, query_input=query,
+                               rows=rows if step == self.steps - 1 else None)
         return query
 
 
@@ -298,7 +314,13 @@ class Encoder(nn.Module):
             relative = (None, relative_position_index(length, length, self.config, device))
         return bias, relative
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, embedding_noise=None):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, embedding_noise=None, rows=None):
+        """The last hidden states (B, L, H). With `rows` (flat indices into B*L), only those rows of them,
+        (len(rows), H), and the last block computes nothing else after its attention: an MLM loss reads
+        ~15% of the rows, so this skips most of one layer's feed-forward and output projection, with the
+        same result at every row it returns. Not with the EMD, which reads every row."""
+        if rows is not None and self.emd is not None:
+            raise ValueError("rows: the enhanced mask decoder reads every row of the last hidden states")
         x = self.embeddings(input_ids, token_type_ids, embedding_noise)
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # CPU autocast keeps LayerNorm in its input's dtype, so an fp32 residual stream would be cast
@@ -307,12 +329,14 @@ class Encoder(nn.Module):
             # optimizer state and losses stay fp32. (On GPUs autocast runs LayerNorm in fp32 anyway.)
             x = x.to(torch.get_autocast_dtype("cpu"))
         bias, relative = self.attention_inputs(attention_mask, input_ids.shape[1], input_ids.device)
-        for block in self.blocks:
-            x = block(x, bias, relative)
+        for index, block in enumerate(self.blocks):
+            x = block(x, bias, relative, rows=rows if index == len(self.blocks) - 1 else None)
         return self.final_norm(x) if self.final_norm is not None else x
 
-    def mask_decoder_states(self, hidden, attention_mask=None):
+    def mask_decoder_states(self, hidden, attention_mask=None, rows=None):
+        """The states the MLM head reads: the EMD's output (DeBERTa) or the hidden states unchanged; with
+        `rows`, only those rows (flat indices into B*L), as (len(rows), H)."""
         if self.emd is None:
-            return hidden
+            return hidden if rows is None else gather_rows(hidden, rows)
         bias, relative = self.attention_inputs(attention_mask, hidden.shape[1], hidden.device)
-        return self.emd(hidden, bias, relative)
+        return self.emd(hidden, bias, relative, rows)

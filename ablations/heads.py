@@ -6,12 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablations.config import EncoderConfig
+from ablations.encoder import gather_rows
 from ablations.fast_ops import Dropout, Linear, linear
-
-
-def gather_positions(hidden: torch.Tensor, flat_positions: torch.Tensor) -> torch.Tensor:
-    """Rows of (B, L, H) at flat indices into B*L, without a boolean mask (which would sync the host)."""
-    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat_positions)
 
 
 class MLMHead(nn.Module):
@@ -25,7 +21,7 @@ class MLMHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden, flat_positions, word_embeddings: torch.Tensor):
-        x = gather_positions(hidden, flat_positions) if flat_positions is not None else hidden
+        x = gather_rows(hidden, flat_positions) if flat_positions is not None else hidden
         x = self.norm(F.gelu(self.dense(x)))
         return linear(x, word_embeddings, self.bias)
 
@@ -38,8 +34,9 @@ class NSPHead(nn.Module):
         self.pooler = Linear(config.hidden_size, config.hidden_size)
         self.classifier = Linear(config.hidden_size, 2)
 
-    def forward(self, hidden):
-        return self.classifier(torch.tanh(self.pooler(hidden[:, 0])))
+    def forward(self, first_token_states):
+        """(B, H): each sequence's last hidden state at its first token ([CLS])."""
+        return self.classifier(torch.tanh(self.pooler(first_token_states)))
 
 
 class RTDHead(nn.Module):

@@ -19,12 +19,24 @@ from ablations.heads import MLMHead, NSPHead, init_head
 from lightning_modules.base import ObjectiveModule, OptimConfig
 
 
-def masked_lm(encoder: Encoder, head: MLMHead, batch: dict, input_ids=None):
-    """Logits at the masked positions (N, V) of `input_ids` (default: the batch's masked input)."""
-    ids = batch["input_ids"] if input_ids is None else input_ids
-    hidden = encoder(ids, batch["attention_mask"], batch["token_type_ids"])
-    states = encoder.mask_decoder_states(hidden, batch["attention_mask"])
-    return head(states, batch["mlm_positions"], encoder.embeddings.word.weight), hidden
+def masked_lm(encoder: Encoder, head: MLMHead, batch: dict, input_ids=None, first_tokens: bool = False):
+    """Logits at the masked positions (N, V) of `input_ids` (default: the batch's masked input) and, with
+    `first_tokens`, each sequence's last hidden state at its first token (B, H), which NSP reads (else None).
+    Only the rows read are computed in the last block (`Encoder.forward`'s `rows`), or with DeBERTa's EMD in
+    its last step."""
+    ids, mask, positions = batch["input_ids"] if input_ids is None else input_ids, batch["attention_mask"], batch["mlm_positions"]
+    word_embeddings = encoder.embeddings.word.weight
+    if encoder.emd is not None:  # the EMD reads every row of H; its own last step computes only the masked rows
+        hidden = encoder(ids, mask, batch["token_type_ids"])
+        logits = head(encoder.mask_decoder_states(hidden, mask, rows=positions), None, word_embeddings)
+        return logits, hidden[:, 0] if first_tokens else None
+    rows = positions
+    if first_tokens:
+        batch_size, length = ids.shape
+        rows = torch.cat([positions, torch.arange(batch_size, device=ids.device) * length])
+    states = encoder(ids, mask, batch["token_type_ids"], rows=rows)
+    masked = positions.numel()
+    return head(states[:masked], None, word_embeddings), states[masked:] if first_tokens else None
 
 
 def mlm_loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,12 +79,12 @@ class MLMModule(ObjectiveModule):
         self.nsp_accuracy = MeanMetric()
 
     def losses(self, batch):
-        logits, hidden = masked_lm(self.encoder, self.mlm_head, batch)
+        logits, first_token_states = masked_lm(self.encoder, self.mlm_head, batch, first_tokens=self.nsp_head is not None)
         mlm, accuracy = mlm_loss_and_accuracy(logits, batch["mlm_labels"])
         out = {"mlm_loss": mlm, "mlm_acc": accuracy}
         loss = mlm
         if self.nsp_head is not None:
-            nsp_logits = self.nsp_head(hidden)
+            nsp_logits = self.nsp_head(first_token_states)
             out["nsp_loss"] = F.cross_entropy(nsp_logits.float(), batch["nsp_labels"])
             out["nsp_acc"] = (nsp_logits.argmax(-1) == batch["nsp_labels"]).float().mean()
             loss = loss + out["nsp_loss"]
@@ -85,7 +97,7 @@ class MLMModule(ObjectiveModule):
             self.heldout.update(logits, batch["mlm_labels"])
         elif self.nsp_head is not None:
             hidden = self.encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-            correct = (self.nsp_head(hidden).argmax(-1) == batch["nsp_labels"]).float()
+            correct = (self.nsp_head(hidden[:, 0]).argmax(-1) == batch["nsp_labels"]).float()
             self.nsp_accuracy.update(correct.mean(), weight=correct.numel())
 
     def on_validation_epoch_end(self):

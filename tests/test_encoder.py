@@ -247,6 +247,52 @@ def test_mlm_head_computes_logits_only_at_masked_positions():
     assert torch.allclose(logits[1], head(flat[21:22], None, word)[0], atol=1e-4)
 
 
+@pytest.mark.parametrize("config", [EncoderConfig(**TINY), RELATIVE_BIAS, EncoderConfig(**TINY, pre_layer_norm=True),
+                                    EncoderConfig(**TINY, attention="disentangled", relative_span=6, emd=False),
+                                    EncoderConfig(**TINY, attention="disentangled", relative_span=6)],
+                         ids=["absolute", "relative-bias", "pre-ln", "deberta-without-emd", "deberta-with-emd"])
+@pytest.mark.parametrize("nsp", [False, True])
+def test_the_last_block_at_the_read_rows_only_gives_the_same_losses_and_gradients(config, nsp):
+    """masked_lm runs the last block only at the masked rows (and each [CLS] for NSP): the loss and every
+    gradient must be those of the full computation, and padding must not matter."""
+    from lightning_modules.base import OptimConfig
+    from lightning_modules.mlm import MLMModule, masked_lm
+
+    module = random_weights(MLMModule(config, OptimConfig(), nsp=nsp), std=0.2)
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, config.vocab_size, (3, 12), generator=generator)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[2, 9:] = False
+    positions = torch.tensor([1, 4, 13, 20, 30, 33])
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids), "mlm_positions": positions,
+             "mlm_labels": torch.randint(5, config.vocab_size, (6,), generator=generator),
+             "nsp_labels": torch.tensor([0, 1, 1])}
+
+    def full_losses():  # what masked_lm computed before: every row of the last block (and EMD step), then the gather
+        hidden = module.encoder(ids, mask, batch["token_type_ids"])
+        states = module.encoder.mask_decoder_states(hidden, mask)
+        loss = F.cross_entropy(module.mlm_head(states, positions, module.encoder.embeddings.word.weight), batch["mlm_labels"])
+        return loss + (F.cross_entropy(module.nsp_head(hidden[:, 0]), batch["nsp_labels"]) if nsp else 0.0)
+
+    reference = full_losses()
+    reference_grads = torch.autograd.grad(reference, list(module.parameters()), allow_unused=True)
+    sparse = module.losses(batch)["loss"]
+    sparse_grads = torch.autograd.grad(sparse, list(module.parameters()), allow_unused=True)
+    assert torch.allclose(sparse, reference, atol=1e-5)
+    for (name, _), a, b in zip(module.named_parameters(), sparse_grads, reference_grads):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name
+    logits, first = masked_lm(module.encoder, module.mlm_head, batch, first_tokens=True)
+    assert logits.shape == (6, config.vocab_size) and first.shape == (3, config.hidden_size)
+
+
+def test_an_encoder_with_the_emd_refuses_to_compute_only_some_rows():
+    encoder = Encoder(EncoderConfig(**TINY, attention="disentangled", relative_span=6))
+    with pytest.raises(ValueError, match="enhanced mask decoder"):
+        encoder(torch.randint(5, 300, (2, 8)), rows=torch.tensor([0, 3]))
+
+
 def test_invalid_encoder_configs_are_reported_together():
     with pytest.raises(UsageError) as error:
         EncoderConfig(hidden_size=30, num_heads=4, attention="sparse").validate()
