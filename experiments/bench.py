@@ -18,6 +18,8 @@ with one line saying why. `--precision fp32` skips them anywhere (say a CPU lack
 with ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS, which that test does not see).
 
 Writes results/bench.json. `--quick` runs fewer steps (for a fast look; the figures are noisier).
+`--baseline DIR` times another checkout's models (say the commit before a change) in the same rounds as
+ours and HF's, so a change's effect is a ratio measured side by side in one run.
 """
 from __future__ import annotations
 
@@ -304,10 +306,12 @@ class Worker:
     (measured; ours none once warm), and the allocator state each model leaves moved the other's speed by
     5-20% either way; switching precision within one process does the same."""
 
-    def __init__(self, kind: str, which: int, bf16: bool, steps: int, shape: Shape = SMALL):
+    def __init__(self, kind: str, which: int, bf16: bool, steps: int, shape: Shape = SMALL, root: Path = ROOT):
+        """`root`: the checkout whose code the worker runs (`python -m` imports from its working directory
+        first), this one unless a --baseline checkout is timed."""
         self.process = subprocess.Popen(
             [sys.executable, "-m", "experiments.bench", "--worker", kind, str(which), str(int(bf16)), str(steps),
-             json.dumps(asdict(shape))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+             json.dumps(asdict(shape))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=root)
         hello = self._reply()
         self.name, self.flops_per_token = hello["name"], hello["flops_per_token"]
 
@@ -347,10 +351,12 @@ def _worker(kind: str, which: int, bf16: bool, steps: int, shape: Shape) -> None
 
 
 def measure(kind: str, precisions: list[bool], steps: int, rounds: int, shape: Shape = SMALL,
-            bf16: tuple[bool, str] | None = None) -> list[dict]:
+            bf16: tuple[bool, str] | None = None, baseline: Path | None = None) -> list[dict]:
     """Per precision, ours and HF's, each in its worker, interleaved round by round on the same batches;
     the median step time of each. `bf16` is `bf16_rows()`'s answer (asked here when not given): where it
-    says no, a bf16 precision becomes one skipped row, with the reason, and no worker is started for it."""
+    says no, a bf16 precision becomes one skipped row, with the reason, and no worker is started for it.
+    `baseline`: another checkout of the suite whose model is timed in the same rounds, a third row, and
+    ours gains `speedup_vs_baseline` (a change's before and after, side by side in one run)."""
     if bf16 is None:
         bf16 = bf16_rows() if True in precisions else (False, "")
     runs_bf16, reason = bf16
@@ -359,25 +365,32 @@ def measure(kind: str, precisions: list[bool], steps: int, rounds: int, shape: S
         if use_bf16 and not runs_bf16:
             rows.append({"kind": kind, "precision": "bf16", "skipped": reason})
             continue
-        pair = (Worker(kind, 0, use_bf16, steps, shape), Worker(kind, 1, use_bf16, steps, shape))
+        workers = [Worker(kind, 0, use_bf16, steps, shape), Worker(kind, 1, use_bf16, steps, shape)]
+        if baseline is not None:
+            workers.append(Worker(kind, 0, use_bf16, steps, shape, root=baseline))
+            workers[-1].name = f"baseline {workers[-1].name} ({baseline})"
         try:
-            for worker in pair:  # warm-up: first calls allocate and pick kernels
+            for worker in workers:  # warm-up: first calls allocate and pick kernels
                 worker.seconds_per_step(2)
-            times = ([], [])
+            times = [[] for _ in workers]
             for _ in range(rounds):
-                for worker, seconds in zip(pair, times):
+                for worker, seconds in zip(workers, times):
                     seconds.append(worker.seconds_per_step(steps))
         finally:
-            for worker in pair:
+            for worker in workers:
                 worker.close()
         medians = [statistics.median(seconds) for seconds in times]
-        for worker, seconds in zip(pair, medians):
+        first = len(rows)
+        for worker, seconds in zip(workers, medians):
             tokens_per_s = shape.tokens_per_step / seconds
             rows.append({"model": worker.name, "precision": "bf16" if use_bf16 else "fp32",
                          "step_s": round(seconds, 4), "tokens_per_s": round(tokens_per_s),
                          "model_flops_per_token": f"{worker.flops_per_token:.3e}",
                          "achieved_gflops": round(worker.flops_per_token * tokens_per_s / 1e9, 1)})
-        rows[-2]["speedup_vs_hf"] = round(medians[1] / medians[0], 2)
+        rows[first]["speedup_vs_hf"] = round(medians[1] / medians[0], 2)
+        if baseline is not None:
+            rows[first]["speedup_vs_baseline"] = round(medians[2] / medians[0], 3)
+            rows[first + 2]["speedup_vs_hf"] = round(medians[1] / medians[2], 2)
     return rows
 
 
@@ -483,16 +496,18 @@ def _print_rows(kind: str, rows: list[dict]) -> None:
         if "skipped" in row:
             continue
         print(f"{kind:8} {row['model']:32} {row['precision']:5} {row['tokens_per_s']:>8,} tokens/s  "
-              f"{row['achieved_gflops']:>6} GFLOP/s  peak {row['peak_rss_mb']:>5} MB"
+              f"{row['achieved_gflops']:>6} GFLOP/s  peak {row.get('peak_rss_mb', '-'):>5} MB"
               + (f"  speedup x{row['speedup_vs_hf']}" if "speedup_vs_hf" in row else "")
+              + (f" (x{row['speedup_vs_baseline']} the baseline's)" if "speedup_vs_baseline" in row else "")
               + (f"  pretraining {row['pretraining_minutes']} min" if "pretraining_minutes" in row else ""))
 
 
 def _add_peak_memory(kind: str, rows: list[dict], shape: Shape) -> None:
     for row in rows:
-        if "skipped" not in row:
-            which = 0 if row["model"].startswith("ours") else 1
-            row["peak_rss_mb"] = round(peak_memory_mb(kind, which, row["precision"] == "bf16", shape))
+        if "skipped" in row or row["model"].startswith("baseline"):  # a baseline's memory is its checkout's
+            continue
+        which = 0 if row["model"].startswith("ours") else 1
+        row["peak_rss_mb"] = round(peak_memory_mb(kind, which, row["precision"] == "bf16", shape))
 
 
 def main(argv=None) -> None:
@@ -507,6 +522,9 @@ def main(argv=None) -> None:
     parser.add_argument("--preset", default=None, help="whose shape the 'default' part times (default: the default preset)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads of every timed process (default: all cores, up to 16)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout of this suite (e.g. `git worktree add /tmp/before HEAD~1`): its training "
+                             "steps are timed in the same rounds as ours and HF's, for a change's before and after")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "bench.json")
     parser.add_argument("--preprocess-child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
@@ -524,6 +542,8 @@ def main(argv=None) -> None:
         if args.threads < 1:
             parser.error("--threads must be >= 1")
         os.environ[THREADS_VARIABLE] = str(args.threads)  # inherited by the workers and probes
+    if args.baseline is not None and not (args.baseline / "experiments" / "bench.py").is_file():
+        parser.error(f"--baseline {args.baseline}: not a checkout of this suite (no experiments/bench.py there)")
     use_all_cores()
     parts = args.only.split(",")
     unknown = set(parts) - {"preprocess", "batch", *KINDS}
@@ -549,7 +569,7 @@ def main(argv=None) -> None:
     for kind, precisions in (("mlm", [False, True]), ("deberta", [False, True]), ("rtd", [False, True])):
         if kind not in parts:
             continue
-        rows = measure(kind, precisions, steps, rounds, bf16=(runs_bf16, reason))
+        rows = measure(kind, precisions, steps, rounds, bf16=(runs_bf16, reason), baseline=args.baseline)
         _add_peak_memory(kind, rows, SMALL)
         _print_rows(kind, rows)
         report[kind] = rows

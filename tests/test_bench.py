@@ -16,6 +16,23 @@ def test_workers_time_both_models_on_the_same_batches_and_report_a_ratio():
     json.dumps(rows)  # what results/bench.json holds
 
 
+@pytest.mark.slow(seconds=30)
+def test_a_baseline_checkout_is_timed_in_the_same_rounds_and_compared():
+    tiny, _ = bench.preset_shape("smoke")
+    rows = bench.measure("mlm", precisions=[False], steps=1, rounds=1, shape=tiny, baseline=bench.ROOT)
+    ours, hf, baseline = rows
+    assert baseline["model"].startswith("baseline ours MLM") and baseline["tokens_per_s"] > 0
+    assert abs(ours["speedup_vs_baseline"] - baseline["step_s"] / ours["step_s"]) < 0.02
+    assert abs(baseline["speedup_vs_hf"] - hf["step_s"] / baseline["step_s"]) < 0.02
+    bench._print_rows("mlm", rows)  # a baseline row has no memory probe of its own
+
+
+def test_a_baseline_that_is_not_a_checkout_of_the_suite_is_refused(tmp_path):
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["--baseline", str(tmp_path), "--only", "mlm"])
+    assert stopped.value.code == 2
+
+
 def _cpu_reports(monkeypatch, precision: str) -> None:
     """Make the runner's test of the machine (experiments.runner.default_precision) answer `precision`."""
     from experiments import runner
