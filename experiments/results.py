@@ -238,10 +238,12 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
     unlearned = {name: problems for name, s in rows.items()
                  if (problems := learning_problems(s.values, [task_name(t) for t in s.tasks]))}
     # an early point (ELECTRA Table 1's shorter runs) is a model of its own: whether it had learned, too
-    early = {name: {point: _early_point_cell(values_at(s.values, point)) for point in early_points_in(s.values)}
-             for name, s in rows.items() if early_points_in(s.values)}
-    unlearned |= {f"{name} at {point} of training": problems for name, s in rows.items() for point in early_points_in(s.values)
-                  if (problems := learning_problems(values_at(s.values, point), [task_name(t) for t in s.tasks]))}
+    points = {name: found for name, s in rows.items() if (found := early_points_in(s.values))}
+    early = {name: {point: _early_point_cell(values_at(rows[name].values, point)) for point in found}
+             for name, found in points.items()}
+    unlearned |= {f"{name} at {point} of training": problems for name, found in points.items() for point in found
+                  if (problems := learning_problems(values_at(rows[name].values, point),
+                                                    [task_name(t) for t in rows[name].tasks]))}
     optimisers: dict[str, list[str]] = {}  # one line per distinct setting, with the rows that used it
     for name in order:
         if name in rows and rows[name].optim:
