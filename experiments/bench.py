@@ -17,6 +17,9 @@ instructions torch falls back to a reference GEMM that takes minutes per step, s
 with one line saying why. `--precision fp32` skips them anywhere (say a CPU lacks bf16, or emulate one
 with ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS, which that test does not see).
 
+`--device cuda` times parts 3 and 4 on the GPU (bf16 rows where it supports bf16, as a training run
+there uses; peak memory is the GPU allocator's peak). `--preset` then picks a GPU-sized shape for part 4.
+
 Writes results/bench.json. `--quick` runs fewer steps (for a fast look; the figures are noisier).
 `--baseline DIR` times another checkout's models (say the commit before a change) in the same rounds as
 ours and HF's, so a change's effect is a ratio measured side by side in one run.
@@ -90,6 +93,18 @@ SMALL = Shape(num_layers=4, hidden_size=256, num_heads=4, ffn_size=1024, vocab_s
 
 
 THREADS_VARIABLE = "BENCH_THREADS"  # set by --threads, read by every process the bench starts
+DEVICE_VARIABLE = "BENCH_DEVICE"  # set by --device, read by every process the bench starts
+
+
+def bench_device() -> torch.device:
+    """Where the timed models train: the CPU unless --device says otherwise."""
+    return torch.device(os.environ.get(DEVICE_VARIABLE, "cpu"))
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so a timer reads finished steps (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def use_all_cores() -> None:
@@ -160,7 +175,9 @@ def bf16_rows(choice: str = "auto") -> tuple[bool, str]:
         return False, "bf16 rows skipped: --precision fp32 says this CPU has no bf16"
     from experiments.runner import default_precision
 
-    training = default_precision()
+    if bench_device().type == "cuda" and not torch.cuda.is_bf16_supported():
+        return False, "bf16 rows skipped: this GPU has no bf16"
+    training = "bf16-mixed" if bench_device().type == "cuda" else default_precision()
     if training.startswith("bf16"):
         return True, f"bf16 rows run: a training run here uses {training} (experiments.runner.default_precision)"
     if choice == "bf16":
@@ -182,7 +199,9 @@ def machine() -> dict:
     caps = {variable: os.environ[variable] for variable in ISA_CAPS if variable in os.environ}
     return {"cpu": name, "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "date": time.strftime("%Y-%m-%d"), **({"emulated_isa_caps": caps} if caps else {})}
+            "date": time.strftime("%Y-%m-%d"), **({"emulated_isa_caps": caps} if caps else {}),
+            **({"gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda}
+               if bench_device().type == "cuda" else {})}
 
 
 # -------------------------------------------------------------------------------------- the models
@@ -202,15 +221,21 @@ def random_batch(generator: torch.Generator, shape: Shape) -> dict:
             "num_tokens": batch * length}
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+
+
 class Contender:
     """One model's training step: forward, backward, AdamW, as a training loop would run it."""
 
     def __init__(self, name: str, model: torch.nn.Module, loss_fn, flops_per_token: float):
-        self.name, self.model, self.loss_fn, self.flops_per_token = name, model.train(), loss_fn, flops_per_token
+        self.device = bench_device()
+        self.name, self.model, self.loss_fn, self.flops_per_token = name, model.to(self.device).train(), loss_fn, \
+            flops_per_token
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(self, batch: dict, bf16: bool) -> None:
-        context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+        context = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
         with context:
             loss = self.loss_fn(self.model, batch)
         loss.backward()
@@ -340,13 +365,15 @@ def _worker(kind: str, which: int, bf16: bool, steps: int, shape: Shape) -> None
     use_all_cores()
     contender = contenders(kind, shape, only=which)[which]
     generator = torch.Generator().manual_seed(0)
-    batches = [random_batch(generator, shape) for _ in range(steps)]
+    batches = [to_device(random_batch(generator, shape), contender.device) for _ in range(steps)]
     print(WORKER_REPLY + json.dumps({"name": contender.name, "flops_per_token": contender.flops_per_token}), flush=True)
     for request in sys.stdin:
         count = int(request)
+        synchronize(contender.device)
         start = time.perf_counter()
         for batch in batches[:count]:
             contender.step(batch, bf16)
+        synchronize(contender.device)
         print(WORKER_REPLY + json.dumps({"seconds_per_step": (time.perf_counter() - start) / count}), flush=True)
 
 
@@ -395,7 +422,8 @@ def measure(kind: str, precisions: list[bool], steps: int, rounds: int, shape: S
 
 
 def peak_memory_mb(kind: str, which: int, bf16: bool, shape: Shape = SMALL) -> float:
-    """Peak RSS of a fresh process running 3 steps of one model (CPU has no allocator counter)."""
+    """Peak RSS of a fresh process running 3 steps of one model (CPU has no allocator counter); on a GPU,
+    the allocator's peak."""
     done = subprocess.run([sys.executable, "-m", "experiments.bench", "--memory-child", kind, str(which), str(int(bf16)),
                            json.dumps(asdict(shape))], capture_output=True, text=True, cwd=ROOT)
     return float(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else float("nan")
@@ -406,8 +434,8 @@ def _memory_child(kind: str, which: int, bf16: bool, shape: Shape) -> None:
     contender = contenders(kind, shape, only=which)[which]
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
-        contender.step(random_batch(generator, shape), bf16)
-    print(peak_rss_mb())
+        contender.step(to_device(random_batch(generator, shape), contender.device), bf16)
+    print(torch.cuda.max_memory_allocated() / 2**20 if contender.device.type == "cuda" else peak_rss_mb())
 
 
 # ----------------------------------------------------------------------------- the default preset
@@ -496,7 +524,7 @@ def _print_rows(kind: str, rows: list[dict]) -> None:
         if "skipped" in row:
             continue
         print(f"{kind:8} {row['model']:32} {row['precision']:5} {row['tokens_per_s']:>8,} tokens/s  "
-              f"{row['achieved_gflops']:>6} GFLOP/s  peak {row.get('peak_rss_mb', '-'):>5} MB"
+              f"{row['achieved_gflops']:>6} GFLOP/s  peak {row.get('peak_rss_mb', row.get('peak_gpu_mb', '-')):>5} MB"
               + (f"  speedup x{row['speedup_vs_hf']}" if "speedup_vs_hf" in row else "")
               + (f" (x{row['speedup_vs_baseline']} the baseline's)" if "speedup_vs_baseline" in row else "")
               + (f"  pretraining {row['pretraining_minutes']} min" if "pretraining_minutes" in row else ""))
@@ -507,7 +535,8 @@ def _add_peak_memory(kind: str, rows: list[dict], shape: Shape) -> None:
         if "skipped" in row or row["model"].startswith("baseline"):  # a baseline's memory is its checkout's
             continue
         which = 0 if row["model"].startswith("ours") else 1
-        row["peak_rss_mb"] = round(peak_memory_mb(kind, which, row["precision"] == "bf16", shape))
+        key = "peak_gpu_mb" if bench_device().type == "cuda" else "peak_rss_mb"
+        row[key] = round(peak_memory_mb(kind, which, row["precision"] == "bf16", shape))
 
 
 def main(argv=None) -> None:
@@ -525,6 +554,8 @@ def main(argv=None) -> None:
     parser.add_argument("--baseline", type=Path, default=None,
                         help="another checkout of this suite (e.g. `git worktree add /tmp/before HEAD~1`): its training "
                              "steps are timed in the same rounds as ours and HF's, for a change's before and after")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the training-step comparisons (parts 3 and 4) run")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "bench.json")
     parser.add_argument("--preprocess-child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
@@ -542,6 +573,9 @@ def main(argv=None) -> None:
         if args.threads < 1:
             parser.error("--threads must be >= 1")
         os.environ[THREADS_VARIABLE] = str(args.threads)  # inherited by the workers and probes
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no GPU here (torch.cuda.is_available() is False)")
+    os.environ[DEVICE_VARIABLE] = args.device  # inherited by the workers and probes
     if args.baseline is not None and not (args.baseline / "experiments" / "bench.py").is_file():
         parser.error(f"--baseline {args.baseline}: not a checkout of this suite (no experiments/bench.py there)")
     use_all_cores()
@@ -555,7 +589,8 @@ def main(argv=None) -> None:
     print(f"machine: {report['machine']['cpu']}, {report['machine']['cpus']} CPUs, torch {torch.__version__} "
           f"({report['machine']['torch_cpu_capability']} kernels)"
           + (f"; instruction sets capped by {', '.join(f'{k}={v}' for k, v in caps.items())}: the figures are of "
-             "an emulated CPU, not a real one" if caps else ""))
+             "an emulated CPU, not a real one" if caps else "")
+          + (f"; timing on {report['machine']['gpu']}" if "gpu" in report["machine"] else ""))
     runs_bf16, reason = bf16_rows(args.precision)
     report["machine"]["bf16_rows"] = reason
     print(reason + ("; the caps do not change that test (it reads the CPU): --precision fp32 emulates a CPU without bf16"

@@ -54,6 +54,23 @@ def test_the_runners_test_and_the_precision_switch_decide_whether_bf16_rows_run(
         bench.main(["--precision", "fp16"])
 
 
+def test_on_a_gpu_the_gpus_own_bf16_support_decides_and_no_gpu_is_refused(monkeypatch):
+    """--device cuda: bf16 rows run where the GPU has bf16 (a training run there uses bf16-mixed), whatever
+    the CPU has; without a GPU the option is a clear error, exit 2."""
+    _cpu_reports(monkeypatch, "32-true")  # the CPU's answer must not matter on a GPU
+    monkeypatch.setenv(bench.DEVICE_VARIABLE, "cuda")
+    monkeypatch.setattr(bench.torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    runs, reason = bench.bf16_rows("auto")
+    assert runs and "bf16-mixed" in reason
+    monkeypatch.setattr(bench.torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    runs, reason = bench.bf16_rows("auto")
+    assert not runs and "GPU has no bf16" in reason
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["--device", "cuda", "--only", "mlm"])
+    assert stopped.value.code == 2
+
+
 @pytest.mark.slow(seconds=25)
 def test_bf16_rows_are_skipped_not_run_on_a_cpu_without_bf16(monkeypatch):
     """The worker protocol with bf16 reported unsupported: fp32 workers run, no bf16 worker is started,

@@ -319,14 +319,23 @@ def test_cpu_dropout_drops_a_fraction_p_and_keeps_the_mean():
     assert torch.equal(dropout_add(residual, x, 0.1, training=False), residual + x)
 
 
+@pytest.mark.parametrize("capability, expected", [("AVX512", True), ("AVX512_BF16", True), ("avx512", True),
+                                                  ("AVX2", False), ("DEFAULT", False), ("NO AVX", False)])
+def test_oneDNN_linear_is_used_only_where_avx512_makes_it_pay(capability, expected):
+    from ablations import fast_ops
+
+    assert fast_ops.onednn_linear_pays(capability) is expected
+
+
 @pytest.mark.parametrize("shape", [(3, 7, 24), (5, 24)])
 @pytest.mark.parametrize("out_features", [40, 16])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_cpu_linear_matches_torch_in_value_and_gradients(shape, out_features, with_bias):
+def test_cpu_linear_matches_torch_in_value_and_gradients(shape, out_features, with_bias, monkeypatch):
     from ablations import fast_ops
 
-    if not fast_ops.ONEDNN_LINEAR:
+    if not fast_ops._onednn_linear_available():
         pytest.skip("this torch build has no oneDNN")
+    monkeypatch.setattr(fast_ops, "ONEDNN_LINEAR", True)  # on an AVX2-only CPU the path is off by default
     torch.manual_seed(0)
     x = torch.randn(shape, requires_grad=True)
     weight = torch.randn(out_features, shape[-1], requires_grad=True)
