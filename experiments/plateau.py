@@ -107,7 +107,8 @@ def run(args) -> None:
               "peak_lr": config.optim.peak_lr, "count_models": count_model_cross_entropy(data.load()),
               "command": "python -m experiments.plateau " + shlex.join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(),
-              "threads": torch.get_num_threads(), "precision": precision}
+              "threads": torch.get_num_threads(), "precision": precision,
+              **({"gpu": torch.cuda.get_device_name()} if torch.cuda.is_available() else {})}  # Trainer's "auto" uses it
     path.write_text(json.dumps(header) + "\n")
     print(f"{args.name}: {args.row} of {experiment.id} at {preset.name} {overrides or ''}: {p.steps} steps x "
           f"{config.tokens_per_step:,} tokens; unigram {header['count_models']['unigram']:.3f}, left bigram "

@@ -527,6 +527,8 @@ def test_the_cpu_presets_relative_bias_never_touches_a_row_that_compares_positio
 def test_the_escape_study_records_a_curve_and_reports_it(tmp_path):
     """`python -m experiments.plateau`: a smoke row's curve (held-out and training-block MLM, the most local head
     per layer) appended per evaluation, then the table and plot; no runs is a clear error."""
+    import torch
+
     from experiments.plateau import main
 
     with pytest.raises(SystemExit) as stop:
@@ -535,6 +537,7 @@ def test_the_escape_study_records_a_curve_and_reports_it(tmp_path):
     main(["run", "tiny", "--preset", "smoke", "--evals", "2", "--dir", str(tmp_path)])
     header, *points = [json.loads(line) for line in (tmp_path / "runs" / "tiny.jsonl").read_text().splitlines()]
     assert header["steps"] == points[-1]["step"] and len(points) == 2 and header["precision"]
+    assert ("gpu" in header) == torch.cuda.is_available()  # a run says where it trained: the CPU alone, or a GPU
     assert all(len(q["most_local"]) == 2 and q["mlm_loss"] > 0 and q["train_mlm_loss"] > 0 for q in points)
     main(["report", "--dir", str(tmp_path)])
     assert "| tiny | DOC-SENTENCES |" in (tmp_path / "README.md").read_text() and (tmp_path / "curves.png").exists()
