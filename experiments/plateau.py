@@ -159,7 +159,7 @@ def summary(run: dict) -> dict:
     both = first(points, lambda q: max(q["most_local"]) >= LOCAL_MULTIPLE and q["mlm_loss"] is not None
                  and q["mlm_loss"] <= middle)
     last = points[-1] if points else None
-    interval = points[1]["step"] - points[0]["step"] if len(points) > 1 else run["steps"]
+    interval = points[0]["step"] if points else run["steps"]  # evenly spaced from step 0: the first is one interval
     lowest = min((q for q in points if q["mlm_loss"] is not None), key=lambda q: q["mlm_loss"], default=None)
     return {"local": local, "below": below, "escaped": both, "last": last, "lowest": lowest,
             "finished": bool(last) and last["step"] > run["steps"] - interval}
@@ -187,7 +187,7 @@ def report(args) -> None:
         lines.append(f"| {run['name']} | {run['row']} | {changes} | {run['steps']:,} x {run['tokens_per_step']:,} | "
                      f"{_tokens(s['local'])} | {_tokens(s['below'])} | **{_tokens(s['escaped'])}** | "
                      f"{s['lowest']['mlm_loss']:.3f} ({_tokens(s['lowest'])}) | {end}{state} | "
-                     f"{auc} | {last['seconds'] / 60 if last else 0:.1f} min |")
+                     f"{auc} | {last['seconds'] / 60 if last else 0:.1f} min{' on ' + run['gpu'] if 'gpu' in run else ''} |")
     table = "\n".join(lines)
     plot(runs, args.dir / "curves.png")
     commands = "\n".join(f"    {run['command']}" for run in runs)

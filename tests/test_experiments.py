@@ -541,3 +541,8 @@ def test_the_escape_study_records_a_curve_and_reports_it(tmp_path):
     assert all(len(q["most_local"]) == 2 and q["mlm_loss"] > 0 and q["train_mlm_loss"] > 0 for q in points)
     main(["report", "--dir", str(tmp_path)])
     assert "| tiny | DOC-SENTENCES |" in (tmp_path / "README.md").read_text() and (tmp_path / "curves.png").exists()
+    # a run cut off after its first of two points says so (one point used to read as a finished run)
+    lines = (tmp_path / "runs" / "tiny.jsonl").read_text().splitlines()
+    (tmp_path / "runs" / "tiny.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    main(["report", "--dir", str(tmp_path)])
+    assert f"(stopped at step {points[0]['step']})" in (tmp_path / "README.md").read_text()
