@@ -48,28 +48,42 @@ def direct_disentangled_attention(attention, x, table, config):
     return attention.output(torch.cat(outputs, -1))[None]
 
 
-def test_relative_shift_reads_the_right_diagonal():
-    from ablations.encoder import relative_shift
+@pytest.mark.parametrize("length", [5, 32], ids=["one-block", "blocks-of-16"])
+def test_shifted_scores_read_each_rows_diagonal_and_carry_its_gradient(length):
+    from ablations.encoder import SHIFT_BLOCK, shifted_scores
 
-    length = 5
-    scores = torch.arange(length * 2 * length, dtype=torch.float).view(length, 2 * length)
-    out = relative_shift(scores)
-    expected = torch.stack([scores[a, length - 1 - a + torch.arange(length)] for a in range(length)])
-    assert torch.equal(out, expected)
+    heads, batch, head_size = 2, 3, 4
+    x = torch.randn(heads, batch, length, head_size, dtype=torch.double, requires_grad=True)
+    positions = torch.randn(heads, 2 * length - 1, head_size, dtype=torch.double, requires_grad=True)
+    out = shifted_scores(x, positions)
+    m = SHIFT_BLOCK if length % SHIFT_BLOCK == 0 else length
+    assert out.shape == (heads, length // m, batch, m, length)
+    a, b = torch.arange(length)[:, None], torch.arange(length)[None, :]
+    expected = (x[:, :, :, None, :] * positions[:, None, length - 1 - a + b, :]).sum(-1)  # [a, b]: x[a].p[L-1-a+b]
+    assert torch.allclose(out.permute(0, 2, 1, 3, 4).reshape(heads, batch, length, length), expected)
+    assert torch.autograd.gradcheck(shifted_scores, (x, positions))
 
 
-@pytest.mark.parametrize("span, length", [(6, 15), (16, 12)], ids=["clipped-gather", "unclipped-shift"])
+@pytest.mark.parametrize("span, length", [(6, 15), (16, 12), (40, 32)],
+                         ids=["clipped-gather", "unclipped-shift", "unclipped-shift-in-blocks"])
 def test_fast_disentangled_attention_equals_the_papers_formula(span, length):
     config = DEBERTA.replace(relative_span=span)
     encoder = random_weights(Encoder(config)).eval()
     attention = encoder.blocks[0].attention
     assert attention._can_shift(length, length) == (length <= span)
     x = torch.randn(1, length, config.hidden_size)
-    bias, relative = encoder.attention_inputs(None, length, "cpu")
-    with torch.no_grad():
-        fast = attention(x, bias, relative)
-        slow = direct_disentangled_attention(attention, x, relative[0], config)
+    with torch.no_grad():  # the relative table as a constant: the gradients compared are x's
+        bias, relative = encoder.attention_inputs(None, length, "cpu")
+    upstream = torch.randn(1, length, config.hidden_size)
+    gradients = []
+    for formula in (lambda x: attention(x, bias, relative), lambda x: direct_disentangled_attention(attention, x, relative[0], config)):
+        x.grad = None
+        out = formula(x.requires_grad_())
+        (out * upstream).sum().backward()
+        gradients.append((out.detach(), x.grad.clone()))
+    (fast, fast_gradient), (slow, slow_gradient) = gradients
     assert torch.allclose(fast, slow, atol=1e-4)
+    assert torch.allclose(fast_gradient, slow_gradient, atol=1e-4)  # the shift's views carry the gradient too
     # the code's p2c index gives a different (also tested against HF) result
     code = Encoder(config.replace(p2c_index="code")).eval()
     code.load_state_dict(encoder.state_dict())
