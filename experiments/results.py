@@ -21,8 +21,8 @@ from experiments.durable import write_atomically
 from experiments.evaluations.minimal_pairs import KINDS as PAIR_KINDS
 from experiments.evaluations.probes import PROBE_FEATURE
 from experiments.evaluations.word_order import LEARNED_ADJACENT_MULTIPLE, word_order_cell
-from experiments.verdicts import (INCONCLUSIVE, Calibration, Noise, combine, early_points_in, judge, learning_problems,
-                                  learning_problems_of, load_calibration, row_kind, values_at)
+from experiments.verdicts import (ELECTRA_REGIME_AUC, INCONCLUSIVE, Calibration, Noise, combine, early_points_in, judge,
+                                  learning_problems, learning_problems_of, load_calibration, row_kind, values_at)
 from experiments.spec import DEPARTURES, PROBE_AVERAGE, Claim, Experiment, departures, lower_is_better
 from lightning_modules.base import describe
 
@@ -244,6 +244,9 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
     unlearned |= {f"{name} at {point} of training": problems for name, found in points.items() for point in found
                   if (problems := learning_problems(values_at(rows[name].values, point),
                                                     [task_name(t) for t in rows[name].tasks]))}
+    # a discriminator that learned to detect replacements, but not yet to ELECTRA's level
+    early_training = {name: round(s.mean("disc_auc"), 3) for name, s in rows.items() if name not in unlearned
+                      and "disc_auc" in s.values and s.mean("disc_auc") < ELECTRA_REGIME_AUC}
     optimisers: dict[str, list[str]] = {}  # one line per distinct setting, with the rows that used it
     for name in order:
         if name in rows and rows[name].optim:
@@ -259,6 +262,7 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
                "departures": used,
                "majority_baselines": majority, "optimisers": optimisers, "plots": plots,
                "noise": noise.source, "did_not_learn": unlearned, "early_points": early,
+               "early_training_discriminators": early_training,
                "minimal_pairs": {name: {kind: round(s.mean(f"minimal_pairs_{kind}"), 1) for kind in PAIR_KINDS
                                         if f"minimal_pairs_{kind}" in s.values}
                                  for name, s in rows.items() if "minimal_pairs" in s.values},
@@ -323,6 +327,12 @@ def render_markdown(experiment: Experiment, payload: dict) -> str:
             for row, points in payload["early_points"].items()) + ".\n")
     for name, problems in payload.get("did_not_learn", {}).items():
         out.write(f"\n**{name} decides no claim**: {'; '.join(problems)}.\n")
+    if early_training := payload.get("early_training_discriminators"):
+        aucs = ", ".join(f"{name} {auc:.3f}" for name, auc in early_training.items())
+        out.write(f"\nReplaced-token detection is early in training: held-out AUC {aucs}, below the "
+                  f"{ELECTRA_REGIME_AUC:g} this suite takes for ELECTRA's regime. These discriminators have learned to "
+                  f"detect replacements, so their claims are checked, but read them as claims about early training "
+                  f"(docs/what-models-learn.md).\n")
     if payload["claims"]:
         out.write("\n## The paper's claims, checked on these numbers\n\n"
                   "(paper): the paper states it; (proxy): the paper measured something else, or the rows train with a "

@@ -269,6 +269,30 @@ def test_calibration_reports_the_detectable_effect_per_kind_and_the_steadiest_pr
     assert "evaluations per row: word order 3 s, minimal pairs 30 s, probes 9 s: 7.0% of its pretraining (600 s)" in report
 
 
+def test_a_table_says_when_its_discriminators_are_early_in_training(tmp_path):
+    """ELECTRA-Small at AUC 0.70 has learned to detect replacements (its claims are checked) but is below the
+    0.80 taken for ELECTRA's regime: the table says so under it; at 0.85 it says nothing."""
+    from experiments.results import build_table
+    from experiments.runner import plan, write_json_atomically
+
+    experiment = EXPERIMENTS["ablation-electra-small"]
+    for auc, expect_note in ((0.703, True), (0.85, False)):
+        results = tmp_path / str(auc)
+        for p in plan(experiment, PRESETS["small"], 1, None, None, results):
+            metrics = {"mlm_loss": 4.8, "generator_mlm_loss": 4.8, "adjacent_attention": 20.0, "unigram_loss": 6.96,
+                       "bigram_loss": 4.92, "downstream_avg": 70.0}
+            metrics |= {"disc_auc": auc} if p.row.name == "ELECTRA-Small" else {}
+            write_json_atomically(p.result_path, {"experiment": experiment.id, "row": p.row.name, "seed": 0,
+                                                  "metrics": metrics, "config": p.config.to_dict(), "tokens_seen": 1,
+                                                  "padded_tokens": 1, "train_flops": 1.0, "wall_time_s": 1.0,
+                                                  "curves": "work", "steps": p.steps, "git_commit": "abc"})
+        payload = build_table(experiment, "small", plan(experiment, PRESETS["small"], 1, None, None, results)[0].directory)
+        markdown = (results / experiment.id / "small" / "table.md").read_text()
+        assert ("held-out AUC ELECTRA-Small 0.703, below the 0.8" in markdown) == expect_note
+        assert payload["early_training_discriminators"] == ({"ELECTRA-Small": 0.703} if expect_note else {})
+        assert not payload["did_not_learn"]  # early in training is not "did not learn"
+
+
 def test_a_row_that_did_not_learn_decides_nothing():
     def row(name, score, auc):
         return RowSummary(name, [0, 1, 2], {"score": score, "disc_auc": auc, "sentiment": score,
