@@ -230,17 +230,35 @@ def load_task(name: str) -> TaskData:
 # ----------------------------------------------------------------------------------------- batching
 
 
+def truncated_lengths(lengths: list[int], budget: int) -> list[int]:
+    """Segment lengths after BERT's truncation, which takes one token at a time off the end of the longest
+    segment (the first of equal ones) until the total fits the budget; computed a level at a time (the tied
+    longest segments lose tokens in turn down to the next length), not a token at a time: a 500-token article
+    cut to 64 took 440 passes over its segments per example."""
+    if budget < 0:
+        raise ValueError(f"no room for the segments: budget {budget}")  # the config check asks for max_length >= 4
+    lengths = list(lengths)
+    excess = sum(lengths) - budget
+    while excess > 0:
+        top = max(lengths)
+        tied = [i for i, n in enumerate(lengths) if n == top]
+        below = max((n for n in lengths if n < top), default=0)
+        taken = min(excess, (top - below) * len(tied))
+        each, first_ones = divmod(taken, len(tied))
+        for rank, i in enumerate(tied):
+            lengths[i] -= each + (rank < first_ones)
+        excess -= taken
+    return lengths
+
+
 def encode_examples(tokenizer, kind: str, texts: list[tuple[str, ...]], max_length: int) -> list[np.ndarray]:
     """[CLS] A [SEP] (B [SEP]) token ids and segment ids, truncating the longer segment first (BERT)."""
     columns = list(zip(*texts))
     encoded = [encode_sentences(tokenizer, kind, [str(t) for t in column]) for column in columns]
     out = []
     for parts in zip(*encoded):
-        parts = [list(p) for p in parts]
-        budget = max_length - 1 - len(parts)
-        while sum(map(len, parts)) > budget:
-            longest = max(range(len(parts)), key=lambda i: len(parts[i]))
-            parts[longest].pop()
+        kept = truncated_lengths([len(p) for p in parts], max_length - 1 - len(parts))
+        parts = [list(p[:n]) for p, n in zip(parts, kept)]
         ids, segments = [CLS_ID], [0]
         for segment, part in enumerate(parts):
             ids += part + [SEP_ID]

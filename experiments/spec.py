@@ -54,6 +54,8 @@ class RunConfig:
             problems.append("NSP formats (segment-pair, sentence-pair) only go with the mlm objective")
         if self.finetune.seeds < 1:
             problems.append("finetune.seeds must be >= 1")
+        if self.finetune.max_length < 4:
+            problems.append("finetune.max_length must be >= 4 (room for [CLS], a [SEP] after each of two segments, and a token)")
         if self.gradient_accumulation < 1:
             problems.append("gradient_accumulation must be >= 1")
         if any(not 0 < f < 1 for f in self.evaluate_at):

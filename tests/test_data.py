@@ -434,6 +434,22 @@ def test_sentence_pairs_are_encoded_with_segments_and_truncated_longest_first(ti
     assert b_length == len(tiny_tokenizer.encode(" short one.", add_special_tokens=False).ids)
 
 
+def test_truncation_by_levels_equals_taking_a_token_at_a_time_off_the_longest_segment():
+    from datamodules.downstream import truncated_lengths
+
+    def one_at_a_time(lengths, budget):
+        lengths = list(lengths)
+        while sum(lengths) > budget:
+            lengths[max(range(len(lengths)), key=lambda i: lengths[i])] -= 1  # max: the first of equal ones
+        return lengths
+
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        lengths = rng.integers(0, 40, rng.integers(1, 4)).tolist()
+        budget = int(rng.integers(0, 90))
+        assert truncated_lengths(lengths, budget) == one_at_a_time(lengths, budget), (lengths, budget)
+
+
 def test_fine_tuning_batches_group_similar_lengths_and_cover_every_example_once():
     from datamodules.downstream import LengthGroupedBatches
 

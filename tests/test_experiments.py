@@ -38,6 +38,7 @@ def test_list_shows_every_table_with_its_make_target():
     (["run", "ablation-nsp", "--preset", "huge"], "unknown preset 'huge' (valid: smoke, small, cpu, medium, base)"),
     (["run", "ablation-nsp", "--preset", "smoke", "--rows", "NO-SUCH-ROW"], "unknown row 'NO-SUCH-ROW'"),
     (["run", "ablation-nsp", "--preset", "smoke", "--tasks", "imdb"], "unknown downstream task 'imdb'"),
+    (["run", "ablation-nsp", "--preset", "smoke", "--set", "finetune.max_length=2"], "finetune.max_length must be >= 4"),
 ])
 def test_bad_requests_stop_before_training_with_one_clear_line(args, message, tmp_path):
     code, stderr = refused_in_process(*args, "--results-dir", str(tmp_path))
