@@ -120,24 +120,26 @@ def test_switching_off_a_component_removes_exactly_its_parameters(off, removed):
         assert Encoder(DEBERTA.replace(**off)).blocks[0].attention.scale == pytest.approx(1 / math.sqrt(16))
 
 
-def test_switching_off_a_term_removes_exactly_that_term():
+@pytest.mark.parametrize("span, length", [(6, 12), (40, 32)], ids=["clipped-gather", "unclipped-shift-in-blocks"])
+def test_switching_off_a_term_removes_exactly_that_term(span, length):
     """With the same weights, score(-C2P) + score(-P2C) == score(full): each switch drops one term only."""
-    x = torch.randn(1, 12, DEBERTA.hidden_size)
-    full = random_weights(Encoder(DEBERTA)).eval()
+    config = DEBERTA.replace(relative_span=span)
+    x = torch.randn(1, length, config.hidden_size)
+    full = random_weights(Encoder(config)).eval()
 
     def position_scores(config):
         model = Encoder(config).eval()
         model.load_state_dict(full.state_dict(), strict=False)
         attention = model.blocks[0].attention
         table = model.relative_norm(model.relative_table.weight)
-        index = relative_position_index(12, 12, config, "cpu")
+        index = relative_position_index(length, length, config, "cpu")
         q, k = attention._heads(attention.query(x)), attention._heads(attention.key(x))
         return attention._position_scores(q, k, table, index) / attention.scale  # each config has its scale
 
     with torch.no_grad():
-        both = position_scores(DEBERTA)
-        p2c_only = position_scores(DEBERTA.replace(c2p=False))
-        c2p_only = position_scores(DEBERTA.replace(p2c=False))
+        both = position_scores(config)
+        p2c_only = position_scores(config.replace(c2p=False))
+        c2p_only = position_scores(config.replace(p2c=False))
     assert p2c_only.abs().mean() > 0.1 and c2p_only.abs().mean() > 0.1
     assert torch.allclose(p2c_only + c2p_only, both, atol=1e-4)
 
