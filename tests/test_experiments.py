@@ -571,3 +571,20 @@ def test_the_escape_study_records_a_curve_and_reports_it(tmp_path):
     (tmp_path / "runs" / "tiny.jsonl").write_text("\n".join(lines[:2]) + "\n")
     main(["report", "--dir", str(tmp_path)])
     assert f"(stopped at step {points[0]['step']})" in (tmp_path / "README.md").read_text()
+
+
+def test_the_escape_study_says_where_a_discriminator_reached_electras_regime_and_not_by_a_collapsed_generator():
+    """The report's AUC column: the tokens at the first point at AUC >= 0.8, but never a point whose generator
+    was no better than a unigram model (its replacements near random, an easier task)."""
+    from experiments.plateau import summary
+
+    def point(step, auc, mlm):
+        return {"step": step, "tokens": step * 100, "disc_auc": auc, "mlm_loss": mlm, "most_local": [5.0]}
+
+    header = {"steps": 3, "count_models": {"unigram": 7.0, "left_bigram": 5.0}}
+    learned = summary({**header, "points": [point(1, 0.7, 5.0), point(2, 0.81, 4.5), point(3, 0.83, 4.4)]})
+    assert learned["regime"]["step"] == 2 and learned["collapsed"] is None
+    collapsed = summary({**header, "points": [point(1, 0.7, 5.0), point(2, 0.94, 7.0), point(3, 0.95, 7.1)]})
+    assert collapsed["regime"] is None and collapsed["collapsed"]["step"] == 2
+    mlm_only = summary({**header, "points": [{**point(1, None, 5.0)}]})
+    assert mlm_only["regime"] is None and mlm_only["collapsed"] is None
