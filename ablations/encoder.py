@@ -104,7 +104,8 @@ class Attention(nn.Module):
     def forward(self, x, key_padding_bias, relative=None, query_input=None, rows=None):
         """x: keys/values (B, L, H); query_input: queries if they differ (the EMD), else x.
         key_padding_bias: (1, B, 1, L) additive, -inf at padded keys (head-major, like q, k, v).
-        relative: (table (2k, H), index (Lq, L)) for disentangled attention, (None, index) for relative_bias.
+        relative: (table (2k, H), index (L, L)) for disentangled attention, (None, index) for relative_bias; a
+        third item (B, M) gives the positions of query_input's rows when they are not all L (the EMD's read rows).
         rows: flat indices into B*L; the output projection then runs at those rows only, (len(rows), H)."""
         q, k, v = (self._heads(t) for t in self._project(x, query_input))
         bias = self._bias(key_padding_bias.to(q.dtype), relative)  # cast the small tensor, never the (h, B, L, L) one
@@ -164,24 +165,37 @@ class Attention(nn.Module):
         heads, batch, length, _ = x.shape
         return torch.bmm(x.flatten(1, 2), positions.transpose(1, 2)).view(heads, batch, length, -1)
 
-    def _position_scores(self, q, k, table, index):
+    def _position_scores(self, q, k, table, index, query_positions=None):
         """Scaled c2p[i,j] = Qc[i].Kr[delta(i,j)] and p2c[i,j] = Kc[j].Qr[delta(j,i)] (paper) or
-        [delta(i,j)] (code), each times the attention scale."""
-        if self._can_shift(q.shape[2], k.shape[2]):
-            return self._position_scores_by_shift(q, k, table)
+        [delta(i,j)] (code), each times the attention scale. index: delta over all positions (L, L);
+        query_positions: (B, M), where each sequence's M queries sit when they are not all L positions
+        (the EMD at the masked rows only)."""
         heads, batch, q_len, _ = q.shape
         k_len = k.shape[2]
+        if self._can_shift(k_len, k_len) and (query_positions is not None or q_len == k_len):
+            return self._position_scores_by_shift(q, k, table, index, query_positions)
+        if query_positions is None:
+            c2p_index, reverse = index, index  # reverse[j, i] = delta(j, i)
+        else:  # per sequence: (B, M, L) and (B, L, M)
+            c2p_index = index[query_positions]
+            reverse = index[:, query_positions].permute(1, 0, 2)
         scores = 0
         if self.config.c2p:
-            c2p = self._against_positions(q, self._scaled_positions(self._position_key_projection(), table))
-            scores = scores + torch.gather(c2p, -1, index.expand(heads, batch, q_len, k_len))  # c2p: (h, B, Lq, 2k)
+            scores = scores + self._c2p_by_gather(q, table, c2p_index)
         if self.config.p2c:
             # (h, B, Lk, 2k): row j holds Kc[j].Qr[r]
             p2c = self._against_positions(k, self._scaled_positions(self._position_query_projection(), table))
-            # entry [j, i] must hold Kc[j].Qr[delta(j,i)] (paper) = index[j, i], or delta(i,j) (code) = index[i, j]
-            p2c_index = index if self.config.p2c_index == "paper" else index.transpose(0, 1)
+            # entry [j, i] must hold Kc[j].Qr[delta(j,i)] (paper), or Kc[j].Qr[delta(i,j)] (code)
+            p2c_index = reverse if self.config.p2c_index == "paper" else c2p_index.transpose(-1, -2)
             scores = scores + torch.gather(p2c, -1, p2c_index.expand(heads, batch, k_len, q_len)).transpose(-1, -2)
         return scores
+
+    def _c2p_by_gather(self, q, table, index):
+        """c2p against the whole relative table (h, B, Lq, 2k), then each query's entries at index (Lq, L) or
+        (B, Lq, L)."""
+        heads, batch, q_len, _ = q.shape
+        c2p = self._against_positions(q, self._scaled_positions(self._position_key_projection(), table))
+        return torch.gather(c2p, -1, index.expand(heads, batch, q_len, index.shape[-1]))
 
     def _position_key_projection(self) -> nn.Linear:
         return self.key if self.config.share_position_projections else self.position_key
@@ -193,14 +207,18 @@ class Attention(nn.Module):
         """Without buckets and with L <= k no distance is clipped, so delta(i,j) = i - j + k exactly."""
         return not self.config.position_buckets and q_len == k_len <= self.config.relative_span
 
-    def _position_scores_by_shift(self, q, k, table):
+    def _position_scores_by_shift(self, q, k, table, index, query_positions=None):
         """The same scores without gathers: only the 2L-1 table rows k-L+1 .. k+L-1 can be used, and
-        each query row reads its own diagonal of them (`shifted_scores`, Transformer-XL's shift)."""
-        length, span = q.shape[2], self.config.relative_span
+        each query row reads its own diagonal of them (`shifted_scores`, Transformer-XL's shift). With
+        query_positions (B, M), c2p is gathered at those queries alone, and p2c, which depends on the keys
+        and the query's position but not on the query, is shifted for every position and its rows taken."""
+        length, span = k.shape[2], self.config.relative_span
         window = table[span - length + 1: span + length]  # row c <-> distance c - (L - 1)
-        heads, batch = q.shape[:2]
+        heads, batch, q_len = q.shape[:3]
         scores = None
-        if self.config.c2p:
+        if self.config.c2p and query_positions is not None:
+            scores = self._c2p_by_gather(q, table, index[query_positions])
+        elif self.config.c2p:
             keys = self._scaled_positions(self._position_key_projection(), window.flip(0))
             # [t, b, r, j] = c2p[i = t*m + r, j] (row k + i - j): the query blocks back in order, one copy
             scores = shifted_scores(q, keys).permute(0, 2, 1, 3, 4).reshape(heads, batch, length, length)
@@ -210,8 +228,10 @@ class Attention(nn.Module):
             # [t, b, r, i] = the p2c score of key j = t*m + r for query i, with row k + j - i (paper, flipped
             # window) or k - j + i (code, window as is): permuted, (h, B, i, blocks, m) is (h, B, i, j)
             p2c = shifted_scores(k, queries).permute(0, 2, 4, 1, 3)
-            scores = p2c.reshape(heads, batch, length, length) if scores is None else \
-                (scores.view(p2c.shape) + p2c).view(heads, batch, length, length)
+            if query_positions is not None:
+                p2c = p2c[:, torch.arange(batch, device=k.device)[:, None], query_positions]  # (h, B, M, blocks, m)
+            scores = p2c.reshape(heads, batch, q_len, length) if scores is None else \
+                (scores.view(p2c.shape) + p2c).view(heads, batch, q_len, length)
         return scores
 
 
@@ -285,13 +305,40 @@ class EnhancedMaskDecoder(nn.Module):
         self.layer = Block(config)
 
     def forward(self, hidden, key_padding_bias, relative, rows=None):
-        """(B, L, H), or with `rows` the last step's states at those rows only (see Block.forward): the
-        steps before it must compute every row, since the next step's queries are all of them."""
-        query = hidden + self.positions.weight[: hidden.shape[1]]
-        for step in range(self.steps):
-            query = self.layer(hidden, key_padding_bias, relative, query_input=query,
-                               rows=rows if step == self.steps - 1 else None)
-        return query
+        """(B, L, H), or with `rows` (flat indices into B*L) the states at those rows only, (len(rows), H).
+        Every step's keys and values are H, so a step's output at row i depends on the previous step's at row
+        i alone: with `rows` each step computes only those rows, each sequence's padded to the longest list
+        (a padded slot repeats position 0 and is never returned)."""
+        batch, length, hidden_size = hidden.shape
+        positions = self.positions.weight[:length]
+        if rows is None:
+            query = hidden + positions
+            for _ in range(self.steps):
+                query = self.layer(hidden, key_padding_bias, relative, query_input=query)
+            return query
+        grid, slots = query_slots(rows, batch, length)
+        sequences = torch.arange(batch, device=rows.device)[:, None]
+        query = hidden[sequences, grid] + positions[grid]  # (B, M, H)
+        table, index = relative
+        for _ in range(self.steps):
+            query = self.layer(hidden, key_padding_bias, (table, index, grid), query_input=query)
+        return query.reshape(-1, hidden_size).index_select(0, slots)
+
+
+def query_slots(rows: torch.Tensor, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat rows of (B, L) laid out per sequence: (grid, slots) with grid (B, M) each sequence's positions
+    in the order `rows` lists them, padded with 0 up to M (the most rows any sequence has), and slots (N,)
+    where each row of `rows` sits in the flattened grid."""
+    sequence = rows // length
+    counts = torch.bincount(sequence, minlength=batch)
+    width = int(counts.max()) if rows.numel() else 0  # the one host sync: the grid's size
+    order = torch.argsort(sequence, stable=True)
+    first_of_sequence = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(rows)
+    slot[order] = torch.arange(rows.numel(), device=rows.device) - first_of_sequence[sequence[order]]
+    grid = torch.zeros(batch, width, dtype=rows.dtype, device=rows.device)
+    grid[sequence, slot] = rows % length
+    return grid, sequence * width + slot
 
 
 class Encoder(nn.Module):

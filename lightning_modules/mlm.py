@@ -23,10 +23,10 @@ def masked_lm(encoder: Encoder, head: MLMHead, batch: dict, input_ids=None, firs
     """Logits at the masked positions (N, V) of `input_ids` (default: the batch's masked input) and, with
     `first_tokens`, each sequence's last hidden state at its first token (B, H), which NSP reads (else None).
     Only the rows read are computed in the last block (`Encoder.forward`'s `rows`), or with DeBERTa's EMD in
-    its last step."""
+    its steps."""
     ids, mask, positions = batch["input_ids"] if input_ids is None else input_ids, batch["attention_mask"], batch["mlm_positions"]
     word_embeddings = encoder.embeddings.word.weight
-    if encoder.emd is not None:  # the EMD reads every row of H; its own last step computes only the masked rows
+    if encoder.emd is not None:  # the EMD reads every row of H as keys, but computes only the masked rows
         hidden = encoder(ids, mask, batch["token_type_ids"])
         logits = head(encoder.mask_decoder_states(hidden, mask, rows=positions), None, word_embeddings)
         return logits, hidden[:, 0] if first_tokens else None

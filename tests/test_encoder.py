@@ -173,6 +173,33 @@ def test_padding_never_changes_outputs_at_real_positions(config):
     assert torch.allclose(alone, with_padding[:, :10], atol=1e-5)
 
 
+@pytest.mark.parametrize("length, changes", [(32, {"relative_span": 32}), (12, {"relative_span": 16}),
+                                             (12, {"relative_span": 6}), (12, {"relative_span": 8, "position_buckets": 4}),
+                                             (32, {"relative_span": 32, "p2c_index": "code"}),
+                                             (32, {"relative_span": 32, "c2p": False}), (32, {"relative_span": 32, "p2c": False})],
+                         ids=["shift-blocks", "shift-one-block", "clipped", "buckets", "shift-code-p2c", "p2c-only", "c2p-only"])
+def test_position_scores_at_some_query_positions_are_those_rows_of_the_full_scores(length, changes):
+    """The EMD computes only the masked rows: its c2p + p2c scores for queries at given positions per sequence
+    (unsorted, repeated, a different number per sequence once padded) are exactly the full matrix's rows there,
+    and so are their gradients, on the shift path (blocks of 16 and one block) and the gather path."""
+    config = DEBERTA.replace(**changes)
+    encoder = random_weights(Encoder(config), std=0.1)
+    attention = encoder.blocks[0].attention
+    x = torch.randn(2, length, config.hidden_size, dtype=torch.float64, requires_grad=True)
+    attention, encoder = attention.double(), encoder.double()
+    _, (table, index) = encoder.attention_inputs(None, length, "cpu")
+    query_positions = torch.tensor([[length - 1, 3, 0, 3], [7, 1, 0, 0]])
+    q, k, _ = (attention._heads(t) for t in attention._project(x))
+    full = attention._position_scores(q, k, table, index)  # (h, B, L, L)
+    picked_q = q[:, torch.arange(2)[:, None], query_positions]  # (h, B, M, d)
+    some = attention._position_scores(picked_q, k, table, index, query_positions)
+    expected = full[:, torch.arange(2)[:, None], query_positions]
+    assert some.shape == expected.shape and torch.allclose(some, expected, atol=1e-12)
+    weights = torch.randn_like(some)
+    assert torch.allclose(torch.autograd.grad((some * weights).sum(), x, retain_graph=True)[0],
+                          torch.autograd.grad((expected * weights).sum(), x)[0], atol=1e-12)
+
+
 @pytest.mark.parametrize("config", [EncoderConfig(**TINY), DEBERTA.replace(relative_span=4), RELATIVE_BIAS],
                          ids=["absolute", "disentangled-clipped", "relative-bias"])
 def test_attention_probabilities_are_the_ones_forward_uses(config):
@@ -265,12 +292,18 @@ def test_mlm_head_computes_logits_only_at_masked_positions():
 
 @pytest.mark.parametrize("config", [EncoderConfig(**TINY), RELATIVE_BIAS, EncoderConfig(**TINY, pre_layer_norm=True),
                                     EncoderConfig(**TINY, attention="disentangled", relative_span=6, emd=False),
-                                    EncoderConfig(**TINY, attention="disentangled", relative_span=6)],
-                         ids=["absolute", "relative-bias", "pre-ln", "deberta-without-emd", "deberta-with-emd"])
+                                    EncoderConfig(**TINY, attention="disentangled", relative_span=6),
+                                    EncoderConfig(**TINY, attention="disentangled", relative_span=6, p2c_index="code"),
+                                    EncoderConfig(**TINY, attention="disentangled", relative_span=8, position_buckets=4),
+                                    EncoderConfig(**TINY, attention="disentangled", relative_span=16)],
+                         ids=["absolute", "relative-bias", "pre-ln", "deberta-without-emd", "deberta-with-emd",
+                              "deberta-with-emd-code-p2c", "deberta-with-emd-buckets", "deberta-with-emd-unclipped"])
 @pytest.mark.parametrize("nsp", [False, True])
-def test_the_last_block_at_the_read_rows_only_gives_the_same_losses_and_gradients(config, nsp):
-    """masked_lm runs the last block only at the masked rows (and each [CLS] for NSP): the loss and every
-    gradient must be those of the full computation, and padding must not matter."""
+@pytest.mark.parametrize("positions", [[1, 4, 13, 20, 30, 33], [5, 1, 4, 30, 33, 7]], ids=["two-each", "uneven-unsorted"])
+def test_the_last_block_at_the_read_rows_only_gives_the_same_losses_and_gradients(config, nsp, positions):
+    """masked_lm runs the last block (and every EMD step) only at the masked rows (and each [CLS] for NSP): the
+    loss and every gradient must be those of the full computation, and padding must not matter, nor how many
+    rows each sequence has (the second sequence none) or their order."""
     from lightning_modules.base import OptimConfig
     from lightning_modules.mlm import MLMModule, masked_lm
 
@@ -279,12 +312,12 @@ def test_the_last_block_at_the_read_rows_only_gives_the_same_losses_and_gradient
     ids = torch.randint(5, config.vocab_size, (3, 12), generator=generator)
     mask = torch.ones_like(ids, dtype=torch.bool)
     mask[2, 9:] = False
-    positions = torch.tensor([1, 4, 13, 20, 30, 33])
+    positions = torch.tensor(positions)
     batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids), "mlm_positions": positions,
              "mlm_labels": torch.randint(5, config.vocab_size, (6,), generator=generator),
              "nsp_labels": torch.tensor([0, 1, 1])}
 
-    def full_losses():  # what masked_lm computed before: every row of the last block (and EMD step), then the gather
+    def full_losses():  # what masked_lm computed before: every row of the last block and EMD steps, then the gather
         hidden = module.encoder(ids, mask, batch["token_type_ids"])
         states = module.encoder.mask_decoder_states(hidden, mask)
         loss = F.cross_entropy(module.mlm_head(states, positions, module.encoder.embeddings.word.weight), batch["mlm_labels"])
