@@ -117,7 +117,7 @@ def check_claim(claim: Claim, rows: dict[str, RowSummary], order: list[str],
         needed = [(r, m) for r in (claim.a, claim.b) for m in metrics]
     else:
         needed = [(r, claim.metric) for r in (claim.a, *claim.among)]
-    missing = [r for r, metric in needed if r and (r not in rows or metric not in rows[r].values)]
+    missing = list(dict.fromkeys(r for r, metric in needed if r and (r not in rows or metric not in rows[r].values)))
     if missing:
         return "not measured", f"missing rows: {', '.join(missing)}"
     measured = {(r, m) for r, m in needed if r}

@@ -112,7 +112,8 @@ DEPARTURES = {
 
 
 def departures(config: dict) -> dict[str, object]:
-    """The departure switches a row's config (RunConfig.to_dict()) turns on: {dotted field: value}."""
+    """The departure switches a row's config (RunConfig.to_dict()) turns on: {dotted field: value}. An `rtd.`
+    switch counts only for an RTD row: an MLM row in an RTD table carries the table's rtd config unused."""
     default = RunConfig().to_dict()
 
     def value(tree: dict, path: str):
@@ -121,7 +122,8 @@ def departures(config: dict) -> dict[str, object]:
         return tree
 
     return {path: value(config, path) for path in DEPARTURES
-            if value(config, path) != {} and value(config, path) != value(default, path)}
+            if value(config, path) != {} and value(config, path) != value(default, path)
+            and (not path.startswith("rtd.") or config.get("objective") == "rtd")}
 
 
 def _hash(fields: dict) -> str:

@@ -360,7 +360,7 @@ def test_gap_claims_from_initialisation_count_only_what_training_changed():
     smaller = Claim("smaller", "gap_smaller", "g", a="G", b="N", metric_b="d", from_init=True)
     assert check_claim(smaller, both, ["N", "G"], NOISE)[0] == "holds"
     missing_init = {"R": RowSummary("R", [0], {"g": [0.5], "d": [0.1]}, [], [], [], [], [], set())}
-    assert check_claim(claim, missing_init, ["R"], NOISE)[0] == "not measured"
+    assert check_claim(claim, missing_init, ["R"], NOISE) == ("not measured", "missing rows: R")  # each row once
 
 
 def test_rows_record_the_embedding_similarity_at_initialisation():
@@ -532,6 +532,10 @@ def test_departures_name_the_switches_a_preset_turns_on_and_base_turns_on_none()
     assert departures(configure(RunConfig(), PRESETS["base"], {}).to_dict()) == {}
     assert departures(configure(RunConfig(), PRESETS["base"], {"optim.position_lr_scale": 10.0}).to_dict()) == {
         "optim.position_lr_scale": 10.0}
+    # an RTD switch is a departure of an RTD row only (the embedding-sharing table's MLM row carries it unused)
+    prior = {"rtd.head_bias_prior": True}
+    assert departures(configure(RunConfig(), PRESETS["base"], prior).to_dict()) == {}
+    assert departures(configure(RunConfig(), PRESETS["base"], prior | {"objective": "rtd"}).to_dict()) == prior
 
 
 def test_the_cpu_presets_relative_bias_never_touches_a_row_that_compares_position_schemes():
