@@ -164,7 +164,7 @@ def summary(run: dict) -> dict:
     collapsed = first(points, lambda q: q["mlm_loss"] is not None and q["mlm_loss"] >= run["count_models"]["unigram"]
                       and q.get("disc_auc") is not None)
     regime = first(points, lambda q: q.get("disc_auc") is not None and q["disc_auc"] >= ELECTRA_REGIME_AUC
-                   and q["mlm_loss"] < run["count_models"]["unigram"])
+                   and q["mlm_loss"] is not None and q["mlm_loss"] < run["count_models"]["unigram"])
     last = points[-1] if points else None
     interval = points[0]["step"] if points else run["steps"]  # evenly spaced from step 0: the first is one interval
     lowest = min((q for q in points if q["mlm_loss"] is not None), key=lambda q: q["mlm_loss"], default=None)
@@ -194,7 +194,8 @@ def report(args) -> None:
              f"{ELECTRA_REGIME_AUC:g} at) | time |",
              "|---" * 11 + "|"]
     for run in runs:
-        s, last = summary(run), summary(run)["last"]
+        s = summary(run)
+        last = s["last"]
         changes = ", ".join(f"`{k}={v}`" for k, v in run["overrides"].items()) or "(none)"
         end = (f"{last['mlm_loss']:.3f}, " + " / ".join(f"{m:.1f}x" for m in last["most_local"])) if last else "-"
         auc = f"{last['disc_auc']:.3f} ({_tokens(s['regime'])})" if last and last.get("disc_auc") is not None else ""
