@@ -101,12 +101,12 @@ class Attention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.config.num_heads, self.config.head_size).permute(2, 0, 1, 3).contiguous()
 
-    def forward(self, x, key_padding_bias, relative=None, query_input=None, rows=None):
-        """x: keys/values (B, L, H); query_input: queries if they differ (the EMD), else x.
+    def forward(self, x, key_padding_bias, relative=None, query_input=None):
+        """x: keys/values (B, L, H); query_input: queries if they differ (B, M, H), else x.
         key_padding_bias: (1, B, 1, L) additive, -inf at padded keys (head-major, like q, k, v).
         relative: (table (2k, H), index (L, L)) for disentangled attention, (None, index) for relative_bias; a
-        third item (B, M) gives the positions of query_input's rows when they are not all L (the EMD's read rows).
-        rows: flat indices into B*L; the output projection then runs at those rows only, (len(rows), H)."""
+        third item (B, M) gives the positions of query_input's rows when they are not all L (the rows read by
+        the loss: the last block's and the EMD's, see `Block.at_rows`)."""
         q, k, v = (self._heads(t) for t in self._project(x, query_input))
         bias = self._bias(key_padding_bias.to(q.dtype), relative)  # cast the small tensor, never the (h, B, L, L) one
         if self.position_terms:
@@ -117,14 +117,13 @@ class Attention(nn.Module):
             # A key-padding bias stays (h*B, 1, L) and is broadcast by baddbmm, never materialised per query.
             bias = bias.expand(*q.shape[:2], *bias.shape[2:]).flatten(0, 1)
             scores = torch.baddbmm(bias, q.flatten(0, 1), k.flatten(0, 1).transpose(1, 2), alpha=self.scale)
-            probs = torch.softmax(scores.view(*q.shape[:3], -1), -1).to(q.dtype)
+            probs = torch.softmax(scores.view(*q.shape[:3], k.shape[2]), -1).to(q.dtype)
             # dropout's 1/(1-p) is applied to the (h, B, L, d) output, half the size of the probabilities
             out = ((probs * keep_mask(probs.shape, p, probs.dtype)) @ v).mul_(1.0 / (1.0 - p))
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, scale=self.scale)
         _, batch, length, _ = out.shape
-        out = out.permute(1, 2, 0, 3).reshape(batch, length, self.config.hidden_size)
-        return self.output(out if rows is None else gather_rows(out, rows))
+        return self.output(out.permute(1, 2, 0, 3).reshape(batch, length, self.config.hidden_size))
 
     def probabilities(self, x, key_padding_bias, relative=None):
         """The self-attention probabilities (h, B, L, L) that `forward` would use without dropout, written out
@@ -137,18 +136,25 @@ class Attention(nn.Module):
 
     def _bias(self, key_padding_bias, relative):
         """The additive bias before the position terms: key padding (1, B, 1, L), plus with relative_bias each
-        head's learned bias for the distance between query and key, (h, 1, Lq, L): together (h, B, Lq, L)."""
+        head's learned bias for the distance between query and key, (h, 1, Lq, L), or (h, B, M, L) for queries
+        at given positions per sequence: together (h, B, Lq, L)."""
         if self.distance_bias is None:
             return key_padding_bias
-        distance_bias = self.distance_bias[:, relative[1]] * self.config.relative_bias_gain
-        return distance_bias.unsqueeze(1).to(key_padding_bias.dtype) + key_padding_bias
+        index = relative[1] if len(relative) == 2 else relative[1][relative[2]]  # (Lq, L) or (B, M, L)
+        distance_bias = self.distance_bias[:, index] * self.config.relative_bias_gain
+        if distance_bias.dim() == 3:
+            distance_bias = distance_bias.unsqueeze(1)
+        return distance_bias.to(key_padding_bias.dtype) + key_padding_bias
 
     def _project(self, x, query_input=None):
         """q, k, v (B, L, H). Self-attention runs the three projections as one GEMM over the concatenated
         weights (one pass over x and, backwards, one gradient GEMM instead of three and two adds)."""
         if query_input is not None:
-            return self.query(query_input), self.key(x), self.value(x)
-        layers = (self.query, self.key, self.value)
+            return (self.query(query_input), *self._fused((self.key, self.value), x))
+        return self._fused((self.query, self.key, self.value), x)
+
+    def _fused(self, layers, x):
+        """Several projections of the same x as one GEMM over their concatenated weights, split again."""
         weight = torch.cat([layer.weight for layer in layers])
         bias = torch.cat([layer.bias for layer in layers])
         return linear(x, weight, bias).split(self.config.hidden_size, -1)
@@ -163,7 +169,7 @@ class Attention(nn.Module):
         """(h, B, L, d) x (h, R, d) -> (h, B, L, R): one GEMM per head over all B*L rows (no copy of the
         positions per sequence, and their gradient is one GEMM, not B of them summed)."""
         heads, batch, length, _ = x.shape
-        return torch.bmm(x.flatten(1, 2), positions.transpose(1, 2)).view(heads, batch, length, -1)
+        return torch.bmm(x.flatten(1, 2), positions.transpose(1, 2)).view(heads, batch, length, positions.shape[1])
 
     def _position_scores(self, q, k, table, index, query_positions=None):
         """Scaled c2p[i,j] = Qc[i].Kr[delta(i,j)] and p2c[i,j] = Kc[j].Qr[delta(j,i)] (paper) or
@@ -275,22 +281,30 @@ class Block(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout_p = config.dropout  # applied with the residual add, see dropout_add
 
-    def forward(self, x, key_padding_bias, relative=None, query_input=None, rows=None):
-        """(B, L, H) -> (B, L, H); with `rows` (flat indices into B*L), (len(rows), H): the states at those
-        rows only. Attention still reads every key; after it, each row is computed on its own, so the rows
-        nobody reads skip the output projection, the feed-forward and the norms."""
+    def forward(self, x, key_padding_bias, relative=None, query_input=None):
+        """(B, L, H) -> (B, L, H); with query_input (B, M, H), the queries' states (B, M, H) against x's keys
+        and values."""
         residual = x if query_input is None else query_input
-        if rows is not None:
-            residual = gather_rows(residual, rows)
         p, training = self.dropout_p, self.training
         if self.pre_norm:
             attended = self.attention(self.attention_norm(x), key_padding_bias, relative,
-                                      None if query_input is None else self.attention_norm(query_input), rows)
+                                      None if query_input is None else self.attention_norm(query_input))
             h = dropout_add(residual, attended, p, training)
             return dropout_add(h, self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(h)))), p, training)
-        attended = self.attention(x, key_padding_bias, relative, query_input, rows)
+        attended = self.attention(x, key_padding_bias, relative, query_input)
         h = self.attention_norm(dropout_add(residual, attended, p, training))
         return self.ffn_norm(dropout_add(h, self.ffn_out(F.gelu(self.ffn_in(h))), p, training))
+
+    def at_rows(self, x, key_padding_bias, relative, rows):
+        """The block's output at `rows` only (flat indices into B*L), (len(rows), H). Each row's state depends
+        on its own query and every key, so only those rows are queries (each sequence's laid out in a grid
+        padded to the longest list, `query_slots`): the others skip the query projection, their attention
+        scores, the output projection, the feed-forward and the norms."""
+        batch, length, hidden_size = x.shape
+        grid, slots = query_slots(rows, batch, length)
+        query = x[torch.arange(batch, device=x.device)[:, None], grid]  # (B, M, H)
+        relative = None if relative is None else (*relative, grid)
+        return self(x, key_padding_bias, relative, query_input=query).reshape(-1, hidden_size).index_select(0, slots)
 
 
 class EnhancedMaskDecoder(nn.Module):
@@ -385,9 +399,9 @@ class Encoder(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, embedding_noise=None, rows=None):
         """The last hidden states (B, L, H). With `rows` (flat indices into B*L), only those rows of them,
-        (len(rows), H), and the last block computes nothing else after its attention: an MLM loss reads
-        ~15% of the rows, so this skips most of one layer's feed-forward and output projection, with the
-        same result at every row it returns. Not with the EMD, which reads every row."""
+        (len(rows), H), and the last block computes only those rows (`Block.at_rows`): an MLM loss reads ~15%
+        of the rows, so this skips most of one layer, with the same result at every row it returns. Not with
+        the EMD, which reads every row."""
         if rows is not None and self.emd is not None:
             raise ValueError("rows: the enhanced mask decoder reads every row of the last hidden states")
         x = self.embeddings(input_ids, token_type_ids, embedding_noise)
@@ -398,8 +412,10 @@ class Encoder(nn.Module):
             # optimizer state and losses stay fp32. (On GPUs autocast runs LayerNorm in fp32 anyway.)
             x = x.to(torch.get_autocast_dtype("cpu"))
         bias, relative = self.attention_inputs(attention_mask, input_ids.shape[1], input_ids.device)
-        for index, block in enumerate(self.blocks):
-            x = block(x, bias, relative, rows=rows if index == len(self.blocks) - 1 else None)
+        *blocks, last = self.blocks
+        for block in blocks:
+            x = block(x, bias, relative)
+        x = last(x, bias, relative) if rows is None else last.at_rows(x, bias, relative, rows)
         return self.final_norm(x) if self.final_norm is not None else x
 
     def mask_decoder_states(self, hidden, attention_mask=None, rows=None):

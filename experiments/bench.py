@@ -232,7 +232,9 @@ class Contender:
         self.device = bench_device()
         self.name, self.model, self.loss_fn, self.flops_per_token = name, model.to(self.device).train(), loss_fn, \
             flops_per_token
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        # fused, as our training runs it (lightning_modules/base.py) and as HF's Trainer does by default
+        # (`optim="adamw_torch_fused"`)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=self.device.type in ("cpu", "cuda"))
 
     def step(self, batch: dict, bf16: bool) -> None:
         context = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()

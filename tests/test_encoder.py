@@ -336,6 +336,25 @@ def test_the_last_block_at_the_read_rows_only_gives_the_same_losses_and_gradient
     assert logits.shape == (6, config.vocab_size) and first.shape == (3, config.hidden_size)
 
 
+@pytest.mark.parametrize("changes", [{}, {"relative_bias": True}, {"attention": "disentangled", "relative_span": 6, "emd": False},
+                                     {"attention": "disentangled", "relative_span": 6}],
+                         ids=["absolute", "relative-bias", "deberta-without-emd", "deberta-with-emd"])
+def test_no_rows_read_is_an_empty_result_with_dropout_on(changes):
+    """A batch with no masked position asks the last block (or the EMD) for no rows: an empty (0, H) result
+    whose backward runs, not a failed reshape of an empty grid of queries."""
+    config = EncoderConfig(**{**TINY, "dropout": 0.1, "attention_dropout": 0.1, **changes})
+    encoder = Encoder(config).train()
+    ids = torch.randint(5, 300, (2, 8))
+    none = torch.tensor([], dtype=torch.long)
+    if encoder.emd is None:
+        states = encoder(ids, rows=none)
+    else:
+        states = encoder.mask_decoder_states(encoder(ids), rows=none)
+    assert states.shape == (0, config.hidden_size)
+    states.sum().backward()
+    assert not encoder.embeddings.word.weight.grad.any()
+
+
 def test_an_encoder_with_the_emd_refuses_to_compute_only_some_rows():
     encoder = Encoder(EncoderConfig(**TINY, attention="disentangled", relative_span=6))
     with pytest.raises(ValueError, match="enhanced mask decoder"):
