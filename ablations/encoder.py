@@ -150,10 +150,10 @@ class Attention(nn.Module):
         """q, k, v (B, L, H). Self-attention runs the three projections as one GEMM over the concatenated
         weights (one pass over x and, backwards, one gradient GEMM instead of three and two adds)."""
         if query_input is not None:
-            return (self.query(query_input), *self._fused((self.key, self.value), x))
-        return self._fused((self.query, self.key, self.value), x)
+            return (self.query(query_input), *self._one_gemm((self.key, self.value), x))
+        return self._one_gemm((self.query, self.key, self.value), x)
 
-    def _fused(self, layers, x):
+    def _one_gemm(self, layers, x):
         """Several projections of the same x as one GEMM over their concatenated weights, split again."""
         weight = torch.cat([layer.weight for layer in layers])
         bias = torch.cat([layer.bias for layer in layers])

@@ -12,6 +12,8 @@
   under torch.compile (which picks its own GEMMs), or where oneDNN is missing, it is `F.linear`.
 - `dropout` / `dropout_add`: on the CPU a mask from 16-bit slices of SplitMix64 random words (torch's
   Bernoulli sampler costs as much as a matmul of the same size), and the residual add fused with it.
+- `cross_entropy_and_argmax`: the MLM loss from one softmax, whose output becomes the gradient in place;
+  `F.cross_entropy` runs an exp over the (N, V) logits again in its backward, after zero-filling a one-hot.
 """
 from __future__ import annotations
 
@@ -152,3 +154,40 @@ class Dropout(nn.Module):
 
     def forward(self, x):
         return dropout(x, self.p, self.training)
+
+
+# ---------------------------------------------------------------------------------- cross-entropy
+
+
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, labels):
+        probs = torch.softmax(logits, -1)
+        top_prob, top = probs.max(-1)
+        # log-sum-exp = x_top - log p_top: p_top >= 1/V never underflows, unlike p at the label
+        log_normaliser = logits.gather(1, top[:, None]).squeeze(1) - top_prob.log()
+        loss = (log_normaliser - logits.gather(1, labels[:, None]).squeeze(1)).mean()
+        ctx.mark_non_differentiable(top)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(probs, labels)
+            ctx.consumed = False
+        return loss, top
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, _):
+        if ctx.consumed:
+            raise RuntimeError("cross_entropy_and_argmax's backward reuses its saved softmax: it runs once")
+        ctx.consumed = True
+        probs, labels = ctx.saved_tensors
+        # d mean(lse - x_label) / dx = (softmax - onehot) / N, written over the saved softmax
+        rows = torch.arange(labels.numel(), device=labels.device)
+        probs.index_put_((rows, labels), torch.tensor(-1.0, dtype=probs.dtype, device=probs.device), accumulate=True)
+        return probs.mul_(grad_loss / labels.numel()), None
+
+
+def cross_entropy_and_argmax(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """F.cross_entropy(logits, labels) (mean over N rows, every label valid) and logits.argmax(-1), for fp32
+    logits (N, V). One softmax pass serves the loss, the argmax (over the probabilities, the same order) and,
+    overwritten in place, the gradient, so its backward may run once (no retain_graph)."""
+    return _SoftmaxCrossEntropy.apply(logits, labels)

@@ -467,3 +467,26 @@ def test_compiled_encoder_matches_eager_and_trains():
     torch.testing.assert_close(out, eager(ids), rtol=1e-4, atol=1e-4)
     out.square().mean().backward()
     assert all(p.grad is not None for p in compiled.blocks.parameters())
+
+
+@pytest.mark.parametrize("scale", [1.0, 80.0], ids=["init-like", "a label's probability underflows fp32"])
+def test_cross_entropy_and_argmax_match_torch_in_value_gradient_and_argmax(scale):
+    from ablations.fast_ops import cross_entropy_and_argmax
+
+    torch.manual_seed(0)
+    logits = (torch.randn(37, 500) * scale).requires_grad_()
+    labels = torch.randint(0, 500, (37,))
+    loss, predicted = cross_entropy_and_argmax(logits, labels)
+    reference_logits = logits.detach().clone().requires_grad_()
+    reference = F.cross_entropy(reference_logits, labels)
+    torch.testing.assert_close(loss, reference)
+    assert torch.equal(predicted, logits.argmax(-1))
+    (loss * 3).backward()  # an upstream gradient other than 1
+    (reference * 3).backward()
+    torch.testing.assert_close(logits.grad, reference_logits.grad, rtol=1e-5, atol=1e-7)
+    # the gradient overwrites the saved softmax: a second backward through the graph is refused
+    loss, _ = cross_entropy_and_argmax(logits, labels)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="runs once"):
+        loss.backward()
+
