@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--precision", default=None, help="default: bf16-mixed where supported, else 32-true")
     run.add_argument("--num-workers", type=int, default=0)
     run.add_argument("--compile", action="store_true", help="torch.compile the encoders (speed only)")
+    run.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                     help="glibc's malloc keeps freed blocks for the next step instead of faulting them in again "
+                          "(speed only; default on; see experiments/allocator.py)")
     table = commands.add_parser("table", help="rebuild a table from its row files")
     table.add_argument("experiment")
     table.add_argument("--preset", default=DEFAULT_PRESET)
@@ -128,7 +131,7 @@ def dispatch(args) -> None:
         raise UsageError("--rows needs a single experiment")
     hardware = Hardware(accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
                         num_nodes=args.num_nodes, precision=args.precision, num_workers=args.num_workers,
-                        compile=args.compile)
+                        compile=args.compile, keep_freed_memory=args.keep_freed_memory)
     from experiments.runner import plan
 
     for experiment in experiments:  # validate everything before anything trains

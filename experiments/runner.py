@@ -33,7 +33,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from ablations.encoder import Encoder
 from datamodules.errors import UsageError
 from datamodules.pretraining import PretrainingDataModule
-from experiments import tracking
+from experiments import allocator, tracking
 from experiments.evaluations import (cached_task, evaluate_pretrained, evaluation_device, fine_tune_all, learning_figures,
                                     task_data, validated_metrics)
 from experiments.evaluations.early_points import SaveEncoderAt, evaluate_early_points
@@ -66,6 +66,7 @@ class Hardware:
     precision: str | None = None  # None: bf16-mixed where the hardware does bf16, else 32-true
     num_workers: int = 0
     compile: bool = False  # torch.compile the encoders (speed only)
+    keep_freed_memory: bool = True  # glibc's malloc keeps freed blocks for reuse (experiments.allocator)
 
     def trainer_kwargs(self) -> dict:
         devices = int(self.devices) if str(self.devices).isdigit() else self.devices
@@ -315,6 +316,8 @@ def run(experiment: Experiment, preset: Preset, seeds: int, rows: list[str] | No
     """Train every row that is neither finished nor held by another sweep; returns the plans of the rows
     still running elsewhere (the table is built from whatever row files exist)."""
     plans = plan(experiment, preset, seeds, rows, overrides, results_dir)
+    if hardware.keep_freed_memory:
+        allocator.keep_freed_memory()
     prepare_data(plans)
     if overrides and plans and is_global_zero():
         save_overrides(plans[0].directory, overrides)

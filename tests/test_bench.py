@@ -1,5 +1,8 @@
 """`make bench`'s machinery (its speeds are never asserted: benchmarks are a separate command)."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -114,3 +117,51 @@ def test_the_default_presets_shape_is_read_from_the_presets_and_priced_per_row()
     for row in (ours, hf):  # a row's pretraining at that speed: its token budget over tokens per second
         assert row["pretraining_minutes"] == pytest.approx(train_tokens / row["tokens_per_s"] / 60, abs=0.006)
     json.dumps(result)
+
+
+FAULTS_PER_STEP = """
+import resource, sys, torch
+from experiments import allocator
+if sys.argv[1] == "kept":
+    assert allocator.keep_freed_memory()
+def step():  # a 64 MiB activation, allocated and freed: above glibc's largest automatic mmap threshold
+    torch.ones(16 * 2**20)
+for _ in range(12):  # the heap grows for the first steps, then settles (measured: within 9)
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc thresholds (experiments.allocator)")
+def test_freed_memory_is_kept_for_the_next_step_in_process_and_in_the_bench_workers(monkeypatch):
+    """The runner's setting (mallopt) and the bench workers' (the environment) both stop a freed large block
+    from being unmapped and faulted in again, page by page, at the next step."""
+    from experiments import allocator
+
+    def faults(mode: str, environment: dict) -> int:
+        done = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, mode], cwd=bench.ROOT, capture_output=True,
+                              text=True, check=True, env=os.environ | environment)
+        return int(done.stdout.split()[-1])
+
+    default = faults("default", {})
+    if default < 10 * 1000:
+        pytest.skip(f"{default} page faults for 10 x 64 MiB: this kernel maps them in huge pages, nothing to keep")
+    assert faults("kept", {}) < default / 10
+    assert faults("default", allocator.environment()) < default / 10
+    # every timing worker, whichever checkout it runs, starts with that environment
+    started = {}
+
+    class Started(Exception):
+        pass
+
+    def popen(command, **kwargs):
+        started.update(kwargs["env"])
+        raise Started
+
+    monkeypatch.setattr(bench.subprocess, "Popen", popen)
+    with pytest.raises(Started):
+        bench.Worker("mlm", 0, False, 1)
+    assert started.items() >= allocator.environment().items()
