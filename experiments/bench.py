@@ -318,12 +318,14 @@ class HFElectra(torch.nn.Module):
 
     def forward(self, batch):
         out = self.generator(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        with torch.no_grad():
-            noise = -torch.log(-torch.log(torch.rand_like(out.logits, dtype=torch.float32).clamp(1e-9, 1 - 1e-9)))
-            sampled = (out.logits.float() + noise).argmax(-1)
+        positions = batch["mlm_positions"]
+        with torch.no_grad():  # Gumbel-max at the masked positions only, as ELECTRA's code samples
+            logits = out.logits.reshape(-1, out.logits.shape[-1]).index_select(0, positions).float()
+            noise = -torch.log(-torch.log(torch.rand_like(logits).clamp(1e-9, 1 - 1e-9)))
+            sampled = (logits + noise).argmax(-1)
         masked = batch["labels"] != -100
         original = torch.where(masked, batch["labels"], batch["input_ids"])
-        corrupted = torch.where(masked, sampled, batch["input_ids"])
+        corrupted = batch["input_ids"].reshape(-1).index_copy(0, positions, sampled).view_as(batch["input_ids"])
         replaced = (corrupted != original).float()
         disc = self.discriminator(input_ids=corrupted, attention_mask=batch["attention_mask"], labels=replaced)
         return out.loss + 50.0 * disc.loss

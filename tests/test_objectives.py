@@ -333,3 +333,19 @@ def test_base_rate_bias_is_the_log_odds_of_the_replaced_share():
     assert math.isclose(float(module.rtd_head.out.bias), math.log(share / (1 - share)), rel_tol=1e-6)
     assert float(rtd_module("es").rtd_head.out.bias) == 0.0  # the reference code's zero, by default
     assert replaced_share_at_init(0.15, 1000, "electra-15") > 0.99  # ELECTRA 15%: only selected tokens count
+
+
+def test_the_generators_samples_follow_its_softmax_at_the_temperature():
+    from lightning_modules.rtd import sample_from_softmax
+
+    logits = torch.tensor([[0.0, 1.0, 2.0, -1.0, -1e4]]).repeat(100_000, 1)
+    for temperature in (1.0, 2.0):
+        samples = sample_from_softmax(logits, temperature, torch.Generator().manual_seed(0))
+        frequencies = torch.bincount(samples, minlength=5).double() / len(samples)
+        expected = torch.softmax(logits[0].double() / temperature, -1)
+        # 5 standard errors of a binomial share at n = 100,000: at most 0.008
+        assert torch.allclose(frequencies, expected, atol=0.008), (frequencies, expected)
+        assert frequencies[4] == 0  # a token of probability 0 (in fp32) is never drawn
+    # the sampler's generator makes it reproducible
+    first, again = (sample_from_softmax(logits[:50], 1.0, torch.Generator().manual_seed(3)) for _ in range(2))
+    assert torch.equal(first, again)
