@@ -336,8 +336,8 @@ class Worker:
     would be. In a shared process the models' allocations interact: the allocator state each model leaves
     moved the other's speed by 5-20% either way; switching precision within one process does the same.
     Every worker, ours, HF's and a baseline checkout's alike, starts with the malloc thresholds our training
-    runs set (experiments.allocator): with glibc's defaults HF's step took 140-150k page faults and ran 18%
-    slower, ours 5-11k and 4.5% slower, and HF's speed moved by up to 15% between runs."""
+    runs set (experiments.allocator): with glibc's defaults HF's step took 140-150k page faults and ran 15-20%
+    slower, ours 5-11k and 3-5% slower, and HF's speed moved by up to 15% between runs."""
 
     def __init__(self, kind: str, which: int, bf16: bool, steps: int, shape: Shape = SMALL, root: Path = ROOT):
         """`root`: the checkout whose code the worker runs (`python -m` imports from its working directory
