@@ -101,16 +101,22 @@ class Attention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.config.num_heads, self.config.head_size).permute(2, 0, 1, 3).contiguous()
 
-    def forward(self, x, key_padding_bias, relative=None, query_input=None):
+    def forward(self, x, key_padding_bias, relative=None, query_input=None, key_side=None):
         """x: keys/values (B, L, H); query_input: queries if they differ (B, M, H), else x.
         key_padding_bias: (1, B, 1, L) additive, -inf at padded keys (head-major, like q, k, v).
         relative: (table (2k, H), index (L, L)) for disentangled attention, (None, index) for relative_bias; a
         third item (B, M) gives the positions of query_input's rows when they are not all L (the rows read by
-        the loss: the last block's and the EMD's, see `Block.at_rows`)."""
-        q, k, v = (self._heads(t) for t in self._project(x, query_input))
+        the loss: the last block's and the EMD's, see `Block.at_rows`).
+        key_side: `self.key_side(x, relative)` computed once for several calls on the same x (the EMD's steps);
+        x is then not read."""
+        if key_side is None:
+            q, k, v = (self._heads(t) for t in self._project(x, query_input))
+            p2c = None
+        else:
+            q, (k, v, p2c) = self._heads(self.query(query_input)), key_side
         bias = self._bias(key_padding_bias.to(q.dtype), relative)  # cast the small tensor, never the (h, B, L, L) one
         if self.position_terms:
-            bias = self._position_scores(q, k, *relative) + bias  # already scaled: see _scaled_positions
+            bias = self._position_scores(q, k, *relative, p2c=p2c) + bias  # already scaled: see _scaled_positions
         p = self.config.attention_dropout if self.training else 0.0
         if p and q.device.type == "cpu":
             # CPU SDPA runs exactly this math whenever dropout is on; doing it here swaps in the cheap mask.
@@ -146,6 +152,14 @@ class Attention(nn.Module):
             distance_bias = distance_bias.unsqueeze(1)
         return distance_bias.to(key_padding_bias.dtype) + key_padding_bias
 
+    def key_side(self, x, relative=None) -> tuple:
+        """What attention computes from x alone, for queries that change while x does not (the EMD's steps all
+        attend to H): keys and values as heads (h, B, L, d), and the scaled p2c scores at the queries' positions
+        (relative's third item) or None. `forward(..., key_side=...)` then projects only the queries."""
+        k, v = (self._heads(t) for t in self._one_gemm((self.key, self.value), x))
+        p2c = self._p2c(k, *relative) if self.position_terms and self.config.p2c else None
+        return k, v, p2c
+
     def _project(self, x, query_input=None):
         """q, k, v (B, L, H). Self-attention runs the three projections as one GEMM over the concatenated
         weights (one pass over x and, backwards, one gradient GEMM instead of three and two adds)."""
@@ -171,30 +185,51 @@ class Attention(nn.Module):
         heads, batch, length, _ = x.shape
         return torch.bmm(x.flatten(1, 2), positions.transpose(1, 2)).view(heads, batch, length, positions.shape[1])
 
-    def _position_scores(self, q, k, table, index, query_positions=None):
-        """Scaled c2p[i,j] = Qc[i].Kr[delta(i,j)] and p2c[i,j] = Kc[j].Qr[delta(j,i)] (paper) or
-        [delta(i,j)] (code), each times the attention scale. index: delta over all positions (L, L);
-        query_positions: (B, M), where each sequence's M queries sit when they are not all L positions
-        (the EMD at the masked rows only)."""
+    def _position_scores(self, q, k, table, index, query_positions=None, p2c=None):
+        """Scaled c2p[i,j] = Qc[i].Kr[delta(i,j)] plus p2c[i,j] = Kc[j].Qr[delta(j,i)] (paper) or [delta(i,j)]
+        (code), each times the attention scale, (h, B, Lq, L). index: delta over all positions (L, L);
+        query_positions: (B, M), where each sequence's M queries sit when they are not all L positions (the
+        EMD at the masked rows only); p2c: `_p2c`'s result if already computed (it depends on the keys only)."""
+        if self.config.p2c and p2c is None:
+            p2c = self._p2c(k, table, index, query_positions)
+        if not self.config.c2p:
+            return p2c.reshape(*q.shape[:3], k.shape[2])
         heads, batch, q_len, _ = q.shape
-        k_len = k.shape[2]
-        if self._can_shift(k_len, k_len) and (query_positions is not None or q_len == k_len):
-            return self._position_scores_by_shift(q, k, table, index, query_positions)
+        if query_positions is not None:
+            c2p = self._c2p_by_gather(q, table, index[query_positions])
+        elif self._can_shift(k.shape[2]):
+            # [t, b, r, j] = c2p[i = t*m + r, j] (row k + i - j): the query blocks back in order, one copy
+            keys = self._scaled_positions(self._position_key_projection(), self._window(table, k.shape[2]).flip(0))
+            c2p = shifted_scores(q, keys).permute(0, 2, 1, 3, 4).reshape(heads, batch, q_len, k.shape[2])
+        else:
+            c2p = self._c2p_by_gather(q, table, index)
+        if p2c is None:
+            return c2p
+        return (c2p.view(p2c.shape) + p2c).view(c2p.shape)  # p2c may be a strided 5-d view: no copy of it first
+
+    def _p2c(self, k, table, index, query_positions=None):
+        """The scaled p2c scores of every key for each query position, (h, B, Lq, L), or by the shift
+        (h, B, Lq, blocks, m) as a view: they depend on the keys and the queries' positions, not the queries."""
+        heads, batch, length, _ = k.shape
+        if self._can_shift(length):
+            # p2c by Transformer-XL's shift (`shifted_scores`): [t, b, r, i] = the score of key j = t*m + r for
+            # query i, with row k + j - i (paper, window flipped) or k - j + i (code, window as is); permuted,
+            # (h, B, i, blocks, m) is (h, B, i, j). Every query position's row, then the queries' own.
+            window = self._window(table, length)
+            rows = window.flip(0) if self.config.p2c_index == "paper" else window
+            p2c = shifted_scores(k, self._scaled_positions(self._position_query_projection(), rows)).permute(0, 2, 4, 1, 3)
+            if query_positions is not None:
+                p2c = p2c[:, torch.arange(batch, device=k.device)[:, None], query_positions]
+            return p2c
+        # (h, B, Lk, 2k): row j holds Kc[j].Qr[r]; entry [j, i] must hold Kc[j].Qr[delta(j,i)] (paper), or
+        # Kc[j].Qr[delta(i,j)] (code)
         if query_positions is None:
             c2p_index, reverse = index, index  # reverse[j, i] = delta(j, i)
         else:  # per sequence: (B, M, L) and (B, L, M)
-            c2p_index = index[query_positions]
-            reverse = index[:, query_positions].permute(1, 0, 2)
-        scores = 0
-        if self.config.c2p:
-            scores = scores + self._c2p_by_gather(q, table, c2p_index)
-        if self.config.p2c:
-            # (h, B, Lk, 2k): row j holds Kc[j].Qr[r]
-            p2c = self._against_positions(k, self._scaled_positions(self._position_query_projection(), table))
-            # entry [j, i] must hold Kc[j].Qr[delta(j,i)] (paper), or Kc[j].Qr[delta(i,j)] (code)
-            p2c_index = reverse if self.config.p2c_index == "paper" else c2p_index.transpose(-1, -2)
-            scores = scores + torch.gather(p2c, -1, p2c_index.expand(heads, batch, k_len, q_len)).transpose(-1, -2)
-        return scores
+            c2p_index, reverse = index[query_positions], index[:, query_positions].permute(1, 0, 2)
+        p2c_index = reverse if self.config.p2c_index == "paper" else c2p_index.transpose(-1, -2)
+        p2c = self._against_positions(k, self._scaled_positions(self._position_query_projection(), table))
+        return torch.gather(p2c, -1, p2c_index.expand(heads, batch, length, p2c_index.shape[-1])).transpose(-1, -2)
 
     def _c2p_by_gather(self, q, table, index):
         """c2p against the whole relative table (h, B, Lq, 2k), then each query's entries at index (Lq, L) or
@@ -209,36 +244,15 @@ class Attention(nn.Module):
     def _position_query_projection(self) -> nn.Linear:
         return self.query if self.config.share_position_projections else self.position_query
 
-    def _can_shift(self, q_len: int, k_len: int) -> bool:
-        """Without buckets and with L <= k no distance is clipped, so delta(i,j) = i - j + k exactly."""
-        return not self.config.position_buckets and q_len == k_len <= self.config.relative_span
+    def _can_shift(self, length: int) -> bool:
+        """Without buckets and with L <= k no distance is clipped, so delta(i,j) = i - j + k exactly, and the
+        scores can be read off the table by a shift instead of gathers."""
+        return not self.config.position_buckets and length <= self.config.relative_span
 
-    def _position_scores_by_shift(self, q, k, table, index, query_positions=None):
-        """The same scores without gathers: only the 2L-1 table rows k-L+1 .. k+L-1 can be used, and
-        each query row reads its own diagonal of them (`shifted_scores`, Transformer-XL's shift). With
-        query_positions (B, M), c2p is gathered at those queries alone, and p2c, which depends on the keys
-        and the query's position but not on the query, is shifted for every position and its rows taken."""
-        length, span = k.shape[2], self.config.relative_span
-        window = table[span - length + 1: span + length]  # row c <-> distance c - (L - 1)
-        heads, batch, q_len = q.shape[:3]
-        scores = None
-        if self.config.c2p and query_positions is not None:
-            scores = self._c2p_by_gather(q, table, index[query_positions])
-        elif self.config.c2p:
-            keys = self._scaled_positions(self._position_key_projection(), window.flip(0))
-            # [t, b, r, j] = c2p[i = t*m + r, j] (row k + i - j): the query blocks back in order, one copy
-            scores = shifted_scores(q, keys).permute(0, 2, 1, 3, 4).reshape(heads, batch, length, length)
-        if self.config.p2c:
-            rows = window.flip(0) if self.config.p2c_index == "paper" else window
-            queries = self._scaled_positions(self._position_query_projection(), rows)
-            # [t, b, r, i] = the p2c score of key j = t*m + r for query i, with row k + j - i (paper, flipped
-            # window) or k - j + i (code, window as is): permuted, (h, B, i, blocks, m) is (h, B, i, j)
-            p2c = shifted_scores(k, queries).permute(0, 2, 4, 1, 3)
-            if query_positions is not None:
-                p2c = p2c[:, torch.arange(batch, device=k.device)[:, None], query_positions]  # (h, B, M, blocks, m)
-            scores = p2c.reshape(heads, batch, q_len, length) if scores is None else \
-                (scores.view(p2c.shape) + p2c).view(heads, batch, q_len, length)
-        return scores
+    def _window(self, table, length: int):
+        """The only 2L - 1 table rows that L positions use: row c <-> distance c - (L - 1)."""
+        span = self.config.relative_span
+        return table[span - length + 1: span + length]
 
 
 # Query rows per block in `shifted_scores`: a block of m rows reads L + m - 1 relative rows instead of all
@@ -281,19 +295,24 @@ class Block(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout_p = config.dropout  # applied with the residual add, see dropout_add
 
-    def forward(self, x, key_padding_bias, relative=None, query_input=None):
+    def forward(self, x, key_padding_bias, relative=None, query_input=None, key_side=None):
         """(B, L, H) -> (B, L, H); with query_input (B, M, H), the queries' states (B, M, H) against x's keys
-        and values."""
+        and values; with key_side (`self.key_side(x, relative)`), those keys and values as already computed."""
         residual = x if query_input is None else query_input
         p, training = self.dropout_p, self.training
         if self.pre_norm:
-            attended = self.attention(self.attention_norm(x), key_padding_bias, relative,
-                                      None if query_input is None else self.attention_norm(query_input))
+            keys_input = self.attention_norm(x) if key_side is None else None
+            attended = self.attention(keys_input, key_padding_bias, relative,
+                                      None if query_input is None else self.attention_norm(query_input), key_side)
             h = dropout_add(residual, attended, p, training)
             return dropout_add(h, self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(h)))), p, training)
-        attended = self.attention(x, key_padding_bias, relative, query_input)
+        attended = self.attention(x, key_padding_bias, relative, query_input, key_side)
         h = self.attention_norm(dropout_add(residual, attended, p, training))
         return self.ffn_norm(dropout_add(h, self.ffn_out(F.gelu(self.ffn_in(h))), p, training))
+
+    def key_side(self, x, relative=None) -> tuple:
+        """The attention's keys, values and p2c scores for x (`Attention.key_side`), after the pre-LN norm."""
+        return self.attention.key_side(self.attention_norm(x) if self.pre_norm else x, relative)
 
     def at_rows(self, x, key_padding_bias, relative, rows):
         """The block's output at `rows` only (flat indices into B*L), (len(rows), H). Each row's state depends
@@ -310,7 +329,9 @@ class Block(nn.Module):
 class EnhancedMaskDecoder(nn.Module):
     """DeBERTa's EMD (§3.2): absolute positions enter only here, after all layers, before the MLM softmax.
     `emd_layers` steps share one layer's weights; the first queries with H + P, each next with the
-    previous output; keys and values are the encoder output H."""
+    previous output; keys and values are the encoder output H. Since every step attends to the same H with
+    the same weights, its keys, values and p2c scores are computed once (`Block.key_side`) and shared by the
+    steps: the same result as computing them in each step, for about half their cost."""
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
@@ -327,16 +348,14 @@ class EnhancedMaskDecoder(nn.Module):
         positions = self.positions.weight[:length]
         if rows is None:
             query = hidden + positions
-            for _ in range(self.steps):
-                query = self.layer(hidden, key_padding_bias, relative, query_input=query)
-            return query
-        grid, slots = query_slots(rows, batch, length)
-        sequences = torch.arange(batch, device=rows.device)[:, None]
-        query = hidden[sequences, grid] + positions[grid]  # (B, M, H)
-        table, index = relative
+        else:
+            grid, slots = query_slots(rows, batch, length)
+            query = hidden[torch.arange(batch, device=rows.device)[:, None], grid] + positions[grid]  # (B, M, H)
+            relative = (*relative, grid)
+        key_side = self.layer.key_side(hidden, relative)
         for _ in range(self.steps):
-            query = self.layer(hidden, key_padding_bias, (table, index, grid), query_input=query)
-        return query.reshape(-1, hidden_size).index_select(0, slots)
+            query = self.layer(hidden, key_padding_bias, relative, query_input=query, key_side=key_side)
+        return query if rows is None else query.reshape(-1, hidden_size).index_select(0, slots)
 
 
 def query_slots(rows: torch.Tensor, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:

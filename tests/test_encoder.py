@@ -70,7 +70,7 @@ def test_fast_disentangled_attention_equals_the_papers_formula(span, length):
     config = DEBERTA.replace(relative_span=span)
     encoder = random_weights(Encoder(config)).eval()
     attention = encoder.blocks[0].attention
-    assert attention._can_shift(length, length) == (length <= span)
+    assert attention._can_shift(length) == (length <= span)
     x = torch.randn(1, length, config.hidden_size)
     with torch.no_grad():  # the relative table as a constant: the gradients compared are x's
         bias, relative = encoder.attention_inputs(None, length, "cpu")
@@ -158,6 +158,38 @@ def test_emd_changes_only_the_masked_position_predictions():
         logits_b = head(without.mask_decoder_states(hidden_b), positions, without.embeddings.word.weight)
     assert logits_a.shape == (3, 300) and not torch.allclose(logits_a, logits_b)
     assert with_emd.emd.positions.weight.shape == (64, 32) and without.emd is None
+
+
+@pytest.mark.parametrize("changes", [{"relative_span": 16}, {"relative_span": 6}, {"relative_span": 16, "p2c_index": "code"},
+                                     {"relative_span": 16, "pre_layer_norm": True}, {"relative_span": 16, "c2p": False},
+                                     {"relative_span": 16, "p2c": False}, {"relative_span": 16, "emd_layers": 3}],
+                         ids=["shift", "clipped-gather", "code-p2c", "pre-ln", "p2c-only", "c2p-only", "three-steps"])
+@pytest.mark.parametrize("rows", [None, [1, 4, 13, 20, 22, 5]], ids=["every-row", "some-rows"])
+def test_the_emd_steps_sharing_keys_values_and_p2c_equal_steps_computing_their_own(changes, rows):
+    """The EMD computes its keys, values and p2c scores once for all its steps (`Block.key_side`): its states
+    and every gradient must be those of steps that each compute their own, as `Block.forward` alone does."""
+    config = DEBERTA.replace(**changes)
+    encoder = random_weights(Encoder(config), std=0.2).double()
+    emd = encoder.emd
+    hidden = torch.randn(2, 12, config.hidden_size, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, 10:] = False
+    rows = None if rows is None else torch.tensor(rows)
+    bias, relative = encoder.attention_inputs(mask, 12, "cpu")
+
+    def steps_on_their_own():
+        query = hidden + emd.positions.weight[:12]
+        for _ in range(emd.steps):
+            query = emd.layer(hidden, bias, relative, query_input=query)
+        return query if rows is None else query.reshape(-1, config.hidden_size)[rows]
+
+    shared, own = emd(hidden, bias, relative, rows), steps_on_their_own()
+    assert shared.shape == own.shape and torch.allclose(shared, own, atol=1e-12)
+    upstream = torch.randn_like(own)
+    inputs = [hidden, *emd.parameters()]
+    for a, b in zip(torch.autograd.grad((shared * upstream).sum(), inputs, allow_unused=True),
+                    torch.autograd.grad((own * upstream).sum(), inputs, allow_unused=True)):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-12))
 
 
 @pytest.mark.parametrize("config", [EncoderConfig(**TINY), DEBERTA, EncoderConfig(**TINY, pre_layer_norm=True),
