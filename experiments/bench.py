@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -82,6 +82,13 @@ class Shape:
                     num_attention_heads=self.num_heads, intermediate_size=self.ffn_size,
                     max_position_embeddings=self.max_positions, hidden_dropout_prob=self.dropout,
                     attention_probs_dropout_prob=self.attention_dropout)
+
+    def to_json(self) -> str:
+        """The shape for a worker's command line: the fields without a default, and the others only where they
+        differ from it, so that a --baseline checkout from before a field existed still reads the shape."""
+        defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}
+        return json.dumps({name: value for name, value in asdict(self).items()
+                           if name not in defaults or value != defaults[name]})
 
     def describe(self) -> str:
         return (f"{self.num_layers} x {self.hidden_size} ({self.num_heads} heads, FFN {self.ffn_size}), "
@@ -344,7 +351,7 @@ class Worker:
         first), this one unless a --baseline checkout is timed."""
         self.process = subprocess.Popen(
             [sys.executable, "-m", "experiments.bench", "--worker", kind, str(which), str(int(bf16)), str(steps),
-             json.dumps(asdict(shape))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=root,
+             shape.to_json()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=root,
             env=os.environ | allocator.environment())
         hello = self._reply()
         self.name, self.flops_per_token = hello["name"], hello["flops_per_token"]
@@ -434,7 +441,7 @@ def peak_memory_mb(kind: str, which: int, bf16: bool, shape: Shape = SMALL) -> f
     """Peak RSS of a fresh process running 3 steps of one model (CPU has no allocator counter); on a GPU,
     the allocator's peak."""
     done = subprocess.run([sys.executable, "-m", "experiments.bench", "--memory-child", kind, str(which), str(int(bf16)),
-                           json.dumps(asdict(shape))], capture_output=True, text=True, cwd=ROOT)
+                           shape.to_json()], capture_output=True, text=True, cwd=ROOT)
     return float(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else float("nan")
 
 

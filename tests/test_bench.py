@@ -30,6 +30,17 @@ def test_a_baseline_checkout_is_timed_in_the_same_rounds_and_compared():
     bench._print_rows("mlm", rows)  # a baseline row has no memory probe of its own
 
 
+def test_a_workers_shape_names_only_the_fields_that_differ_from_their_defaults():
+    """An older checkout's worker builds the shape from what the command line names: a field it does not know yet
+    must be left out while it is at its default, and the shape must read back unchanged."""
+    plain = bench.SMALL
+    assert "relative_bias" not in json.loads(plain.to_json()) and "dropout" not in json.loads(plain.to_json())
+    assert bench.Shape(**json.loads(plain.to_json())) == plain
+    biased, _ = bench.preset_shape("cpu")
+    assert biased.relative_bias and json.loads(biased.to_json())["relative_bias"] is True
+    assert bench.Shape(**json.loads(biased.to_json())) == biased
+
+
 def test_a_baseline_that_is_not_a_checkout_of_the_suite_is_refused(tmp_path):
     with pytest.raises(SystemExit) as stopped:
         bench.main(["--baseline", str(tmp_path), "--only", "mlm"])
