@@ -108,6 +108,7 @@ class RunConfig:
 DEPARTURES = {
     "data.warmup_block_size": True, "data.warmup_block_epochs": True, "optim.position_lr_scale": True,
     "encoder.pre_layer_norm": True, "encoder.relative_bias": True, "encoder.p2c_index": False, "rtd.head_bias_prior": False,
+    "rtd.discriminator_lr_scale": True,
 }
 
 

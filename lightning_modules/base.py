@@ -8,6 +8,7 @@ linear decay to zero. Gradient clipping is the Trainer's `gradient_clip_val`. Su
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import lightning as L
@@ -44,22 +45,17 @@ def describe(optim: dict) -> str:
             f"{100 * optim['warmup_fraction']:g}% of the steps then linear decay to 0, gradient clip {optim['gradient_clip']}")
 
 
-def decay_groups(module: torch.nn.Module, weight_decay: float, peak_lr: float, position_lr_scale: float = 1.0) -> list[dict]:
-    """No weight decay for biases and norm weights (1-D parameters), as in BERT; the absolute position
-    tables in a group of their own when their learning rate is scaled."""
-    decay, no_decay, positions = [], [], []
+def decay_groups(module: torch.nn.Module, weight_decay: float, peak_lr: float,
+                 lr_scale: Callable[[str], float] = lambda name: 1.0) -> list[dict]:
+    """No weight decay for biases and norm weights (1-D parameters), as in BERT; a parameter whose learning
+    rate is scaled (`lr_scale(name) != 1`, a departure) in a group of its own. The two unscaled groups
+    come first and always exist."""
+    groups: dict[tuple[float, bool], list] = {(1.0, True): [], (1.0, False): []}
     for name, parameter in module.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        if position_lr_scale != 1.0 and name.endswith("embeddings.position.weight"):
-            positions.append(parameter)
-        else:
-            (no_decay if parameter.ndim < 2 else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": weight_decay, "lr": peak_lr},
-              {"params": no_decay, "weight_decay": 0.0, "lr": peak_lr}]
-    if positions:
-        groups.append({"params": positions, "weight_decay": weight_decay, "lr": peak_lr * position_lr_scale})
-    return groups
+        if parameter.requires_grad:
+            groups.setdefault((lr_scale(name), parameter.ndim >= 2), []).append(parameter)
+    return [{"params": parameters, "weight_decay": weight_decay if decays else 0.0, "lr": peak_lr * scale}
+            for (scale, decays), parameters in groups.items()]
 
 
 def warmup_linear_decay(step: int, warmup: int, total: int) -> float:
@@ -99,12 +95,16 @@ class ObjectiveModule(L.LightningModule):
         # torch's fused AdamW (the same update, one kernel for all parameters) where it has one: on the CPU
         # its default loops over the parameters, 12-19 ms of a 640 ms step at the bench's shape against 3.2
         # (2-core AVX2 EPYC, 2026-12-04, docs/bench/2026-12-04-epyc-zen3-avx2-fused-adamw.txt)
-        optimizer = torch.optim.AdamW(decay_groups(self, o.weight_decay, o.peak_lr, o.position_lr_scale), lr=o.peak_lr,
+        optimizer = torch.optim.AdamW(decay_groups(self, o.weight_decay, o.peak_lr, self.learning_rate_scale), lr=o.peak_lr,
                                       betas=(o.beta1, o.beta2), eps=o.eps, fused=self.device.type in ("cpu", "cuda"))
         warmup = int(o.warmup_fraction * o.max_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_linear_decay(step, warmup, o.max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def learning_rate_scale(self, name: str) -> float:
+        """A parameter's learning rate as a multiple of the peak (1 for all, unless a departure says)."""
+        return self.optim.position_lr_scale if name.endswith("embeddings.position.weight") else 1.0
 
     def on_fit_start(self):
         # Lightning restores a checkpoint before this hook, so earlier_fit_seconds already holds its sessions

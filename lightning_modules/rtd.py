@@ -50,6 +50,11 @@ class RTDConfig:
     # same way, and under Adam the whole network rather than this one bias absorbs the base rate: the
     # discriminator's token states collapse to one vector within ~30 steps (README, "RTD at small").
     head_bias_prior: bool = False
+    # departure (off at 1.0; ELECTRA trains G and D at one rate): D's learning rate (its encoder and heads) as a
+    # multiple of the peak, G's kept. A higher rate for both makes G's replacements harder as fast as D
+    # learns to spot them (docs/what-models-learn.md, "The AUC against the learning rate"); this moves D alone.
+    # Tables shared with G (ES) and GDES's base stay G's: only what D alone owns is scaled.
+    discriminator_lr_scale: float = 1.0
 
     def validate(self) -> None:
         problems = []
@@ -63,6 +68,11 @@ class RTDConfig:
             problems.append("sharing 'all' ties every weight, so the generator must be the discriminator's size")
         if self.temperature <= 0:
             problems.append("temperature must be > 0")
+        if self.discriminator_lr_scale <= 0:
+            problems.append("discriminator_lr_scale must be > 0")
+        if self.sharing == "all" and self.discriminator_lr_scale != 1.0:
+            problems.append("sharing 'all' makes G and D one encoder, so D cannot have a learning rate of its own "
+                            "(discriminator_lr_scale must be 1)")
         require(problems, "RTD config")
 
 
@@ -158,6 +168,11 @@ class RTDModule(ObjectiveModule):
         self.val_logit_mean, self.val_logit_square = MeanMetric(), MeanMetric()
         self.collapse_reported = False
         self.val_sampler_seed = 0
+
+    def learning_rate_scale(self, name: str) -> float:
+        owned_by_discriminator = name.startswith(("discriminator.", "rtd_head.", "discriminator_mlm_head."))
+        scale = self.rtd.discriminator_lr_scale if owned_by_discriminator else 1.0
+        return super().learning_rate_scale(name) * scale
 
     # -- the step -----------------------------------------------------------------------------------
 

@@ -264,6 +264,24 @@ def test_position_lr_scale_gives_only_the_absolute_position_tables_a_scaled_rate
     assert len(groups(1.0)) == 2  # off by default: RoBERTa's one rate for every parameter
 
 
+@pytest.mark.parametrize("sharing", ["es", "nes", "gdes"])
+def test_discriminator_lr_scale_moves_what_only_the_discriminator_owns(sharing):
+    module = RTDModule(ENCODER, OptimConfig(peak_lr=1e-3, max_steps=100, position_lr_scale=10.0),
+                       RTDConfig(sharing=sharing, discriminator_lr_scale=3.0))
+    names = {id(p): n for n, p in module.named_parameters()}
+    rate = {names[id(p)]: group["initial_lr"] for group in module.configure_optimizers()["optimizer"].param_groups
+            for p in group["params"]}
+    assert len(rate) == len(names)  # every trained parameter is in exactly one group
+    for name, lr in rate.items():
+        discriminators = name.startswith(("discriminator.", "rtd_head."))
+        position = 10.0 if name.endswith("embeddings.position.weight") else 1.0
+        assert lr == pytest.approx(1e-3 * position * (3.0 if discriminators else 1.0)), name
+    # ES: D reads G's word table, which keeps G's rate; NES: D has its own; GDES: D's own part is the delta
+    assert rate["generator.embeddings.word.weight"] == pytest.approx(1e-3)
+    assert ("discriminator.embeddings.word.weight" in rate) == (sharing == "nes")
+    assert (rate.get("discriminator.embeddings.word.delta") == pytest.approx(3e-3)) == (sharing == "gdes")
+
+
 def test_invalid_rtd_configs():
     from datamodules.errors import UsageError
 
@@ -273,6 +291,10 @@ def test_invalid_rtd_configs():
         RTDConfig(sharing="half").validate()
     with pytest.raises(UsageError, match="must be the discriminator's size"):
         RTDConfig(sharing="all", generator_width=0.5).validate()
+    with pytest.raises(UsageError, match="cannot have a learning rate of its own"):
+        RTDConfig(sharing="all", discriminator_lr_scale=2.0).validate()
+    with pytest.raises(UsageError, match="discriminator_lr_scale must be > 0"):
+        RTDConfig(discriminator_lr_scale=0.0).validate()
     assert MaskingConfig(replacement="electra").mix == (0.85, 0.15, 0.0)
 
 
