@@ -51,29 +51,32 @@ def midpoint(count_models: dict) -> float:
 class MeasureWordOrder(Callback):
     """After each validation: the held-out metrics Lightning logged, and the attention profile, as one line."""
 
-    def __init__(self, path: Path, batches: list, train_batches: list, rtd: bool, started: float):
+    def __init__(self, path: Path, batches: list, train_batches: list, rtd: bool, started: float, corrupted: list):
         self.path, self.batches, self.train_batches, self.rtd, self.started = path, batches, train_batches, rtd, started
+        self.corrupted = corrupted  # an RTD row's held-out blocks with bigram-model replacements (one fixed task)
 
     def on_validation_end(self, trainer, module):
-        from experiments.evaluations.heldout import heldout_mlm_loss
+        from experiments.evaluations.heldout import detection_auc, heldout_mlm_loss
         from experiments.evaluations.word_order import attention_profile
 
         was_training = module.training
         module.eval()
         layers = attention_profile(module.discriminator if self.rtd else module.encoder, self.batches)
         train_loss = heldout_mlm_loss(module, self.train_batches, self.rtd)
+        fixed_auc = detection_auc(module, self.corrupted) if self.rtd else None
         module.train(was_training)
         metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         point = {"step": trainer.global_step, "tokens": module.padded_tokens_seen,
                  "lr": trainer.optimizers[0].param_groups[0]["lr"], "seconds": round(time.time() - self.started, 1),
                  "mlm_loss": metrics.get("mlm_loss", metrics.get("generator_mlm_loss")), "train_mlm_loss": train_loss,
-                 "disc_auc": metrics.get("disc_auc"),
+                 "disc_auc": metrics.get("disc_auc"), "disc_auc_bigram": fixed_auc,
                  "most_local": [round(layer["adjacent_vs_uniform_most_local_head"], 3) for layer in layers],
                  "entropy_share": [round(layer["entropy_share"], 3) for layer in layers]}
         with self.path.open("a") as handle:
             handle.write(json.dumps(point) + "\n")
         print(f"  step {point['step']}: MLM {point['mlm_loss']:.3f} (training blocks {train_loss:.3f})"
               + (f", AUC {point['disc_auc']:.3f}" if point["disc_auc"] is not None else "")
+              + (f" (bigram replacements {fixed_auc:.3f})" if fixed_auc is not None else "")
               + ", most local head per layer " + " / ".join(f"{m:.1f}x" for m in point["most_local"]), flush=True)
 
 
@@ -88,7 +91,7 @@ def run(args) -> None:
     from experiments.presets import get_preset
     from experiments.registry import get_experiment
     from experiments.runner import build_module, default_precision, plan
-    from experiments.evaluations.heldout import count_model_cross_entropy
+    from experiments.evaluations.heldout import bigram_corruption, count_model_cross_entropy
 
     experiment, preset = get_experiment(args.experiment), get_preset(args.preset)
     overrides = parse_overrides(args.set, None, None)
@@ -127,8 +130,10 @@ def run(args) -> None:
                                   heldout_masking(config.data.masking), tokenized.vocab_size, HELDOUT_SEED)
     count = min(len(train_blocks), config.data.max_heldout_blocks or 256)
     train_batches = [collate([train_blocks[i] for i in range(j, min(j + 16, count))]) for j in range(0, count, 16)]
+    # the held-out blocks of the row's own AUC, each masked position refilled by the bigram count model
+    corrupted = bigram_corruption(tokenized, list(data.val_dataloader()[0]), HELDOUT_SEED) if rtd else []
     started = time.time()
-    measure = MeasureWordOrder(path, heldout, train_batches, rtd, started)
+    measure = MeasureWordOrder(path, heldout, train_batches, rtd, started, corrupted)
     trainer = L.Trainer(accelerator="auto", devices=1, precision=precision, max_steps=p.steps, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, inference_mode=False, gradient_clip_val=config.optim.gradient_clip,
@@ -199,6 +204,8 @@ def report(args) -> None:
         changes = ", ".join(f"`{k}={v}`" for k, v in run["overrides"].items()) or "(none)"
         end = (f"{last['mlm_loss']:.3f}, " + " / ".join(f"{m:.1f}x" for m in last["most_local"])) if last else "-"
         auc = f"{last['disc_auc']:.3f} ({_tokens(s['regime'])})" if last and last.get("disc_auc") is not None else ""
+        if last and last.get("disc_auc_bigram") is not None:
+            auc += f"; on bigram replacements {last['disc_auc_bigram']:.3f}"
         if s["collapsed"]:
             auc += f"; generator at or above the unigram model from {_tokens(s['collapsed'])}"
         state = "" if s["finished"] else f" (stopped at step {last['step'] if last else 0})"
@@ -218,7 +225,7 @@ def report(args) -> None:
             f"({midpoint(first_run['count_models']):.3f} nats on the default corpus). Tokens are padded training tokens "
             f"at the first held-out evaluation that met the threshold (evaluations are evenly spaced, so this is an "
             f"upper bound within one interval); the AUC column's tokens are where an RTD row's discriminator first "
-            f"reached held-out AUC {ELECTRA_REGIME_AUC:g} (ELECTRA's regime, issue 23). Time is wall-clock on a shared 2-core machine (each run file records its threads: the runs up to electra-b64-s2000-warm32 had one thread each, two side by side, some slowed by other jobs; the later ones two threads, alone), or on the GPU a run names (the H200 runs named `*-h200` except the first ran six or seven at once on one card, two CPU threads each): compare runs by tokens, not by time.\n\n{table}\n\n![curves](curves.png)\n\nTo reproduce:\n\n{commands}\n")
+            f"reached held-out AUC {ELECTRA_REGIME_AUC:g} (ELECTRA's regime, issue 23), against its own generator's replacements; since 2026-12-05 a run also records the AUC on one fixed task, the same held-out blocks with every masked position refilled by the left-bigram count model (`disc_auc_bigram`), which does not get easier when a row's generator is weaker. Time is wall-clock on a shared 2-core machine (each run file records its threads: the runs up to electra-b64-s2000-warm32 had one thread each, two side by side, some slowed by other jobs; the later ones two threads, alone), or on the GPU a run names (the H200 runs named `*-h200` except the first ran six or seven at once on one card, two CPU threads each): compare runs by tokens, not by time.\n\n{table}\n\n![curves](curves.png)\n\nTo reproduce:\n\n{commands}\n")
     (args.dir / "README.md").write_text(text)
     print(text)
 

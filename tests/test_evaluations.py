@@ -261,3 +261,63 @@ def test_the_count_models_are_counted_once_per_tokenized_corpus(tmp_path):
     assert count_model_cross_entropy(corpus) == first  # the same corpus (its cache directory): not counted again
     corpus.directory = tmp_path / "tokens-b"  # another tokenized corpus: counted on its own tokens
     assert count_model_cross_entropy(corpus)["left_bigram"] > 1.0
+
+
+def _masked_batch(ids: list[list[int]], masked: list[int], pad_from: int | None = None) -> dict:
+    """A held-out batch as the data module makes it: masked positions (flat) hold [MASK] (4), labels the originals."""
+    input_ids = torch.tensor(ids)
+    positions = torch.tensor(masked)
+    labels = input_ids.reshape(-1)[positions].clone()
+    masked_ids = input_ids.reshape(-1).index_fill(0, positions, 4).view_as(input_ids)
+    attention = torch.ones_like(input_ids, dtype=torch.bool)
+    if pad_from is not None:
+        attention[:, pad_from:] = False
+    return {"input_ids": masked_ids, "attention_mask": attention, "token_type_ids": torch.zeros_like(input_ids),
+            "mlm_positions": positions, "mlm_labels": labels}
+
+
+def test_bigram_corruption_refills_only_masked_positions_from_the_left_tokens_successors():
+    from experiments.evaluations.heldout import bigram_corruption
+
+    # training text where 5 is always followed by 6 and 7 by 8 or 9 (never 7 by itself)
+    train = np.array([5, 6, 7, 8, 5, 6, 7, 9] * 50, dtype=np.int32)
+    corpus = SimpleNamespace(vocab_size=10, train=SimpleNamespace(tokens=train))
+    batch = _masked_batch([[0, 5, 6, 7, 8, 5, 6, 7, 9, 2]], masked=[2, 3, 4, 8, 6])
+    refilled = bigram_corruption(corpus, [batch] * 40, seed=0)
+    ids = torch.stack([r["input_ids"][0] for r in refilled])
+    replaced = torch.stack([r["replaced"][0] for r in refilled])
+    original = torch.tensor([0, 5, 6, 7, 8, 5, 6, 7, 9, 2])
+    assert torch.equal(ids[:, [0, 1, 5, 7, 9]], original[[0, 1, 5, 7, 9]].expand(40, 5))  # unmasked: as they were
+    # 3 is masked after a masked 2: the model reads the original left token (6, always followed by 7), not [MASK]
+    assert (ids[:, 3] == 7).all() and not replaced[:, 3].any()
+    assert (ids[:, 2] == 6).all() and (ids[:, 6] == 6).all() and not replaced[:, [2, 6]].any()  # 5 -> 6 only
+    # after 7 the model draws 8 or 9: a draw equal to the original is labelled original, as in RTD
+    assert set(ids[:, 4].tolist()) == {8, 9} and set(ids[:, 8].tolist()) == {8, 9}
+    assert torch.equal(replaced[:, 4], ids[:, 4] != 8) and torch.equal(replaced[:, 8], ids[:, 8] != 9)
+    assert not replaced[:, [0, 1, 5, 7, 9]].any()
+    again = bigram_corruption(corpus, [batch] * 40, seed=0)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(refilled, again))  # one fixed task
+
+
+def test_detection_auc_reads_the_discriminators_scores_over_real_tokens_only():
+    from experiments.evaluations.heldout import detection_auc
+
+    class Scorer(torch.nn.Module):  # D's "state" is the token id; the head scores it with a sign
+        def __init__(self, sign):
+            super().__init__()
+            self.sign, self.weight = sign, torch.nn.Parameter(torch.zeros(1))
+            self.rtd = SimpleNamespace(variant="electra")
+            self.discriminator = lambda ids, mask, types: ids.float().unsqueeze(-1)
+            self.discriminator.parameters = self.parameters
+            self.rtd_head = lambda hidden: self.sign * hidden.squeeze(-1)
+
+    # replaced tokens carry high ids; the padded tail would be scored highest of all, and labelled original
+    ids = torch.tensor([[1, 2, 90, 3, 91, 99, 99]])
+    replaced = torch.tensor([[False, False, True, False, True, False, False]])
+    mask = torch.tensor([[True] * 5 + [False] * 2])
+    corrupted = [{"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids), "replaced": replaced}]
+    assert detection_auc(Scorer(1.0), corrupted) == pytest.approx(1.0)
+    assert detection_auc(Scorer(-1.0), corrupted) == pytest.approx(0.0)
+    mlm_discriminator = Scorer(1.0)
+    mlm_discriminator.rtd = SimpleNamespace(variant="replace-mlm")
+    assert detection_auc(mlm_discriminator, corrupted) is None

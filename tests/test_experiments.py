@@ -575,6 +575,19 @@ def test_the_escape_study_records_a_curve_and_reports_it(tmp_path):
     (tmp_path / "runs" / "tiny.jsonl").write_text("\n".join(lines[:2]) + "\n")
     main(["report", "--dir", str(tmp_path)])
     assert f"(stopped at step {points[0]['step']})" in (tmp_path / "README.md").read_text()
+    assert all(q["disc_auc_bigram"] is None for q in points)  # an MLM row has no discriminator
+
+
+def test_the_escape_study_measures_an_rtd_rows_discriminator_on_bigram_replacements_too(tmp_path):
+    """An RTD run's points carry the AUC on its own generator's replacements and on the fixed bigram task."""
+    from experiments.plateau import main
+
+    main(["run", "electra", "--experiment", "ablation-electra-small", "--row", "ELECTRA-Small", "--preset", "smoke",
+          "--evals", "1", "--dir", str(tmp_path)])
+    points = [json.loads(line) for line in (tmp_path / "runs" / "electra.jsonl").read_text().splitlines()[1:]]
+    assert points and all(0.0 <= q["disc_auc"] <= 1.0 and 0.0 <= q["disc_auc_bigram"] <= 1.0 for q in points)
+    main(["report", "--dir", str(tmp_path)])
+    assert f"on bigram replacements {points[-1]['disc_auc_bigram']:.3f}" in (tmp_path / "README.md").read_text()
 
 
 def test_the_escape_study_says_where_a_discriminator_reached_electras_regime_and_not_by_a_collapsed_generator():

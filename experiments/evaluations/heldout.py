@@ -77,3 +77,57 @@ def heldout_figures(module, data, config) -> dict[str, float]:
             "mlm_unigram_acc": float(np.bincount(heldout_labels).max() / max(1, len(heldout_labels))),
             "parameters": float(sum(param.numel() for param in module.parameters())),
             "peak_lr": config.optim.peak_lr}
+
+
+def bigram_corruption(tokenized: TokenizedCorpus, batches: list[dict], seed: int) -> list[dict]:
+    """The held-out batches with every masked position refilled by a sample of the left-bigram count model
+    (fitted on the training tokens) given the original token before it: one fixed replaced-token-detection
+    task for every RTD row. A row's own AUC is measured against its own generator's samples, so a row with a
+    weaker generator faces an easier task; this one is the same for all rows and all points of a run. A
+    sample equal to the original is labelled original, as in RTD; a position whose left token never starts a
+    training bigram (a special token) is refilled from the unigram model."""
+    vocabulary = tokenized.vocab_size
+    train = np.asarray(tokenized.train.tokens, dtype=np.int64)
+    pairs, pair_counts = np.unique(train[:-1] * vocabulary + train[1:], return_counts=True)
+    cumulative_pairs = np.cumsum(pair_counts)
+    cumulative_unigram = np.cumsum(np.bincount(train, minlength=vocabulary))
+    rng = np.random.default_rng(seed)
+    corrupted = []
+    for batch in batches:
+        positions, labels = batch["mlm_positions"].numpy(), batch["mlm_labels"].numpy()
+        original = batch["input_ids"].reshape(-1).numpy().copy()
+        original[positions] = labels
+        previous = original[positions - 1]  # no block starts with a masked token: it starts with a special
+        start = np.searchsorted(pairs, previous * vocabulary)
+        end = np.searchsorted(pairs, (previous + 1) * vocabulary)
+        below = np.where(start > 0, cumulative_pairs[np.maximum(start - 1, 0)], 0)
+        drawn = below + rng.random(len(positions)) * (cumulative_pairs[np.maximum(end - 1, 0)] - below)
+        from_bigram = pairs[np.searchsorted(cumulative_pairs, drawn, side="right").clip(max=len(pairs) - 1)] % vocabulary
+        from_unigram = np.searchsorted(cumulative_unigram, rng.random(len(positions)) * cumulative_unigram[-1], side="right")
+        samples = np.where(end > start, from_bigram, from_unigram)
+        filled = original.copy()
+        filled[positions] = samples
+        shape = batch["input_ids"].shape
+        corrupted.append({"input_ids": torch.from_numpy(filled).view(shape), "attention_mask": batch["attention_mask"],
+                          "token_type_ids": batch["token_type_ids"],
+                          "replaced": torch.from_numpy(filled != original).view(shape) & batch["attention_mask"].bool()})
+    return corrupted
+
+
+@torch.no_grad()
+def detection_auc(module, corrupted: list[dict]) -> float | None:
+    """An RTD row's discriminator's AUC (replaced against original, over real tokens) on fixed corrupted
+    batches (`bigram_corruption`); None for a row whose discriminator has no replaced-token head."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    if getattr(module, "rtd_head", None) is None or module.rtd.variant not in ("electra", "electra-15"):
+        return None
+    device = next(module.discriminator.parameters()).device
+    scores, labels = [], []
+    for batch in corrupted:
+        mask = batch["attention_mask"].to(device)
+        hidden = module.discriminator(batch["input_ids"].to(device), mask, batch["token_type_ids"].to(device))
+        real = mask.bool()
+        scores.append(module.rtd_head(hidden).float()[real])
+        labels.append(batch["replaced"].to(device)[real])
+    return float(binary_auroc(torch.cat(scores), torch.cat(labels).long()))
