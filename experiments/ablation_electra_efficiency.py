@@ -24,7 +24,7 @@ EXPERIMENT = Experiment(
         Row("ELECTRA 15%", {"rtd.variant": "electra-15"}, {"GLUE": 82.4}),
         Row("BERT", {"objective": "mlm", "data.masking.replacement": "bert"}, {"GLUE": 82.2}),
     ),
-    metrics=("disc_auc", "disc_loss", "disc_token_cosine", "generator_mlm_acc", "sentiment", "topic", "downstream_avg"),
+    metrics=("disc_auc", "disc_auc_bigram", "disc_loss", "disc_token_cosine", "generator_mlm_acc", "sentiment", "topic", "downstream_avg"),
     paper_columns=("GLUE",),
     budget="flops",
     claims=(

@@ -24,7 +24,7 @@ EXPERIMENT = Experiment(
         Row("tie all weights", {"rtd.sharing": "all", "rtd.generator_width": 1.0}, {"GLUE": 84.4}),
         *(Row(f"generator {name} width", {"rtd.sharing": "es", "rtd.generator_width": width}) for name, width in SWEEP),
     ),
-    metrics=("generator_mlm_acc", "disc_acc", "disc_auc", "disc_loss", "disc_token_cosine", "sentiment", "topic",
+    metrics=("generator_mlm_acc", "disc_acc", "disc_auc", "disc_auc_bigram", "disc_loss", "disc_token_cosine", "sentiment", "topic",
              "downstream_avg"),
     paper_columns=("GLUE",),
     claims=(

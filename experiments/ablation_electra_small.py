@@ -26,7 +26,7 @@ EXPERIMENT = Experiment(
         Row("BERT-Small", HALF_WIDTH_EMBEDDINGS | {"objective": "mlm", "data.masking.replacement": "bert"},
             {"GLUE": 75.1}),
     ),
-    metrics=("disc_auc", "disc_loss", "disc_token_cosine", "generator_mlm_acc", "downstream_avg", "downstream_avg@0.5", "downstream_avg@0.25", "downstream_avg@0.125",
+    metrics=("disc_auc", "disc_auc_bigram", "disc_loss", "disc_token_cosine", "generator_mlm_acc", "downstream_avg", "downstream_avg@0.5", "downstream_avg@0.25", "downstream_avg@0.125",
              "downstream_avg@0.0625", "sentiment", "topic"),
     paper_columns=("GLUE", "GLUE @50%", "GLUE @25%", "GLUE @12.5%", "GLUE @6.25%"),
     budget="flops",

@@ -30,7 +30,7 @@ EXPERIMENT = Experiment(
             {"MNLI-m": 89.3, "MNLI-mm": 89.0, "SQuAD 2.0 F1": 87.2, "SQuAD 2.0 EM": 84.5}),
     ),
     metrics=("cosine_generator@init", "cosine_generator", "cosine_discriminator@init", "cosine_discriminator",
-             "mlm_acc", "generator_mlm_acc", "disc_acc", "disc_auc", "disc_loss", "disc_token_cosine",
+             "mlm_acc", "generator_mlm_acc", "disc_acc", "disc_auc", "disc_auc_bigram", "disc_loss", "disc_token_cosine",
              "sentiment", "topic", "downstream_avg"),
     paper_columns=("MNLI-m", "MNLI-mm", "SQuAD 2.0 F1", "SQuAD 2.0 EM"),
     claims=(

@@ -98,7 +98,8 @@ def _early_point_cell(values: dict[str, list[float]]) -> str:
     point's discriminator AUC (`-` for a point that did not record them: a mid-run one, or an older file)."""
     cell = word_order_cell(values)
     if "disc_auc" in values:
-        cell = f"AUC {np.mean(values['disc_auc']):.3f}, word order {cell}"
+        fixed = f" (bigram task {np.mean(values['disc_auc_bigram']):.3f})" if "disc_auc_bigram" in values else ""
+        cell = f"AUC {np.mean(values['disc_auc']):.3f}{fixed}, word order {cell}"
     return cell
 
 
@@ -333,6 +334,12 @@ def render_markdown(experiment: Experiment, payload: dict) -> str:
                   f"{ELECTRA_REGIME_AUC:g} this suite takes for ELECTRA's regime. These discriminators have learned to "
                   f"detect replacements, so their claims are checked, but read them as claims about early training "
                   f"(docs/what-models-learn.md).\n")
+    column = payload["header"].index("disc_auc_bigram") if "disc_auc_bigram" in payload["header"] else None
+    if column is not None and any(row[column] != "-" for row in payload["rows"]):  # rows measured since 2026-12-05
+        out.write("\n`disc_auc` is each discriminator's AUC against its own generator's replacements, a task that is "
+                  "easier where that generator is weaker; `disc_auc_bigram` is its AUC on one task for every row, the "
+                  "held-out blocks with every masked position refilled by a left-bigram count model of the training "
+                  "text.\n")
     if payload["claims"]:
         out.write("\n## The paper's claims, checked on these numbers\n\n"
                   "(paper): the paper states it; (proxy): the paper measured something else, or the rows train with a "

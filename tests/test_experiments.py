@@ -516,8 +516,13 @@ def test_every_experiment_and_row_smoke_runs(tmp_path):
     assert all(point["schedule"] == "own-schedule" and point["steps"] >= 1 for point in early["early_points"].values())
     assert "downstream_avg@0.25" in early["metrics"]
     # each point records what says whether it had learned, and the table says it
-    assert {"disc_auc@0.25", "generator_mlm_loss@0.25", "adjacent_attention@0.25"} <= set(early["metrics"])
-    assert "ELECTRA-Small at 0.0625: AUC " in (tmp_path / "ablation-electra-small" / "smoke" / "table.md").read_text()
+    assert {"disc_auc@0.25", "generator_mlm_loss@0.25", "adjacent_attention@0.25", "disc_auc_bigram@0.25"} <= set(early["metrics"])
+    assert 0.0 <= early["metrics"]["disc_auc_bigram"] <= 1.0  # the fixed bigram task, the row and each point
+    table = (tmp_path / "ablation-electra-small" / "smoke" / "table.md").read_text()
+    assert "ELECTRA-Small at 0.0625: AUC " in table and " (bigram task " in table and "`disc_auc_bigram` is" in table
+    electra_15 = json.loads((tmp_path / "ablation-electra-efficiency" / "smoke" / "rows" / "electra-15__seed0.json").read_text())
+    replace_mlm = json.loads((tmp_path / "ablation-electra-efficiency" / "smoke" / "rows" / "replace-mlm__seed0.json").read_text())
+    assert "disc_auc_bigram" in electra_15["metrics"] and "disc_auc_bigram" not in replace_mlm["metrics"]  # no RTD head
     efficiency = json.loads((tmp_path / "ablation-electra-efficiency" / "smoke" / "table.json").read_text())
     steps = {row[0]: int(row[efficiency["header"].index("steps")].replace(",", "")) for row in efficiency["rows"]}
     assert steps["All-Tokens MLM"] < steps["ELECTRA"] < steps["BERT"]  # equal FLOPs, dearer steps: fewer of them

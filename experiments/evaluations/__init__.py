@@ -23,7 +23,8 @@ import torch
 
 from ablations.encoder import Encoder
 from experiments.evaluations.finetuning import cached_task, fine_tune_all, task_data  # noqa: F401 (the runner's)
-from experiments.evaluations.heldout import count_model_cross_entropy, heldout_figures, heldout_mlm_loss
+from experiments.evaluations.heldout import (bigram_corruption, count_model_cross_entropy, detection_auc, heldout_figures,
+                                             heldout_mlm_loss)
 from experiments.evaluations.minimal_pairs import build_pairs, minimal_pair_metrics
 from experiments.evaluations.probes import probe_metrics
 from experiments.evaluations.word_order import word_order_metrics, word_order_report
@@ -62,8 +63,20 @@ def learning_figures(module, data, trainer, config, device: str) -> dict[str, fl
     metrics = validated_metrics(module, data, trainer)
     module.to(device).eval()
     metrics |= word_order_metrics(word_order_of(module, data, rtd, metrics.get("generator_mlm_loss" if rtd else "mlm_loss")))
+    metrics |= bigram_task_auc(module, data) if rtd else {}
     module.cpu()
     return metrics
+
+
+def bigram_task_auc(module, data) -> dict[str, float]:
+    """An RTD row's discriminator's AUC on one fixed task, `disc_auc_bigram`: its table's held-out blocks with
+    every masked position refilled by the left-bigram count model (heldout.bigram_corruption). Its own AUC
+    (`disc_auc`) is against its own generator's samples, an easier task where that generator is weaker; this
+    one is the same task for every row of a table."""
+    from datamodules.pretraining import HELDOUT_SEED
+
+    auc = detection_auc(module, bigram_corruption(data.load(), list(data.val_dataloader()[0]), HELDOUT_SEED))
+    return {} if auc is None else {"disc_auc_bigram": auc}
 
 
 def word_order_of(module, data, rtd: bool, mlm_loss: float | None = None) -> dict:
@@ -90,7 +103,7 @@ def evaluate_pretrained(module, data, config, tasks: dict, validated: dict[str, 
         result.metrics |= {f"{name}@init": value for name, value in module.initial_embedding_similarity.items()}
     started = time.time()
     report = word_order_of(module, data, rtd, validated.get("generator_mlm_loss" if rtd else "mlm_loss"))
-    result.metrics |= word_order_metrics(report)
+    result.metrics |= word_order_metrics(report) | (bigram_task_auc(module, data) if rtd else {})
     result.details["word_order"], result.seconds["word_order"] = report, round(time.time() - started, 1)
     started = time.time()
     pairs = build_pairs(config.data, data.load())
