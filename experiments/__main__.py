@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--devices", default="1")
     run.add_argument("--strategy", default="auto", help="auto | ddp | fsdp | ...")
     run.add_argument("--num-nodes", type=int, default=1)
-    run.add_argument("--precision", default=None, help="default: bf16-mixed where supported, else 32-true")
+    run.add_argument("--precision", default=None,
+                     help="32-true | bf16-mixed | 16-mixed (GPU only); default: bf16-mixed on a GPU or CPU with bf16, "
+                          "16-mixed on a GPU without, else 32-true")
     run.add_argument("--num-workers", type=int, default=0)
     run.add_argument("--compile", action="store_true", help="torch.compile the encoders (speed only)")
     run.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
@@ -132,6 +134,7 @@ def dispatch(args) -> None:
     hardware = Hardware(accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
                         num_nodes=args.num_nodes, precision=args.precision, num_workers=args.num_workers,
                         compile=args.compile, keep_freed_memory=args.keep_freed_memory)
+    hardware.validate()
     from experiments.runner import plan
 
     for experiment in experiments:  # validate everything before anything trains

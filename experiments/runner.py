@@ -16,10 +16,14 @@ import dataclasses
 import json
 import logging
 import os
+import platform
 import signal
 import subprocess
+import tempfile
 import time
+import traceback
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +32,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ablations.encoder import Encoder
@@ -73,6 +78,37 @@ class Hardware:
         return dict(accelerator=self.accelerator, devices=devices, strategy=self.strategy, num_nodes=self.num_nodes,
                     precision=self.precision or default_precision())
 
+    def validate(self) -> None:
+        """Refuse a precision the suite does not train in, or one this machine cannot run, before anything trains."""
+        if self.precision is None:
+            return
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"unknown --precision {self.precision!r} (valid: {', '.join(PRECISIONS)}; "
+                             f"default here: {default_precision()})")
+        on_gpu = torch.cuda.is_available() and self.accelerator in ("auto", "gpu", "cuda")
+        if self.precision == "16-mixed" and not on_gpu:
+            raise UsageError("--precision 16-mixed needs a CUDA GPU (fp16 autocast with a loss scaler); on a CPU "
+                             "use bf16-mixed or 32-true")
+
+    @contextmanager
+    def training(self, what: str):
+        """Training that fails for its precision or this machine (an op without a kernel for the dtype, a plugin
+        refusing a setting) ends in one message naming the precision and the one to try instead (exit code 2);
+        the traceback goes to a file, for a report if the other precision fails too."""
+        try:
+            yield
+        except (RuntimeError, MisconfigurationException) as error:
+            precision = self.precision or default_precision()
+            other = "32-true" if precision != "32-true" else ("bf16-mixed" if default_precision() != "32-true" else None)
+            with tempfile.NamedTemporaryFile("w", prefix="ablations-failure-", suffix=".txt", delete=False) as file:
+                file.write(f"{what} under {precision} on {machine_name()}\n\n")
+                traceback.print_exception(error, file=file)
+            last_line = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+            advice = (f"run again with --precision {other} (ARGS='--precision {other}' with make)" if other else
+                      "32-true is the most portable precision, so this is a bug: please report it with the traceback")
+            raise UsageError(f"{what} failed under precision {precision} on {machine_name()}: {last_line} "
+                             f"({type(error).__name__}; traceback in {file.name}). {advice}.") from error
+
     def trainer(self, label: str, callbacks=(), **kwargs) -> L.Trainer:
         """A Trainer with the suite's defaults and a progress display named `label` (see experiments.progress)."""
         return L.Trainer(**self.trainer_kwargs(), enable_progress_bar=True, enable_model_summary=False,
@@ -80,11 +116,39 @@ class Hardware:
                          **kwargs)
 
 
+# The precisions the suite trains in: default_precision() picks one per machine, --precision forces one.
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+
+
 def default_precision() -> str:
+    """bf16-mixed on a GPU with bf16 and on a CPU with AVX-512 bf16; 16-mixed on an older GPU; else 32-true."""
     if torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     supported = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
     return "bf16-mixed" if supported else "32-true"
+
+
+def machine_name() -> str:
+    """The GPU's name, or the CPU's model name (Linux) or architecture: what a failure message names."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_kind(precision: str) -> str:
+    """The kind of machine a row ran on, as reference results are filed: e.g. cpu-avx512-bf16, cpu-avx2-fp32,
+    gpu-bf16. Rows of one kind take the same code path (experiments.runner.default_precision, ablations.fast_ops)."""
+    short = {"32-true": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}.get(precision, precision)
+    if torch.cuda.is_available():
+        return f"gpu-{short}"
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    return f"cpu-{'avx512' if capability.startswith('avx512') else capability}-{short}"
 
 
 def slug(name: str) -> str:
@@ -227,7 +291,8 @@ def pretrain(p: RowPlan, config: RunConfig, steps: int, work: Path, hardware: Ha
     # every rank picks the same file; only rank 0 sets damaged ones aside
     resume = resumable_checkpoint(checkpoints, log, set_aside=is_global_zero()) if checkpoints.exists() else None
     # our own checkpoint, written by this runner: it holds the config dataclasses, so not weights-only
-    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=False)
+    with hardware.training(f"pretraining {p.row.name}"):
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=False)
     StopRequest.check()  # Ctrl-C / SIGTERM ended the fit (StopOnRequest): stop the row here
     return module, data, trainer
 
@@ -258,11 +323,12 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
     # training time summed over every session of a resumed row (data preparation, cached after the first, aside)
     seconds = {"pretraining": round(module.fit_seconds, 1)}
     check_budget(module, p.steps * config.tokens_per_step, p.name)
-    metrics = validated_metrics(module, data, trainer)
     tasks = task_data(config, data.load(), p.seed)
     precision = hardware.precision or default_precision()
-    evaluation = evaluate_pretrained(module, data, config, tasks, metrics, evaluation_device(hardware.accelerator),
-                                     precision)
+    with hardware.training(f"evaluating {p.row.name}"):
+        metrics = validated_metrics(module, data, trainer)
+        evaluation = evaluate_pretrained(module, data, config, tasks, metrics, evaluation_device(hardware.accelerator),
+                                         precision)
     metrics |= evaluation.metrics
     seconds |= evaluation.seconds
     encoder_config = module.discriminator_config() if config.objective == "rtd" else module.encoder.config
@@ -294,7 +360,8 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
         # pretraining, each evaluation, and each fine-tuning run by task: what a row's time is spent on
         "seconds": seconds,
         "evaluations": evaluation.details,  # word order per layer, the minimal pairs and probes measured on
-        "hardware": dataclasses.asdict(hardware) | {"precision": precision},
+        "hardware": dataclasses.asdict(hardware) | {"precision": precision, "machine": machine_name(),
+                                                    "machine_kind": machine_kind(precision)},
         "curves": str(work.relative_to(p.directory)),  # log-*/metrics.csv: the pretraining curves, per session
     }
     if trainer.is_global_zero:

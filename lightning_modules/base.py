@@ -2,7 +2,8 @@
 
 AdamW with beta2 0.98 and eps 1e-6 (RoBERTa §3.1, for stability with large batches), weight decay
 0.01 except on biases and LayerNorm weights (as in BERT), linear warmup to the peak learning rate then
-linear decay to zero. Gradient clipping is the Trainer's `gradient_clip_val`. Subclasses implement
+linear decay to zero. Gradients are clipped to the Trainer's `gradient_clip_val` (global norm, as the papers)
+by `configure_gradient_clipping` below, the same way under every precision. Subclasses implement
 `losses(batch) -> dict` whose "loss" entry is optimised; every entry is logged as train/<name>.
 """
 from __future__ import annotations
@@ -93,14 +94,31 @@ class ObjectiveModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.optim
         # torch's fused AdamW (the same update, one kernel for all parameters) where it has one: on the CPU
-        # its default loops over the parameters, 12-19 ms of a 640 ms step at the bench's shape against 3.2
-        # (2-core AVX2 EPYC, 2026-12-04, docs/bench/2026-12-04-epyc-zen3-avx2-fused-adamw.txt)
+        # its default loops over the parameters (docs/speed.md). It works under every precision because
+        # `configure_gradient_clipping` clips the gradients itself.
         optimizer = torch.optim.AdamW(decay_groups(self, o.weight_decay, o.peak_lr, self.learning_rate_scale), lr=o.peak_lr,
                                       betas=(o.beta1, o.beta2), eps=o.eps, fused=self.device.type in ("cpu", "cuda"))
         warmup = int(o.warmup_fraction * o.max_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_linear_decay(step, warmup, o.max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip the global gradient norm to `gradient_clip_val` under every precision, the fused optimizer's
+        included. Lightning's mixed-precision plugin refuses to clip for an optimizer that unscales its own
+        gradients (the fused AdamW) even where no scaler is used (bf16-mixed); with fp16's scaler the
+        gradients are unscaled here first, which the scaler then tells the fused step."""
+        if not gradient_clip_val:
+            return
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            scaler.unscale_(optimizer)
+        # under FSDP each rank holds a shard: only the wrapped root module computes the norm over all of them
+        wrapped = self.trainer.strategy.model
+        if hasattr(wrapped, "clip_grad_norm_") and wrapped is not self:
+            wrapped.clip_grad_norm_(gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
 
     def learning_rate_scale(self, name: str) -> float:
         """A parameter's learning rate as a multiple of the peak (1 for all, unless a departure says)."""

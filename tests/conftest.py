@@ -62,3 +62,16 @@ def refused_in_process(*args: str) -> tuple[int, str]:
         except SystemExit as stop:
             return stop.code if isinstance(stop.code, int) else 1, stderr.getvalue()
     return 0, stderr.getvalue()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The CI log names the machine's path: the CPU, the precision a run here picks, and the ones forced
+    (printed with -q too, which hides the report header)."""
+    import torch
+
+    from experiments.runner import PRECISIONS, default_precision, machine_name
+
+    terminalreporter.write_line(f"machine: {machine_name()}; torch {torch.__version__}, CPU capability "
+                                f"{torch.backends.cpu.get_cpu_capability()}; a run here picks {default_precision()}")
+    terminalreporter.write_line(f"precisions tested on every machine (forced, tests/test_precision.py): "
+                                f"{', '.join(PRECISIONS)} (16-mixed through its plugin on the CPU)")

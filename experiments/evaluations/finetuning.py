@@ -66,7 +66,8 @@ def fine_tune_all(config, encoder_config, encoder_state: dict, tasks: dict[str, 
             L.seed_everything(data.seed, workers=True, verbose=False)
             module = FineTuneModule(encoder_config, data.task.spec.num_labels, data.task.spec.metric, ft, steps,
                                     encoder_state)
-            trainer.fit(module, datamodule=data)
+            with hardware.training(f"fine-tuning on {name}"):
+                trainer.fit(module, datamodule=data)
             StopRequest.check()  # Ctrl-C / SIGTERM ended the fit: stop the row here
             runs.append(float(trainer.callback_metrics["val/score"]))
             seconds[name].append(round(time.time() - started, 1))
