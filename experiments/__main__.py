@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
     calibrate = commands.add_parser("calibrate", help="measure a preset's seed-to-seed noise for the verdicts")
     calibrate.add_argument("--preset", default=DEFAULT_PRESET)
-    calibrate.add_argument("--seeds", type=int, default=3, help="pretraining seeds of each calibration row")
+    calibrate.add_argument("--seeds", type=int, default=5, help="pretraining seeds of each calibration row (5: 4 degrees of freedom)")
     calibrate.add_argument("--results-dir", default=None, type=Path)
     calibrate.add_argument("--output", default=None, type=Path, help="default: experiments/calibration.json")
     calibrate.add_argument("--kinds", default=None, help="comma-separated kinds of row to calibrate (default: all: "
@@ -164,7 +164,7 @@ def calibrate(preset, seeds: int, results_dir: Path, output: Path | None, kinds:
     from experiments.presets import configure
     from experiments.registry import get_experiment
     from experiments.results import load_rows
-    from experiments.runner import Hardware, default_precision, git_commit, plan, run
+    from experiments.runner import Hardware, default_precision, git_commit, machine_kind, plan, run
     from experiments.verdicts import CALIBRATION_FILE, CALIBRATION_ROWS, calibration_entry, describe_calibration, save_calibration
 
     if seeds < 2:
@@ -182,7 +182,8 @@ def calibrate(preset, seeds: int, results_dir: Path, output: Path | None, kinds:
         values = load_rows(experiment, results_dir / experiment.id / preset.name)[row].values
         results = {p.seed: json.loads(p.result_path.read_text()) for p in plan(experiment, preset, seeds, [row], None, results_dir)}
         finetune_seeds = configure(experiment.base, preset, {}).finetune.seeds
-        entries[kind] = calibration_entry(f"{experiment_id}/{row}", values, results, finetune_seeds, git_commit(), hardware)
+        entries[kind] = calibration_entry(f"{experiment_id}/{row}", values, results, finetune_seeds, git_commit(), hardware,
+                                          machine_kind(default_precision()))
         entries[kind]["finetune_cost"] = {f"seed {seed}": finetune_cost(result) for seed, result in results.items()}
     path = output or CALIBRATION_FILE
     save_calibration(preset.name, entries, path)

@@ -4,7 +4,8 @@ Every row is trained identically with MLM; only the attention terms and the EMD 
 RoBERTa-style baseline (absolute positions, standard attention).
 """
 from ablations.config import EncoderConfig
-from experiments.spec import Claim, Experiment, Row, RunConfig
+from experiments.claims import AtLeast
+from experiments.spec import Experiment, Row, RunConfig
 
 PAPER_COLUMNS = ("MNLI-m", "MNLI-mm", "SQuAD 1.1 F1", "SQuAD 1.1 EM", "SQuAD 2.0 F1", "SQuAD 2.0 EM", "RACE")
 
@@ -30,13 +31,13 @@ EXPERIMENT = Experiment(
     metrics=("mlm_loss", "mlm_ppl", "mlm_acc", "sentiment", "topic", "downstream_avg"),
     paper_columns=PAPER_COLUMNS,
     claims=(
-        *(Claim(f"Each component helps: DeBERTa >= {name} (downstream average)", "at_least", "downstream_avg",
+        *(AtLeast(f"Each component helps: DeBERTa >= {name} (downstream average)", "downstream_avg",
                 a="DeBERTa", b=name) for name in ("-EMD", "-C2P", "-P2C")),
         # Table 4 reports downstream scores only: held-out MLM loss is the suite's proxy, and the EMD adds a
         # layer to the MLM head, so a lower loss with the EMD partly measures head capacity
-        *(Claim(f"Each component helps: DeBERTa <= {name} on held-out MLM loss", "at_least", "mlm_loss",
+        *(AtLeast(f"Each component helps: DeBERTa <= {name} on held-out MLM loss", "mlm_loss",
                 a="DeBERTa", b=name, source="proxy") for name in ("-EMD", "-C2P", "-P2C")),
-        Claim("DeBERTa >= RoBERTa-ReImp (downstream average)", "at_least", "downstream_avg",
+        AtLeast("DeBERTa >= RoBERTa-ReImp (downstream average)", "downstream_avg",
               a="DeBERTa", b="RoBERTa-ReImp"),
     ),
 )

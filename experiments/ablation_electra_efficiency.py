@@ -6,7 +6,8 @@ BERT (MLM). Steps are set so every row spends the same training FLOPs (counted b
 """
 from datamodules.masking import MaskingConfig
 from datamodules.pretraining import PretrainingDataConfig
-from experiments.spec import Claim, Experiment, Row, RunConfig
+from experiments.claims import AtLeast, Order
+from experiments.spec import Experiment, Row, RunConfig
 from lightning_modules.base import ELECTRA_RECIPE
 from lightning_modules.rtd import HEAD_BIAS_PRIOR_NOTE, RTDConfig
 
@@ -28,11 +29,11 @@ EXPERIMENT = Experiment(
     paper_columns=("GLUE",),
     budget="flops",
     claims=(
-        Claim("Ordering ELECTRA >= All-Tokens MLM >= BERT (downstream average)", "order", "downstream_avg",
+        Order("Ordering ELECTRA >= All-Tokens MLM >= BERT (downstream average)", "downstream_avg",
               among=("ELECTRA", "All-Tokens MLM", "BERT")),
-        Claim("Learning from all tokens matters: ELECTRA >= ELECTRA 15%", "at_least", "downstream_avg",
+        AtLeast("Learning from all tokens matters: ELECTRA >= ELECTRA 15%", "downstream_avg",
               a="ELECTRA", b="ELECTRA 15%"),
-        Claim("Most of the gain comes from all tokens: All-Tokens MLM >= Replace MLM", "at_least", "downstream_avg",
+        AtLeast("Most of the gain comes from all tokens: All-Tokens MLM >= Replace MLM", "downstream_avg",
               a="All-Tokens MLM", b="Replace MLM"),
     ),
     notes="Budget rule: equal training FLOPs per row (ablations/flops.py counts each variant's forward and "

@@ -5,7 +5,8 @@ size sweep ties token and position embeddings (ES) and scales the generator's wi
 """
 from datamodules.masking import MaskingConfig
 from datamodules.pretraining import PretrainingDataConfig
-from experiments.spec import Claim, Experiment, Row, RunConfig
+from experiments.claims import AtLeast, Best, Close
+from experiments.spec import Experiment, Row, RunConfig
 from lightning_modules.base import ELECTRA_RECIPE
 from lightning_modules.rtd import HEAD_BIAS_PRIOR_NOTE, RTDConfig
 
@@ -28,11 +29,13 @@ EXPERIMENT = Experiment(
              "downstream_avg"),
     paper_columns=("GLUE",),
     claims=(
-        Claim("Tying token embeddings helps: tie token embeddings >= no tying", "at_least", "downstream_avg",
+        AtLeast("Tying token embeddings helps: tie token embeddings >= no tying", "downstream_avg",
               a="tie token embeddings", b="no tying"),
-        Claim("Tying all weights adds little: |tie all - tie embeddings| <= 0.5", "close", "downstream_avg",
-              a="tie all weights", b="tie token embeddings", margin=0.5),
-        Claim("Generators of 1/4 to 1/2 of the discriminator's width are best", "best", "downstream_avg",
+        Close("Tying all weights adds little: |tie all - tie embeddings| <= 0.5", "downstream_avg",
+              a="tie all weights", b="tie token embeddings", margin=0.5,
+              margin_source="the suite's choice, about the paper's own difference (tie all 84.4 against tie token "
+                            "embeddings 84.3: +0.1 GLUE)"),
+        Best("Generators of 1/4 to 1/2 of the discriminator's width are best", "downstream_avg",
               among=tuple(f"generator {name} width" for name, _ in SWEEP),
               winners=("generator 1/4 width", "generator 1/2 width")),
     ),

@@ -6,7 +6,8 @@ is its own run of that share of the row's steps, with its own warm-up and decay 
 """
 from datamodules.masking import MaskingConfig
 from datamodules.pretraining import PretrainingDataConfig
-from experiments.spec import Claim, Experiment, Row, RunConfig
+from experiments.claims import AtLeast
+from experiments.spec import Experiment, Row, RunConfig
 from lightning_modules.base import ELECTRA_RECIPE
 from lightning_modules.rtd import HEAD_BIAS_PRIOR_NOTE, RTDConfig
 
@@ -31,10 +32,9 @@ EXPERIMENT = Experiment(
     paper_columns=("GLUE", "GLUE @50%", "GLUE @25%", "GLUE @12.5%", "GLUE @6.25%"),
     budget="flops",
     claims=(
-        Claim("RTD beats MLM at equal compute: ELECTRA-Small >= BERT-Small", "at_least", "downstream_avg",
+        AtLeast("RTD beats MLM at equal compute: ELECTRA-Small >= BERT-Small", "downstream_avg",
               a="ELECTRA-Small", b="BERT-Small"),
-        Claim("Early checkpoints already do well: ELECTRA-Small at 25% of training >= BERT-Small at 100%",
-              "at_least", "downstream_avg@0.25", a="ELECTRA-Small", b="BERT-Small", metric_b="downstream_avg"),
+        AtLeast("Early checkpoints already do well: ELECTRA-Small at 25% of training >= BERT-Small at 100%", "downstream_avg@0.25", a="ELECTRA-Small", b="BERT-Small", metric_b="downstream_avg"),
     ),
     notes=HEAD_BIAS_PRIOR_NOTE,
 )

@@ -7,7 +7,8 @@ distinct pairs of non-special token embeddings, computed exactly (ablations/shar
 from ablations.config import EncoderConfig
 from datamodules.masking import MaskingConfig
 from datamodules.pretraining import PretrainingDataConfig
-from experiments.spec import Claim, Experiment, Row, RunConfig
+from experiments.claims import Gap, GapSmaller, Order
+from experiments.spec import Experiment, Row, RunConfig
 from lightning_modules.rtd import HEAD_BIAS_PRIOR_NOTE, RTDConfig
 
 EXPERIMENT = Experiment(
@@ -36,13 +37,12 @@ EXPERIMENT = Experiment(
     claims=(
         # about what training did: the gap's change since initialisation (NES starts E_D random, at cosine ~0,
         # so "E_G above E_D" would hold as soon as MLM moved E_G; GDES starts E_D equal to E_G)
-        Claim("NES: training makes E_G more self-similar than E_D", "gap", "cosine_generator", a="NES",
+        Gap("NES: training makes E_G more self-similar than E_D", "cosine_generator", a="NES",
               metric_b="cosine_discriminator", from_init=True),
-        Claim("GDES: training makes E_G more self-similar than E_D", "gap", "cosine_generator", a="GDES",
+        Gap("GDES: training makes E_G more self-similar than E_D", "cosine_generator", a="GDES",
               metric_b="cosine_discriminator", from_init=True),
-        Claim("Training opens a smaller E_G - E_D similarity gap under GDES than under NES", "gap_smaller",
-              "cosine_generator", a="GDES", b="NES", metric_b="cosine_discriminator", from_init=True),
-        Claim("Downstream order GDES >= ES >= NES (average)", "order", "downstream_avg", among=("GDES", "ES", "NES")),
+        GapSmaller("Training opens a smaller E_G - E_D similarity gap under GDES than under NES", "cosine_generator", a="GDES", b="NES", metric_b="cosine_discriminator", from_init=True),
+        Order("Downstream order GDES >= ES >= NES (average)", "downstream_avg", among=("GDES", "ES", "NES")),
     ),
     notes="Cosine similarity: mean over all distinct pairs of non-special token embeddings (exact), at "
           "initialisation (@init) and after training. The cosine claims are about the change between the two: "

@@ -7,7 +7,8 @@ training documents are cut to about budget / 40 tokens: each row trains ~40 epoc
 held-out documents of the whole corpus, every block of them (about 20,000 masked tokens at `small`),
 so that a 0.05 difference in held-out MLM loss is resolved.
 """
-from experiments.spec import Claim, Experiment, Row, RunConfig
+from experiments.claims import AtLeast
+from experiments.spec import Experiment, Row, RunConfig
 from datamodules.pretraining import PretrainingDataConfig
 
 EPOCHS = 40
@@ -33,10 +34,12 @@ EXPERIMENT = Experiment(
              "downstream_avg"),
     paper_columns=("SQuAD 2.0", "MNLI-m", "SST-2"),
     claims=(
-        Claim("Dynamic masking is comparable or slightly better: dynamic >= static - 0.5 (downstream average)",
-              "at_least", "downstream_avg", a="dynamic", b="static", margin=0.5),
-        Claim("Dynamic masking is comparable or better on held-out MLM loss (within 0.05)", "at_least", "mlm_loss",
-              a="dynamic", b="static", margin=0.05, source="proxy"),  # Table 1 reports downstream scores only
+        AtLeast("Dynamic masking is comparable or slightly better: dynamic >= static - 0.5 (downstream average)", "downstream_avg", a="dynamic", b="static", margin=0.5,
+              margin_source="the suite's choice, about the paper's own per-task differences between dynamic and "
+                            "static masking in Table 1 (-0.3 to +0.4 points)"),
+        AtLeast("Dynamic masking is comparable or better on held-out MLM loss (within 0.05)", "mlm_loss",
+              a="dynamic", b="static", margin=0.05, source="proxy",
+              margin_source="the suite's choice: Table 1 reports no loss"),  # Table 1 reports downstream scores only
     ),
     notes="Paper reference (BERT-base, not trained here): SQuAD 2.0 76.3, MNLI-m 84.3, SST-2 92.8. Epochs: the "
           "training documents are the budget / 40 / 780 tokens (the measured mean document length), a random "

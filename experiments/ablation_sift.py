@@ -5,7 +5,8 @@ the same weights (the pretraining work directory is keyed by the pretraining con
 SiFT only for its 1.5B model; this table reports whether it helps at these sizes.
 """
 from ablations.config import EncoderConfig
-from experiments.spec import Claim, Experiment, Row, RunConfig
+from experiments.claims import AtLeast
+from experiments.spec import Experiment, Row, RunConfig
 
 EXPERIMENT = Experiment(
     id="ablation-sift",
@@ -19,7 +20,6 @@ EXPERIMENT = Experiment(
     metrics=("sentiment", "topic", "downstream_avg"),
     paper_columns=(),
     claims=(
-        Claim("SiFT helps at this size: with SiFT >= without SiFT (downstream average)", "at_least",
-              "downstream_avg", a="with SiFT", b="without SiFT"),
+        AtLeast("SiFT helps at this size: with SiFT >= without SiFT (downstream average)", "downstream_avg", a="with SiFT", b="without SiFT"),
     ),
 )

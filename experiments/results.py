@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -21,9 +22,11 @@ from experiments.durable import write_atomically
 from experiments.evaluations.minimal_pairs import KINDS as PAIR_KINDS
 from experiments.evaluations.probes import PROBE_FEATURE
 from experiments.evaluations.word_order import LEARNED_ADJACENT_MULTIPLE, word_order_cell
-from experiments.verdicts import (ELECTRA_REGIME_AUC, INCONCLUSIVE, Calibration, Noise, combine, early_points_in, judge,
-                                  learning_problems, learning_problems_of, load_calibration, row_kind, values_at)
-from experiments.spec import DEPARTURES, PROBE_AVERAGE, Claim, Experiment, departures, lower_is_better
+from experiments.claims import PROBE_AVERAGE, Claim, Rows
+from experiments.verdicts import (ELECTRA_REGIME_AUC, INCONCLUSIVE, Calibration, Judgement, Noise, combine,
+                                  early_points_in, judge, learning_problems, learning_problems_of, load_calibration,
+                                  row_kind, values_at)
+from experiments.spec import DEPARTURES, Experiment, departures
 from lightning_modules.base import describe
 
 
@@ -44,6 +47,7 @@ class RowSummary:
     corpus: dict = field(default_factory=dict)  # the corpus it was pretrained on (its config's data.corpus)
     kind: str = "absolute-mlm"  # whose calibrated noise its claims use (experiments.verdicts.KINDS)
     departures: dict = field(default_factory=dict)  # the departure switches it trained with (spec.departures)
+    machines: set = field(default_factory=set)  # the machine kinds its seeds ran on (experiments.runner.machine_kind)
 
     def mean(self, metric: str) -> float:
         values = self.values.get(metric, [])
@@ -74,23 +78,15 @@ def load_rows(experiment: Experiment, directory: Path) -> dict[str, RowSummary]:
         summary.kind = row_kind(record["config"])
         summary.departures = departures(record["config"])
         summary.wall_time_s.append(record["wall_time_s"])
+        hardware = record.get("hardware", {})
+        summary.machines.add(hardware.get("machine_kind") or f"precision {hardware.get('precision', 'unknown')}")
         summary.curves.append(directory / record["curves"])
         commit = record["git_commit"]
         summary.commits.add(commit[:8] + ("-dirty" if commit.endswith("-dirty") else ""))
     return {row.name: found[row.name] for row in experiment.rows if row.name in found}  # the paper's row order
 
 
-def _paired(rows: dict[str, RowSummary], a: str, b: str, metric: str, metric_b: str = "") -> np.ndarray:
-    """Per-seed differences a - b over the seeds both rows have, signed so that positive = a better."""
-    va = dict(zip(rows[a].seeds, rows[a].values.get(metric, [])))
-    vb = dict(zip(rows[b].seeds, rows[b].values.get(metric_b or metric, [])))
-    common = sorted(set(va) & set(vb))
-    sign = -1.0 if lower_is_better(metric) else 1.0
-    return np.array([sign * (va[s] - vb[s]) for s in common])
-
-
-def _mean_text(diffs: np.ndarray) -> str:
-    return f"{float(np.mean(diffs)):+.2f} over {len(diffs)} seed{'s' * (len(diffs) != 1)}" if len(diffs) else "no seeds"
+SMOKE_VERDICT = "not a verdict (smoke preset)"
 
 
 def _early_point_cell(values: dict[str, list[float]]) -> str:
@@ -103,82 +99,74 @@ def _early_point_cell(values: dict[str, list[float]]) -> str:
     return cell
 
 
+@dataclass(frozen=True)
+class ClaimResult:
+    """A claim checked on a table's rows: its verdict, the judgement of each comparison it makes, and why it was
+    not decided where it was not (rows missing, a row that did not learn)."""
+
+    claim: Claim
+    verdict: str
+    judgements: tuple[Judgement, ...] = ()
+    note: str = ""  # not measured: the missing rows; inconclusive by learning: which row did not learn and why
+    kinds: tuple[str, ...] = ()  # the kinds of row it read (experiments.verdicts.KINDS)
+    borrowed: str = ""  # the noise it borrowed from another kind of row, if any
+
+    @property
+    def learned(self) -> bool:
+        """Whether every row (or early point) it reads learned what the claim is about."""
+        return self.verdict != "not measured" and not self.note
+
+    def text(self) -> str:
+        if self.verdict == "not measured":
+            return self.note
+        if self.verdict == SMOKE_VERDICT:
+            return "; ".join(f"{j.comparison.label}: {j.mean:+.2f} over {j.n} seed{'s' * (j.n != 1)}"
+                             for j in self.judgements if j.mean is not None) or "no seed in common"
+        several = len(self.judgements) > 1
+        measured = "; ".join(j.text() + (f" ({j.verdict})" if several else "") for j in self.judgements)
+        return f"{self.note} (measured: {measured})" if self.note else measured
+
+    def to_json(self) -> dict:
+        c = self.claim
+        return {"claim": c.text, "kind": type(c).__name__, "metric": c.metric, "source": c.source,
+                "verdict": self.verdict, "effect": self.text(), "learned": self.learned, "kinds": list(self.kinds),
+                "borrowed_noise": self.borrowed, "margin": c.margin, "margin_source": c.margin_source,
+                "measures": c.measures,
+                "comparisons": [{"label": j.comparison.label, "verdict": j.verdict, "n": j.n, "mean": j.mean,
+                                 "low": j.low, "high": j.high, "rules_out": j.rules_out,
+                                 "threshold": j.comparison.threshold, "within": j.comparison.within,
+                                 "paper": j.comparison.paper,
+                                 "sd": j.spread.sd if j.spread else None,
+                                 "degrees": j.spread.degrees if j.spread else None,
+                                 "noise": j.spread.source if j.spread else None,
+                                 "seeds_to_decide": {"measured": list(j.seeds_measured), "paper": list(j.seeds_paper)}}
+                                for j in self.judgements]}
+
+
 def check_claim(claim: Claim, rows: dict[str, RowSummary], order: list[str],
-                noise: Noise | Calibration = Noise("", {}, "not calibrated")) -> tuple[str, str]:
-    """(verdict, measured effect): holds / does not hold / inconclusive from the interval of the paired
-    effect (experiments.verdicts), against the noise of the claim's rows' kind (a Calibration's) or the one
-    given; not measured when a row is missing, never a verdict at smoke, inconclusive when a row has not
-    learned (experiments.verdicts.learning_problems: not at all, or not word order)."""
-    among = [r for r in (claim.among or tuple(order)) if r in rows and claim.metric in rows[r].values]
-    if claim.kind in ("at_least", "close"):
-        needed = [(claim.a, claim.metric), (claim.b, claim.metric_b or claim.metric)]
-    elif claim.kind in ("gap", "gap_smaller"):
-        metrics = (claim.metric, claim.metric_b)
-        metrics += tuple(f"{m}@init" for m in metrics) if claim.from_init else ()
-        needed = [(r, m) for r in (claim.a, claim.b) for m in metrics]
-    else:
-        needed = [(r, claim.metric) for r in (claim.a, *claim.among)]
-    missing = list(dict.fromkeys(r for r, metric in needed if r and (r not in rows or metric not in rows[r].values)))
+                noise: Noise | Calibration = Noise("", {}, "not calibrated"),
+                paper: Callable[[str, str], float | None] = lambda row, metric: None) -> ClaimResult:
+    """The claim judged on the rows (experiments.verdicts: one rule for its noise), against the noise of its rows'
+    kinds (a Calibration's) or the one given; `paper(row, metric)` gives the paper's own figures, for the seeds
+    its effect would need. Not measured when a row is missing, never a verdict at smoke, inconclusive when a
+    row has not learned (experiments.verdicts.learning_problems: not at all, or not word order)."""
+    needed = claim.needed(order)
+    missing = list(dict.fromkeys(r for r, metric in needed if r not in rows or metric not in rows[r].values))
     if missing:
-        return "not measured", f"missing rows: {', '.join(missing)}"
-    measured = {(r, m) for r, m in needed if r}
-    measured |= {(r, claim.metric) for r in among} if claim.kind in ("worst", "best", "order") else set()
-    verdict, effect = _judge_claim(claim, rows, among, noise.for_kinds({rows[r].kind for r, _ in measured}))
+        return ClaimResult(claim, "not measured", note=f"missing rows: {', '.join(missing)}")
+    kinds = tuple(sorted({rows[r].kind for r, _ in needed}))
+    kind_noise = noise.for_kinds(set(kinds))
+    judgements = tuple(judge(comparison, kind_noise) for comparison in claim.comparisons(Rows(rows, order), paper))
     if noise.never_decides:
-        return "not a verdict (smoke preset)", effect.split(", 95% interval")[0].split(", no interval")[0]
+        return ClaimResult(claim, SMOKE_VERDICT, judgements, kinds=kinds)
     # each model the claim reads: a row's own, or its early point's for an `@<fraction>` metric
     unlearned = list(dict.fromkeys(
-        f"{r} did not learn ({'; '.join(p)})" for r, metric in sorted(measured)
+        f"{r} did not learn ({'; '.join(p)})" for r, metric in sorted(set(needed))
         if (p := learning_problems_of(rows[r].values, [task_name(t) for t in rows[r].tasks], metric))))
-    if unlearned and verdict != "not measured":
-        return INCONCLUSIVE, "; ".join(unlearned) + f" (measured: {effect})"
-    return verdict, effect
-
-
-def _judge_claim(claim: Claim, rows: dict[str, RowSummary], among: list[str], noise: Noise) -> tuple[str, str]:
-    metric = claim.metric
-    if claim.kind == "at_least":
-        return judge(_paired(rows, claim.a, claim.b, metric, claim.metric_b), metric, noise, above=-claim.margin)
-    if claim.kind == "close":
-        return judge(_paired(rows, claim.a, claim.b, metric, claim.metric_b), metric, noise, within=claim.margin)
-    sign = -1.0 if lower_is_better(metric) else 1.0
-    quality = {r: sign * rows[r].mean(metric) for r in among}
-    if claim.kind in ("worst", "best"):
-        # each pairwise step: the claimed row against every other row (best with winners: the best winner
-        # against every non-winner), so a ranking needs every step's interval, not the means' order
-        if claim.kind == "best" and claim.winners:
-            top = max((r for r in among if r in claim.winners), key=quality.get)
-            others = [r for r in among if r not in claim.winners]
-        else:
-            top, others = claim.a, [r for r in among if r != claim.a]
-        steps = [(r, judge((1 if claim.kind == "best" else -1) * _paired(rows, top, r, metric), metric, noise,
-                           above=-claim.margin)) for r in others]
-    elif claim.kind == "order":
-        steps = [(f"{better} - {worse}", judge(_paired(rows, better, worse, metric), metric, noise, above=-claim.margin))
-                 for better, worse in zip(claim.among, claim.among[1:])]
-    elif claim.kind in ("gap", "gap_smaller"):
-        def gaps(row: str) -> dict[int, float]:
-            """Per seed: metric - metric_b, less the same gap at initialisation for a from_init claim."""
-            values, out = rows[row].values, {}
-            for i, seed in enumerate(rows[row].seeds):
-                out[seed] = values[metric][i] - values[claim.metric_b][i]
-                if claim.from_init:
-                    out[seed] -= values[f"{metric}@init"][i] - values[f"{claim.metric_b}@init"][i]
-            return out
-
-        what = f"{metric} - {claim.metric_b}" + (", change since init" if claim.from_init else "")
-        if claim.kind == "gap":
-            verdict, text = judge(np.array(list(gaps(claim.a).values())), metric, noise, above=claim.margin)
-            return verdict, f"{what} = {text}"
-        gap_a, gap_b = gaps(claim.a), gaps(claim.b)
-        diffs = np.array([gap_b[s] - gap_a[s] for s in sorted(set(gap_a) & set(gap_b))])
-        verdict, text = judge(diffs, metric, noise, above=0.0)
-        return verdict, f"gap {claim.b} - gap {claim.a} ({what}) = {text}"
-    else:
-        raise ValueError(f"unknown claim kind {claim.kind}")
-    label = "" if claim.kind == "order" else f"{top} vs" if claim.kind == "best" else "vs"
-    return combine([v for _, (v, _) in steps]), "; ".join(f"{label} {name}: {text} ({v})".strip()
-                                                         for name, (v, text) in steps)
+    verdict = combine([j.verdict for j in judgements])
+    if unlearned:
+        return ClaimResult(claim, INCONCLUSIVE, judgements, "; ".join(unlearned), kinds, kind_noise.borrowed)
+    return ClaimResult(claim, verdict, judgements, kinds=kinds, borrowed=kind_noise.borrowed)
 
 
 def table_metrics(experiment: Experiment, rows: dict[str, RowSummary]) -> list[str]:
@@ -231,7 +219,7 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
         cells += [f"{row.paper[c]:g}" if c in row.paper else "-" for c in experiment.paper_columns]
         table.append(cells)
     noise = load_calibration(preset)
-    verdicts = [(c, *check_claim(c, rows, order, noise)) for c in experiment.checked_claims]
+    verdicts = [check_claim(c, rows, order, noise, experiment.paper_value) for c in experiment.checked_claims]
     used = {f"{path}={value}": [name for name in order if name in rows and rows[name].departures.get(path) == value]
             for s in rows.values() for path, value in s.departures.items()}
     # a departure that changes how every row learns makes every claim of the table the suite's proxy
@@ -254,12 +242,18 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
             optimisers.setdefault(describe(rows[name].optim), []).append(name)
     majority = {k: float(np.mean(v)) for s in rows.values() for k, v in s.values.items() if k.endswith("_majority")}
     commits = sorted({c for s in rows.values() for c in s.commits})
+    machines = sorted({m for s in rows.values() for m in s.machines})
+    measured_on = sorted({n.machine for n in noise.kinds.values() if n.machine}) if isinstance(noise, Calibration) else []
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     plots = _plots(experiment, rows, directory, majority, set(unlearned))
     payload = {"experiment": experiment.id, "title": experiment.title, "paper": experiment.paper, "preset": preset,
-               "built": stamp, "commits": commits, "header": header, "rows": table, "budget": experiment.budget,
-               "claims": [{"claim": c.text, "source": "proxy" if regime else c.source, "verdict": v, "effect": e}
-                          for c, v, e in verdicts],
+               "built": stamp, "commits": commits, "machines": machines,
+               "noise_machine_note": (f"The noise was measured on {'; '.join(measured_on)}; these rows ran on "
+                                      f"{', '.join(machines)}. Seed-to-seed noise can differ between machines and "
+                                      f"precisions." if measured_on and machines and
+                                      not all(any(m in n for n in measured_on) for m in machines) else ""),
+               "header": header, "rows": table, "budget": experiment.budget,
+               "claims": [result.to_json() | ({"source": "proxy"} if regime else {}) for result in verdicts],
                "departures": used,
                "majority_baselines": majority, "optimisers": optimisers, "plots": plots,
                "noise": noise.source, "did_not_learn": unlearned, "early_points": early,
@@ -286,7 +280,8 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
 def render_markdown(experiment: Experiment, payload: dict) -> str:
     out = io.StringIO()
     out.write(f"# {experiment.title}\n\n{experiment.paper}. Preset `{payload['preset']}`, built {payload['built']}, "
-              f"commit {', '.join(payload['commits']) or '-'}. Rows get equal training "
+              f"commit {', '.join(payload['commits']) or '-'}, machine {', '.join(payload.get('machines', [])) or '-'}. "
+              f"Rows get equal training "
               f"{'FLOPs' if experiment.budget == 'flops' else 'tokens'}; values are mean +- std over seeds.\n\n")
     if payload.get("corpus"):
         out.write(f"Pretraining corpus: {'; '.join(payload['corpus'])}.\n\n")
@@ -343,11 +338,18 @@ def render_markdown(experiment: Experiment, payload: dict) -> str:
     if payload["claims"]:
         out.write("\n## The paper's claims, checked on these numbers\n\n"
                   "(paper): the paper states it; (proxy): the paper measured something else, or the rows train with a "
-                  "departure that changes how they learn (named above), and this is the suite's stand-in for it. Each effect is the mean paired difference over pretraining seeds with "
-                  "its 95% interval; **holds** / **does not hold** when the whole interval is on one side of the "
-                  f"claim's threshold, else **inconclusive** (noise for this preset: {payload.get('noise', '-')}).\n\n")
+                  "departure that changes how they learn (named above), and this is the suite's stand-in for it. Each "
+                  "effect is the mean paired difference over pretraining seeds with its 95% interval, its SD pooled "
+                  "from the calibration and these seeds (docs/verdicts.md); **holds** / **does not hold** when the "
+                  "whole interval is on one side of the claim's threshold (inside / outside its margin, for an "
+                  "equivalence), else **inconclusive**, with the seeds that would decide it (noise for this preset: "
+                  f"{payload.get('noise', '-')}).\n\n")
+        if payload.get("noise_machine_note"):
+            out.write(f"{payload['noise_machine_note']}\n\n")
         for claim in payload["claims"]:
-            out.write(f"- ({claim['source']}) {claim['claim']}: {claim['effect']}, **{claim['verdict']}**\n")
+            margin = f" Margin {claim['margin']:g}: {claim['margin_source']}." if claim.get("margin") else ""
+            measures = f" Measures {claim['measures']}." if claim.get("measures") else ""
+            out.write(f"- ({claim['source']}) {claim['claim']}: {claim['effect']}, **{claim['verdict']}**.{margin}{measures}\n")
     for line, names in payload["optimisers"].items():
         out.write(f"\nOptimiser ({', '.join(names)}): {line}.\n")
     if experiment.notes:

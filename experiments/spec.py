@@ -21,6 +21,7 @@ from datamodules.pretraining import PretrainingDataConfig
 from lightning_modules.base import OptimConfig
 from lightning_modules.finetune import FineTuneConfig
 from lightning_modules.rtd import RTDConfig, generator_config
+from experiments.claims import Claim, paper_value, twins
 
 OBJECTIVES = ("mlm", "rtd")
 BUDGET_RULES = ("tokens", "flops")
@@ -158,37 +159,6 @@ class Row:
 
 
 @dataclass(frozen=True)
-class Claim:
-    """A paper's claim as a check on measured numbers.
-
-    kind "at_least": mean over seeds of (a - b) >= -margin, on `metric` (b's `metric_b` if given), paired by seed.
-    kind "close": |mean of (a - b)| <= margin ("only slight differences").
-    kind "worst": row `a` has the worst mean `metric` among `among` (default: every row).
-    kind "best": the best mean `metric` among `among` belongs to a row of `winners` (default: row `a`).
-    kind "order": rows `among` are in non-increasing order of quality on `metric` (each step within margin).
-    kind "gap": in row `a`, `metric` - `metric_b` > margin (e.g. cosine of E_G above that of E_D).
-    kind "gap_smaller": that gap is smaller in row `a` than in row `b`.
-    With `from_init`, a gap is its change since initialisation (the row's `<metric>@init` values), so that
-    a gap the model starts with (e.g. GDES's E_D = E_G at step 0) cannot make the claim hold.
-
-    `source` says whose claim it is: "paper" when the paper states it about what it measured, "proxy"
-    when the paper reports something else (e.g. only downstream scores) and the suite checks a stand-in.
-    """
-
-    text: str
-    kind: str
-    metric: str
-    a: str = ""
-    b: str = ""
-    among: tuple[str, ...] = ()
-    margin: float = 0.0
-    metric_b: str = ""
-    winners: tuple[str, ...] = ()
-    source: str = "paper"  # paper | proxy
-    from_init: bool = False  # gap kinds: the change of the gap since initialisation
-
-
-@dataclass(frozen=True)
 class Experiment:
     id: str  # also the make target
     title: str
@@ -205,20 +175,35 @@ class Experiment:
     @property
     def checked_claims(self) -> tuple[Claim, ...]:
         """The claims a table checks: the declared ones, and for each claim on the downstream average its
-        `(proxy)` twin on the linear probes' average (`probe_avg`), whose noise is the pretraining seed's alone;
-        none for a claim whose rows share their pretraining (SiFT's rows differ in fine-tuning only, so their
-        frozen encoders, and probes, are the same)."""
-        return self.claims + tuple(probe_twin(c) for c in self.claims
-                                   if c.metric.startswith(DOWNSTREAM_AVERAGE) and self._pretrained_apart(c))
+        `(proxy)` twins on the measures precise enough to decide something at small scale (experiments.claims.
+        twins: the linear probes, the minimal pairs, the held-out MLM loss); none for a claim whose rows share
+        their pretraining (SiFT's rows differ in fine-tuning only, so their frozen encoders are the same), and
+        none that repeats a declared claim."""
+        declared = {(type(c), _measure(c.metric), tuple(c.read_rows([r.name for r in self.rows]))) for c in self.claims}
+        found = []
+        for claim in self.claims:
+            names = claim.read_rows([r.name for r in self.rows])
+            if not self._pretrained_apart(names):
+                continue
+            for twin in twins(claim, mlm_twin=self._mlm_comparable(names)):
+                if (type(twin), _measure(twin.metric), tuple(twin.read_rows([r.name for r in self.rows]))) not in declared:
+                    found.append(twin)
+        return self.claims + tuple(found)
 
-    def _pretrained_apart(self, claim: Claim) -> bool:
-        names = {claim.a, claim.b, *claim.among, *claim.winners} - {""}
-        if claim.kind in ("worst", "best", "order") and not claim.among:  # ranked among every row
-            names |= {r.name for r in self.rows}
+    def _pretrained_apart(self, names: list[str]) -> bool:
         pretraining = {json.dumps({k: v for k, v in self.row(name).changes.items()
                                    if not k.startswith(("finetune.", "tasks"))}, sort_keys=True, default=str)
                        for name in names}
         return len(pretraining) > 1
+
+    def _mlm_comparable(self, names: list[str]) -> bool:
+        """Every row is an MLM row with the table's tokenizer: their held-out MLM losses are on one scale."""
+        return all(self.row(name).changes.get("objective", self.base.objective) == "mlm"
+                   and not any(k.startswith("data.tokenizer") for k in self.row(name).changes) for name in names)
+
+    def paper_value(self, row: str, metric: str) -> float | None:
+        """The paper's figure for `row` on the scale of `metric`, where it reports one (experiments.claims)."""
+        return paper_value(self.row(row).paper, metric)
 
     def row(self, name: str) -> Row:
         for row in self.rows:
@@ -227,23 +212,9 @@ class Experiment:
         raise UsageError(f"unknown row {name!r} of {self.id} (valid: {', '.join(r.name for r in self.rows)})")
 
 
-DOWNSTREAM_AVERAGE, PROBE_AVERAGE = "downstream_avg", "probe_avg"
-
-
-def probe_twin(claim: Claim) -> Claim:
-    """The same claim on the linear probes' average (an early point's too: downstream_avg@0.25 -> probe_avg@0.25)."""
-    def probed(metric: str) -> str:
-        return metric.replace(DOWNSTREAM_AVERAGE, PROBE_AVERAGE, 1) if metric.startswith(DOWNSTREAM_AVERAGE) else metric
-
-    text = claim.text.replace("downstream average", "linear-probe average")
-    if text == claim.text:
-        text += " (linear-probe average)"
-    return dataclasses.replace(claim, text=text, metric=probed(claim.metric), metric_b=probed(claim.metric_b),
-                               source="proxy")
-
-
-def lower_is_better(metric: str) -> bool:
-    return metric.endswith(("loss", "ppl"))
+def _measure(metric: str) -> str:
+    """A claim on the held-out perplexity and one on the loss measure the same thing."""
+    return "mlm_loss" if metric == "mlm_ppl" else metric
 
 
 def steps_for(config: RunConfig, budget: str, reference: RunConfig) -> int:

@@ -13,7 +13,8 @@ from experiments.registry import EXPERIMENTS
 from experiments.results import RowSummary, check_claim
 from conftest import refused_in_process
 from experiments.verdicts import Noise
-from experiments.spec import Claim, budget_of, steps_for
+from experiments.claims import AtLeast, Best, Close, Gap, GapSmaller, Order, Worst
+from experiments.spec import budget_of, steps_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,7 +80,9 @@ def test_rows_of_a_table_get_equal_budgets_by_its_rule(experiment_id, preset):
     assert max(budgets) / min(budgets) < 1.05, budgets
 
 
-NOISE = Noise("small", {"g": 0.02}, "calibration 2026-11-27")
+# gaps g - d that moved by 0.01 between three calibration seeds, and never at initialisation
+NOISE = Noise("small", {"g": 0.02}, "calibration 2026-11-27", {"g": 2},
+              {"g": [0.50, 0.52, 0.51], "d": [0.1] * 3, "g@init": [0.0] * 3, "d@init": [0.0] * 3})
 
 
 def summary(name, values, metric="score"):
@@ -90,46 +93,114 @@ def test_claims_are_checks_on_numbers_that_can_fail():
     """Three seeds: a t-interval over the seeds decides; an effect inside its own noise is inconclusive."""
     rows = {"A": summary("A", [80, 82, 81]), "B": summary("B", [79, 80, 79]), "C": summary("C", [70, 71, 72])}
     order = ["A", "B", "C"]
-    verdict, effect = check_claim(Claim("A >= B", "at_least", "score", a="A", b="B"), rows, order)
-    assert verdict == "holds" and effect.startswith("+1.67, 95% interval [+0.23, +3.10], 3 seeds, noise from the 3 seeds")
-    assert check_claim(Claim("B >= A", "at_least", "score", a="B", b="A"), rows, order)[0] == "does not hold"
-    assert check_claim(Claim("C worst", "worst", "score", a="C"), rows, order)[0] == "holds"
-    assert check_claim(Claim("A worst", "worst", "score", a="A"), rows, order)[0] == "does not hold"
-    assert check_claim(Claim("order", "order", "score", among=("A", "B", "C")), rows, order)[0] == "holds"
-    assert check_claim(Claim("order", "order", "score", among=("C", "A")), rows, order)[0] == "does not hold"
-    assert check_claim(Claim("D", "at_least", "score", a="D", b="A"), rows, order)[0] == "not measured"
+    result = check_claim(AtLeast("A >= B", "score", a="A", b="B"), rows, order)
+    assert result.verdict == "holds"
+    assert result.text().startswith("A - B: +1.67, 95% interval [+0.23, +3.10], 3 seeds, SD 0.577 from the 3 seeds (2 df)")
+    assert "rules out A - B below +0.23 or above +3.10" in result.text()
+    assert check_claim(AtLeast("B >= A", "score", a="B", b="A"), rows, order).verdict == "does not hold"
+    assert check_claim(Worst("C worst", "score", a="C"), rows, order).verdict == "holds"
+    assert check_claim(Worst("A worst", "score", a="A"), rows, order).verdict == "does not hold"
+    assert check_claim(Order("order", "score", among=("A", "B", "C")), rows, order).verdict == "holds"
+    assert check_claim(Order("order", "score", among=("C", "A")), rows, order).verdict == "does not hold"
+    assert check_claim(AtLeast("D", "score", a="D", b="A"), rows, order).verdict == "not measured"
     noisy = {"A": summary("A", [80, 75, 86]), "B": summary("B", [79, 80, 79])}  # +1.0, but it swings by 6
-    verdict, effect = check_claim(Claim("A >= B + 0", "at_least", "score", a="A", b="B"), noisy, ["A", "B"])
-    assert verdict == "inconclusive" and "more than 100 seeds would be needed" in effect  # ~670
+    result = check_claim(AtLeast("A >= B + 0", "score", a="A", b="B"), noisy, ["A", "B"])
+    # t(0.975, n - 1) * 6 / sqrt(n) <= 1 first at about 140 seeds (1.96^2 * 36 = 138, t above 1.96)
+    assert result.verdict == "inconclusive" and 138 <= result.judgements[0].seeds_measured[0] <= 145
     losses = {"A": summary("A", [2.0, 2.1, 2.05], "mlm_loss"), "B": summary("B", [2.5, 2.4, 2.45], "mlm_loss")}
-    assert check_claim(Claim("A better loss", "at_least", "mlm_loss", a="A", b="B"), losses, ["A", "B"])[0] == "holds"
+    assert check_claim(AtLeast("A better loss", "mlm_loss", a="A", b="B"), losses, ["A", "B"]).verdict == "holds"
     gaps = {"N": RowSummary("N", [0, 1, 2], {"g": [0.5, 0.6, 0.55], "d": [0.1, 0.1, 0.1]}, [], [], [], [], [], set()),
             "G": RowSummary("G", [0, 1, 2], {"g": [0.5, 0.5, 0.5], "d": [0.3, 0.3, 0.31]}, [], [], [], [], [], set())}
-    assert check_claim(Claim("gap", "gap", "g", a="N", metric_b="d"), gaps, ["N", "G"])[0] == "holds"
-    assert check_claim(Claim("smaller", "gap_smaller", "g", a="G", b="N", metric_b="d"), gaps, ["N", "G"])[0] == "holds"
-    assert check_claim(Claim("smaller", "gap_smaller", "g", a="N", b="G", metric_b="d"), gaps, ["N", "G"])[0] == "does not hold"
+    assert check_claim(Gap("gap", "g", a="N", metric_b="d"), gaps, ["N", "G"]).verdict == "holds"
+    assert check_claim(GapSmaller("smaller", "g", a="G", b="N", metric_b="d"), gaps, ["N", "G"]).verdict == "holds"
+    assert check_claim(GapSmaller("smaller", "g", a="N", b="G", metric_b="d"), gaps, ["N", "G"]).verdict == "does not hold"
 
 
 def test_one_seed_needs_a_calibrated_noise_floor_and_smoke_never_decides():
     rows = {"A": summary("A", [81.0]), "B": summary("B", [80.0])}
-    claim = Claim("A >= B", "at_least", "score", a="A", b="B")
-    verdict, effect = check_claim(claim, rows, ["A", "B"])  # one seed, nothing says how noisy it is
-    assert verdict == "inconclusive" and "not calibrated" in effect
-    calibrated = Noise("small", {"score": 0.2}, "calibration 2026-11-27")
-    verdict, effect = check_claim(claim, rows, ["A", "B"], calibrated)
-    assert verdict == "holds" and effect == "+1.00, 95% interval [+0.61, +1.39], 1 seed, noise from calibration 2026-11-27"
+    claim = AtLeast("A >= B", "score", a="A", b="B")
+    result = check_claim(claim, rows, ["A", "B"])  # one seed, nothing says how noisy it is
+    assert result.verdict == "inconclusive" and "no interval: one seed and  is not calibrated" in result.text()
+    calibrated = Noise("small", {"score": 0.2}, "calibration 2026-11-27")  # degrees not recorded: taken as many
+    result = check_claim(claim, rows, ["A", "B"], calibrated)
+    judged = result.judgements[0]
+    assert result.verdict == "holds" and (round(judged.low, 2), round(judged.high, 2)) == (0.61, 1.39)
     wide = Noise("small", {"score": 2.0}, "calibration 2026-11-27")
-    verdict, effect = check_claim(claim, rows, ["A", "B"], wide)
-    assert verdict == "inconclusive" and "detectable at about 16 seeds" in effect  # (1.96 * 2 / 1)^2 = 15.4
+    result = check_claim(claim, rows, ["A", "B"], wide)
+    # (1.962 * 2 / 1)^2 = 15.4: the interval excludes 0 from 16 seeds on; 80% power needs (1.962 + 0.842)^2 * 4
+    assert result.verdict == "inconclusive" and result.judgements[0].seeds_measured == (16, 32)
+    assert "deciding it takes about 16 seeds (32 for 80% power) at the measured +1.00" in result.text()
     close = {"A": summary("A", [80.1]), "B": summary("B", [80.0])}  # 0.1 from the threshold, SD 2: ~1,500 seeds
-    verdict, effect = check_claim(claim, close, ["A", "B"], wide)
-    assert verdict == "inconclusive" and "more than 100 seeds would be needed" in effect
-    assert check_claim(Claim("B >= A", "at_least", "score", a="B", b="A"), rows, ["A", "B"], calibrated)[0] == "does not hold"
+    result = check_claim(claim, close, ["A", "B"], wide)
+    assert result.verdict == "inconclusive" and "more than 1,000 seeds" in result.text()
+    assert check_claim(AtLeast("B >= A", "score", a="B", b="A"), rows, ["A", "B"], calibrated).verdict == "does not hold"
     smoke = check_claim(claim, rows, ["A", "B"], Noise("smoke", {"score": 0.01}, "calibration"))
-    assert smoke == ("not a verdict (smoke preset)", "+1.00")
+    assert (smoke.verdict, smoke.text()) == ("not a verdict (smoke preset)", "A - B: +1.00 over 1 seed")
     ranks = {"A": summary("A", [81.0]), "B": summary("B", [80.0]), "C": summary("C", [80.9])}
-    verdict, effect = check_claim(Claim("A best", "best", "score", a="A"), ranks, ["A", "B", "C"], calibrated)
-    assert verdict == "inconclusive" and "vs B" in effect and "(holds)" in effect and "(inconclusive)" in effect
+    result = check_claim(Best("A best", "score", winners=("A",)), ranks, ["A", "B", "C"], calibrated)
+    assert result.verdict == "inconclusive" and [j.verdict for j in result.judgements] == ["holds", "inconclusive"]
+
+
+def test_seeds_to_decide_grow_the_degrees_of_freedom_with_the_seeds():
+    """Known numbers: SD 1 calibrated on 2 degrees of freedom, an effect 1.0 from the threshold. At n seeds the
+    interval uses 2 + (n - 1) degrees of freedom: t(0.975, 7) / sqrt(6) = 0.966 <= 1 < t(0.975, 6) / sqrt(5)
+    = 1.094, so 6 seeds; keeping t at 2 degrees of freedom would say ceil(4.303^2) = 19. With 80% power,
+    (t(0.975, 11) + t(0.8, 11)) / sqrt(10) = 0.973 <= 1 < 1.036 at 9 seeds, so 10."""
+    from experiments.verdicts import Spread, seeds_needed, t_quantile
+
+    found = Spread(1.0, 2, 2, "calibration")
+    assert seeds_needed(1.0, found) == 6 and seeds_needed(1.0, found, power=0.8) == 10
+    for n in (5, 6):
+        assert (t_quantile(0.975, 2 + n - 1) / n ** 0.5 <= 1.0) == (n == 6)
+    assert seeds_needed(1.0, Spread(1.0, 4, 0, "own seeds")) == 7  # no calibration: n - 1 degrees of freedom
+    assert seeds_needed(0.0, found) is None and seeds_needed(1e-4, found) is None  # no number of seeds decides it
+
+
+def test_a_pooled_interval_sums_the_degrees_of_freedom_of_the_calibration_and_the_seeds():
+    from experiments.claims import Comparison, Quantity
+    from experiments.verdicts import judge, spread
+
+    noise = Noise("cpu", {"score": 2.0}, "calibration", {"score": 2})
+    comparison = Comparison("A - B", np.array([1.0, 2.0, 3.0]), Quantity("score"))  # own SD 1.0 on 2 df
+    pooled = spread(comparison, noise)
+    assert pooled.degrees == 4
+    assert pooled.sd == pytest.approx((2.5) ** 0.5)  # sqrt((2 * 2.0^2 + 2 * 1.0^2) / 4)
+    judged = judge(comparison, noise)
+    half = 2.776445 * 2.5 ** 0.5 / 3 ** 0.5  # t(0.975, 4 df)
+    assert (judged.low, judged.high) == (pytest.approx(2.0 - half, abs=1e-4), pytest.approx(2.0 + half, abs=1e-4))
+    assert "pooled with the 3 seeds (2 df)" in judged.text()
+    alone = spread(Comparison("A - B", np.array([1.0, 2.0, 3.0]), Quantity("other")), noise)
+    assert (alone.sd, alone.degrees, alone.calibrated_degrees) == (1.0, 2, 0)  # a metric not calibrated: the seeds
+
+
+def test_a_gap_claims_sd_is_that_of_the_gap_from_the_calibrations_own_seeds():
+    from experiments.claims import Quantity
+
+    noise = Noise("cpu", {"g": 0.5, "d": 0.5}, "calibration", {"g": 2, "d": 2},
+                  {"g": [0.50, 0.62, 0.56], "d": [0.10, 0.20, 0.15]})  # gaps 0.40, 0.42, 0.41: SD 0.01
+    within_row, sd_pair = noise.sd(Quantity("g", "d", rows=1)), noise.sd(Quantity("g", "d", rows=2))
+    assert within_row == (pytest.approx(0.01), 2) and sd_pair == (pytest.approx(0.01 * 2 ** 0.5), 2)
+    assert noise.sd(Quantity("g")) == (0.5, 2)  # a difference between two rows' g: the paired SD, not the gap's
+    assert noise.sd(Quantity("g", "d", from_init=True)) is None  # no @init values calibrated: not invented
+    rows = {"N": RowSummary("N", [0], {"g": [0.6], "d": [0.1]}, [], [], [], [], [], set())}
+    result = check_claim(Gap("gap", "g", a="N", metric_b="d"), rows, ["N"], noise)
+    assert result.verdict == "holds" and result.judgements[0].spread.sd == pytest.approx(0.01)
+
+
+def test_an_equivalence_claim_holds_on_a_true_tie_and_fails_on_a_real_effect():
+    claim = Close("|A - B| <= 1", "score", a="A", b="B", margin=1.0, margin_source="a test's choice")
+    tie = {"A": summary("A", [80.1, 79.9, 80.0, 80.05]), "B": summary("B", [80.0, 80.0, 80.0, 80.0])}
+    apart = {"A": summary("A", [83.0, 83.2, 82.9, 83.1]), "B": summary("B", [80.0, 80.0, 80.0, 80.0])}
+    assert check_claim(claim, tie, ["A", "B"]).verdict == "holds"
+    assert check_claim(claim, apart, ["A", "B"]).verdict == "does not hold"
+    wobbly = {"A": summary("A", [81.0, 79.0, 80.5, 79.5]), "B": summary("B", [80.0, 80.0, 80.0, 80.0])}
+    assert check_claim(claim, wobbly, ["A", "B"]).verdict == "inconclusive"  # a tie, but too noisy to show it
+
+
+def test_every_margin_names_its_source():
+    for experiment in EXPERIMENTS.values():
+        for claim in experiment.checked_claims:
+            assert not claim.margin or claim.margin_source, (experiment.id, claim.text)
 
 
 def test_calibration_pools_the_seed_spread_of_its_rows_as_a_paired_sd():
@@ -141,15 +212,17 @@ def test_calibration_pools_the_seed_spread_of_its_rows_as_a_paired_sd():
 
 
 def test_a_calibrated_sd_from_few_seeds_widens_the_interval_through_students_t():
-    from experiments.verdicts import detectable_effect, interval
+    from experiments.verdicts import detectable_effect
 
     many = Noise("small", {"score": 1.0}, "calibration")
     few = Noise("small", {"score": 1.0}, "calibration", {"score": 4})
-    assert detectable_effect(many, "score", 1) == pytest.approx(1.96)
-    assert detectable_effect(few, "score", 1) == pytest.approx(2.776)  # t(0.975, 4 df)
-    assert detectable_effect(few, "score@0.25", 4) == pytest.approx(2.776 / 2)
-    wide = interval(np.array([2.5]), "score", few)
-    assert wide.low < 0 < interval(np.array([2.5]), "score", many).low
+    assert detectable_effect(many, "score", 1) == pytest.approx(1.962, abs=1e-3)
+    assert detectable_effect(few, "score", 1) == pytest.approx(2.776, abs=1e-3)  # t(0.975, 4 df)
+    assert detectable_effect(few, "score@0.25", 4) == pytest.approx(2.365 / 2, abs=1e-3)  # 4 + 3 df
+    rows = {"A": summary("A", [82.5]), "B": summary("B", [80.0])}
+    claim = AtLeast("A >= B", "score", a="A", b="B")
+    assert check_claim(claim, rows, ["A", "B"], few).verdict == "inconclusive"  # 2.5 - 2.776 < 0
+    assert check_claim(claim, rows, ["A", "B"], many).verdict == "holds"
 
 
 def test_calibration_file_round_trips_per_kind_and_reads_the_older_single_entry(tmp_path):
@@ -160,16 +233,18 @@ def test_calibration_file_round_trips_per_kind_and_reads_the_older_single_entry(
     save_calibration("small", {"absolute-mlm": {"date": "2026-11-27", "paired_sd": {"score": 1.5}}}, path)
     save_calibration("small", {"rtd": {"date": "2026-11-28", "paired_sd": {"score": 3.0}, "degrees_of_freedom": {"score": 2}}}, path)
     calibration = load_calibration("small", path)  # the second kind joined the first
-    assert set(calibration.kinds) == {"absolute-mlm", "rtd"} and calibration.kinds["rtd"].degrees == {"score": 2}
+    # "rtd", as files written before the two RTD kinds were told apart name it, is read as ELECTRA-style RTD
+    assert set(calibration.kinds) == {"absolute-mlm", "electra-rtd"}
+    assert calibration.kinds["electra-rtd"].degrees == {"score": 2}
     assert calibration.kinds["absolute-mlm"].paired_sd == {"score": 1.5}
-    assert calibration.kinds["absolute-mlm"].source == "calibration 2026-11-27"
+    assert calibration.kinds["absolute-mlm"].source == "calibration 2026-11-27 of absolute-position MLM rows"
     assert load_calibration("medium", path).source == "not calibrated"
     # the file as the first calibration wrote it: one pooled entry over an absolute-position MLM row and an RTD row
     older = tmp_path / "older.json"
     older.write_text(json.dumps({"small": {"date": "2026-11-26", "paired_sd": {"score": 5.0},
                                            "rows": ["ablation-nsp/DOC-SENTENCES", "ablation-electra-efficiency/ELECTRA"]}}))
-    assert set(load_calibration("small", older).kinds) == {"absolute-mlm", "rtd"}  # not the disentangled rows
-    assert set(load_calibration("small").kinds) >= {"absolute-mlm", "rtd"}  # the committed file is read
+    assert set(load_calibration("small", older).kinds) == {"absolute-mlm", "electra-rtd"}  # not the disentangled rows
+    assert set(load_calibration("small").kinds) >= {"absolute-mlm", "electra-rtd"}  # the committed file is read
 
 
 def test_a_claim_is_judged_against_the_noise_of_its_rows_kind():
@@ -182,19 +257,27 @@ def test_a_claim_is_judged_against_the_noise_of_its_rows_kind():
     def row(name, value, kind):
         return RowSummary(name, [0], {"score": [value]}, [], [], [], [], [], set(), kind=kind)
 
-    claim = Claim("A >= B", "at_least", "score", a="A", b="B")
+    claim = AtLeast("A >= B", "score", a="A", b="B")
     absolute = {"A": row("A", 81.0, "absolute-mlm"), "B": row("B", 80.0, "absolute-mlm")}
-    verdict, effect = check_claim(claim, absolute, ["A", "B"], calibration)
-    assert verdict == "holds" and effect.endswith("noise from calibration 2026-11-27 of absolute-position MLM rows")
+    result = check_claim(claim, absolute, ["A", "B"], calibration)
+    verdict, effect = result.verdict, result.text()
+    assert verdict == "holds" and "SD 0.2 from calibration 2026-11-27 (1000 df)" in effect
     mixed = {"A": row("A", 81.0, "disentangled-mlm"), "B": row("B", 80.0, "absolute-mlm")}
-    verdict, effect = check_claim(claim, mixed, ["A", "B"], calibration)  # two kinds: the larger noise decides
+    result = check_claim(claim, mixed, ["A", "B"], calibration)  # two kinds: the larger noise decides
+    verdict, effect = result.verdict, result.text()
     assert verdict == "inconclusive" and "[-4.55, +6.55]" in effect and "(the larger)" in effect  # t(4 df) = 2.776
-    rtd = {"A": row("A", 81.0, "rtd"), "B": row("B", 80.0, "absolute-mlm")}
-    verdict, effect = check_claim(claim, rtd, ["A", "B"], calibration)
-    assert verdict == "inconclusive" and "not calibrated for RTD rows" in effect
-    three = {"A": RowSummary("A", [0, 1, 2], {"score": [81, 82, 81.5]}, [], [], [], [], [], set(), kind="rtd"),
-             "B": RowSummary("B", [0, 1, 2], {"score": [80, 80.5, 80.2]}, [], [], [], [], [], set(), kind="rtd")}
-    assert check_claim(claim, three, ["A", "B"], calibration)[1].endswith("noise from the 3 seeds")  # t over seeds
+    rtd = {"A": row("A", 81.0, "electra-rtd"), "B": row("B", 80.0, "debertav3-rtd")}
+    result = check_claim(claim, rtd, ["A", "B"], calibration)
+    verdict, effect = result.verdict, result.text()
+    assert verdict == "inconclusive" and "not calibrated for DeBERTaV3-style RTD rows and ELECTRA-style RTD rows" in effect
+    three = {"A": RowSummary("A", [0, 1, 2], {"score": [81, 82, 81.5]}, [], [], [], [], [], set(), kind="electra-rtd"),
+             "B": RowSummary("B", [0, 1, 2], {"score": [80, 80.5, 80.2]}, [], [], [], [], [], set(), kind="electra-rtd")}
+    assert "from the 3 seeds (2 df)" in check_claim(claim, three, ["A", "B"], calibration).text()  # t over seeds
+    # a kind not calibrated borrows the nearest kind's noise, and says so
+    electra = Calibration("small", {"electra-rtd": Noise("small", {"score": 0.2}, "calibration 2026-11-27")})
+    deberta_v3 = {"A": row("A", 81.0, "debertav3-rtd"), "B": row("B", 80.0, "debertav3-rtd")}
+    result = check_claim(claim, deberta_v3, ["A", "B"], electra)
+    assert result.verdict == "holds" and result.borrowed and "borrowed from ELECTRA-style RTD rows" in result.text()
 
 
 def test_a_bag_of_words_row_decides_no_claim(tmp_path):
@@ -207,12 +290,13 @@ def test_a_bag_of_words_row_decides_no_claim(tmp_path):
 
     learned = RowSummary("A", [0, 1, 2], {"score": [80, 82, 81]} | words(4.0, 5.5), [], [], [], [], [], set())
     bag = RowSummary("B", [0, 1, 2], {"score": [70, 71, 70]} | words(1.0, 6.6), [], [], [], [], [], set())
-    claim = Claim("A >= B", "at_least", "score", a="A", b="B")
-    verdict, effect = check_claim(claim, {"A": learned, "B": bag}, ["A", "B"])
+    claim = AtLeast("A >= B", "score", a="A", b="B")
+    result = check_claim(claim, {"A": learned, "B": bag}, ["A", "B"])
+    verdict, effect = result.verdict, result.text()
     assert verdict == "inconclusive" and effect.startswith("B did not learn (still a bag of words: most local head 1.0x")
-    assert "(measured: +10.67" in effect
+    assert "(measured: A - B: +10.67" in effect
     other = RowSummary("B", [0, 1, 2], {"score": [70, 71, 70]} | words(3.5, 5.9), [], [], [], [], [], set())
-    assert check_claim(claim, {"A": learned, "B": other}, ["A", "B"])[0] == "holds"  # both learned word order
+    assert check_claim(claim, {"A": learned, "B": other}, ["A", "B"]).verdict == "holds"  # both learned word order
     # the table: a word-order column, and the bag-of-words row named with why it decides nothing
     experiment = EXPERIMENTS["ablation-nsp"]
     for p, (adjacent, mlm) in zip(plan(experiment, PRESETS["small"], 1, None, None, tmp_path),
@@ -237,15 +321,31 @@ def test_a_bag_of_words_row_decides_no_claim(tmp_path):
     assert full and all(c["verdict"] == "inconclusive" and "FULL-SENTENCES did not learn" in c["effect"] for c in full)
 
 
-def test_every_claim_on_the_downstream_average_has_a_proxy_twin_on_the_probes():
+def test_every_claim_on_the_downstream_average_has_proxy_twins_on_the_low_noise_measures():
+    """Each claim on the downstream average between rows pretrained apart is also checked on the linear probes, the
+    minimal pairs and, where every row is an MLM row with the table's tokenizer, the held-out MLM loss: the
+    same rows and kind of claim, each twin saying what it measures."""
     for experiment in EXPERIMENTS.values():
         twins = experiment.checked_claims[len(experiment.claims):]
-        declared = [c for c in experiment.claims if c.metric.startswith("downstream_avg")]
-        assert all(t.source == "proxy" and t.metric.startswith("probe_avg") for t in twins)
-        assert [(t.kind, t.a, t.b, t.among, t.margin) for t in twins] == \
-            [(c.kind, c.a, c.b, c.among, c.margin) for c in declared] or experiment.id == "ablation-sift"
+        assert all(t.source == "proxy" and t.measures for t in twins)
+        for claim in experiment.claims:
+            if not claim.metric.startswith("downstream_avg") or experiment.id == "ablation-sift":
+                continue
+            rows = claim.read_rows([r.name for r in experiment.rows])
+            mine = [t for t in twins if type(t) is type(claim) and t.read_rows([r.name for r in experiment.rows]) == rows
+                    and t.text.split(" (")[0].split(" on the ")[0] == claim.text.split(" (")[0].split(" on the ")[0]]
+            metrics = {t.metric.split("@")[0] for t in mine}
+            assert "probe_avg" in metrics, (experiment.id, claim.text)
+            if "@" not in claim.metric:
+                assert "minimal_pairs" in metrics or any(c.metric == "minimal_pairs" for c in experiment.claims)
     sift = EXPERIMENTS["ablation-sift"]  # its rows share their pretraining: their probes are the same encoder's
     assert sift.checked_claims == sift.claims
+    text_encoding = EXPERIMENTS["ablation-text-encoding"]  # two tokenizers: their MLM losses are not on one scale
+    assert not [c for c in text_encoding.checked_claims if c.metric == "mlm_loss"]
+    electra = EXPERIMENTS["ablation-electra-efficiency"]  # RTD rows: their MLM loss is a generator's
+    assert not [c for c in electra.checked_claims if c.metric == "mlm_loss"]
+    nsp = [c for c in EXPERIMENTS["ablation-nsp"].checked_claims if c.metric == "mlm_loss"]
+    assert len(nsp) == 3 and all(c.margin == 0 for c in nsp)  # a margin in downstream points is not a loss's
     early = [t for t in EXPERIMENTS["ablation-electra-small"].checked_claims if t.metric == "probe_avg@0.25"]
     assert len(early) == 1 and early[0].metric_b == "probe_avg"
 
@@ -265,7 +365,8 @@ def test_calibration_reports_the_detectable_effect_per_kind_and_the_steadiest_pr
     save_calibration("small", {"absolute-mlm": entry}, path)
     report = describe_calibration("small", {"absolute-mlm": entry}, path)
     (line,) = [line for line in report.splitlines() if line.split()[:1] == ["probe_avg"]]
-    assert line.endswith("1.4142   2  6.0853 / 3.5134 / 2.7214")  # t(0.975, 2 df) = 4.303, x 1.41421 / sqrt(1, 3, 5)
+    # the degrees of freedom grow with the seeds: t(0.975, 2, 4, 6 df) = 4.303, 2.776, 2.447, x 1.41421 / sqrt(1, 3, 5)
+    assert line.endswith("1.4142   2  6.0849 / 2.2670 / 1.5476")
     assert "steadiest: mean_last_layer" in report
     assert "evaluations per row: word order 3 s, minimal pairs 30 s, probes 9 s: 7.0% of its pretraining (600 s)" in report
 
@@ -301,7 +402,8 @@ def test_a_row_that_did_not_learn_decides_nothing():
                           tasks=["sentiment"])
 
     rows = {"A": row("A", [80, 82, 81], [0.8] * 3), "B": row("B", [59, 58, 59], [0.55] * 3)}
-    verdict, effect = check_claim(Claim("A >= B", "at_least", "score", a="A", b="B"), rows, ["A", "B"])
+    result = check_claim(AtLeast("A >= B", "score", a="A", b="B"), rows, ["A", "B"])
+    verdict, effect = result.verdict, result.text()
     assert verdict == "inconclusive"
     assert effect.startswith("B did not learn (discriminator AUC 0.550 <= 0.6; sentiment 58.7 <= its majority class 60.0)")
 
@@ -319,18 +421,19 @@ def test_a_claim_on_an_early_point_is_decided_by_what_that_point_had_learned():
     electra = {"score": [80, 82, 81], "score@0.25": [79, 80, 79]} | corpus | model(4.0, 5.5, 0.75)
     bert = RowSummary("B", [0, 1, 2], {"score": [70, 71, 70], "adjacent_attention": [4.0] * 3, "mlm_loss": [5.5] * 3}
                       | corpus, [], [], [], [], [], set())
-    early = Claim("E at 25% >= B", "at_least", "score@0.25", a="E", b="B", metric_b="score")
-    full = Claim("E >= B", "at_least", "score", a="E", b="B")
+    early = AtLeast("E at 25% >= B", "score@0.25", a="E", b="B", metric_b="score")
+    full = AtLeast("E >= B", "score", a="E", b="B")
 
     bag = {"E": RowSummary("E", [0, 1, 2], electra | model(1.0, 6.6, 0.55, "@0.25"), [], [], [], [], [], set()), "B": bert}
-    verdict, effect = check_claim(early, bag, ["E", "B"])
+    result = check_claim(early, bag, ["E", "B"])
+    verdict, effect = result.verdict, result.text()
     assert verdict == "inconclusive"
     assert effect.startswith("E did not learn (at 0.25 of training: discriminator AUC 0.550 <= 0.6; still a bag of words")
-    assert check_claim(full, bag, ["E", "B"])[0] == "holds"  # the row's own model had learned
+    assert check_claim(full, bag, ["E", "B"]).verdict == "holds"  # the row's own model had learned
     assert _early_point_cell(values_at(bag["E"].values, "0.25")) == "AUC 0.550, word order bag of words (1.0x)"
 
     learned = {"E": RowSummary("E", [0, 1, 2], electra | model(3.5, 5.8, 0.7, "@0.25"), [], [], [], [], [], set()), "B": bert}
-    assert check_claim(early, learned, ["E", "B"])[0] == "holds"
+    assert check_claim(early, learned, ["E", "B"]).verdict == "holds"
     assert _early_point_cell(values_at(learned["E"].values, "0.25")) == "AUC 0.700, word order learned (3.5x)"
 
 
@@ -350,17 +453,19 @@ def test_gap_claims_from_initialisation_count_only_what_training_changed():
 
     inherited = {"R": row("R", [0.5, 0.5], [0.1, 0.1], [0.5, 0.5], [0.1, 0.1])}  # the gap was there at init
     opened = {"R": row("R", [0.5, 0.6], [0.1, 0.1], [0.0, 0.0], [0.0, 0.0])}
-    claim = Claim("gap", "gap", "g", a="R", metric_b="d", from_init=True)
-    assert check_claim(Claim("gap", "gap", "g", a="R", metric_b="d"), inherited, ["R"], NOISE)[0] == "holds"
-    assert check_claim(claim, inherited, ["R"], NOISE)[0] == "inconclusive"  # no change since init: never "holds"
-    verdict, effect = check_claim(claim, opened, ["R"], NOISE)
-    assert verdict == "holds" and "change since init = +0.45" in effect
+    claim = Gap("gap", "g", a="R", metric_b="d", from_init=True)
+    assert check_claim(Gap("gap", "g", a="R", metric_b="d"), inherited, ["R"], NOISE).verdict == "holds"
+    assert check_claim(claim, inherited, ["R"], NOISE).verdict == "inconclusive"  # no change since init: never "holds"
+    result = check_claim(claim, opened, ["R"], NOISE)
+    verdict, effect = result.verdict, result.text()
+    assert verdict == "holds" and "R: g - d, change since init: +0.45" in effect
     both = {"N": row("N", [0.5, 0.6], [0.1, 0.1], [0.0, 0.0], [0.0, 0.0]),
             "G": row("G", [0.5, 0.5], [0.4, 0.4], [0.0, 0.0], [0.0, 0.0])}
-    smaller = Claim("smaller", "gap_smaller", "g", a="G", b="N", metric_b="d", from_init=True)
-    assert check_claim(smaller, both, ["N", "G"], NOISE)[0] == "holds"
+    smaller = GapSmaller("smaller", "g", a="G", b="N", metric_b="d", from_init=True)
+    assert check_claim(smaller, both, ["N", "G"], NOISE).verdict == "holds"
     missing_init = {"R": RowSummary("R", [0], {"g": [0.5], "d": [0.1]}, [], [], [], [], [], set())}
-    assert check_claim(claim, missing_init, ["R"], NOISE) == ("not measured", "missing rows: R")  # each row once
+    missing = check_claim(claim, missing_init, ["R"], NOISE)
+    assert (missing.verdict, missing.text()) == ("not measured", "missing rows: R")  # each row once
 
 
 def test_rows_record_the_embedding_similarity_at_initialisation():
