@@ -1,4 +1,4 @@
-"""`python -m experiments list | run <id|all> | table <id> | export <id> | word-order <id> | calibrate | index`:
+"""`python -m experiments list | run <id|all> | table <id> | plan <id> | export <id> | word-order <id> | calibrate | index`:
 the suite's command line."""
 from __future__ import annotations
 
@@ -69,6 +69,15 @@ def main(argv: list[str] | None = None) -> None:
     calibrate.add_argument("--output", default=None, type=Path, help="default: experiments/calibration.json")
     calibrate.add_argument("--kinds", default=None, help="comma-separated kinds of row to calibrate (default: all: "
                            "absolute-mlm, disentangled-mlm, rtd); the others keep their figures")
+    planner = commands.add_parser("plan", help="before a run: what a budget of hours decides on this machine")
+    planner.add_argument("experiment")
+    planner.add_argument("--preset", default=DEFAULT_PRESET)
+    planner.add_argument("--hours", type=float, default=None, help="what this many hours of this machine decide")
+    planner.add_argument("--seeds", type=int, default=None, help="what this many seeds of the table cost")
+    planner.add_argument("--tflops", type=float, default=None,
+                         help="plan for a machine measured elsewhere: its training throughput in TFLOP/s (docs/speed.md)")
+    planner.add_argument("--results-dir", default=None, type=Path)
+    planner.add_argument("--calibration", default=None, type=Path, help="default: experiments/calibration.json")
     commands.add_parser("index", help="rebuild results/README.md from every table on disk")
     args = parser.parse_args(argv)
     from experiments.durable import Stopped
@@ -101,6 +110,15 @@ def dispatch(args) -> None:
     from experiments.overrides import directory_name, parse_overrides, split_tasks
 
     preset = get_preset(args.preset)
+    if args.command == "plan":
+        from experiments.planner import plan_table
+        from experiments.verdicts import CALIBRATION_FILE
+
+        if args.hours is not None and args.hours <= 0 or args.seeds is not None and args.seeds < 1:
+            raise UsageError("--hours must be > 0 and --seeds >= 1")
+        plan_table(get_experiment(args.experiment), preset, args.hours, args.seeds, args.tflops, results_dir,
+                   args.calibration or CALIBRATION_FILE)
+        return
     if args.command == "calibrate":  # always the preset's own configuration: no overrides
         calibrate(preset, args.seeds, results_dir, args.output, args.kinds.split(",") if args.kinds else None)
         return

@@ -222,6 +222,13 @@ def _distance(comparison: Comparison, effect: float) -> float:
     return abs(effect - comparison.threshold)
 
 
+def seeds_to_decide(comparison: Comparison, effect: float, found: Spread) -> tuple[int | None, int | None]:
+    """The seeds that would decide the comparison if its true effect were `effect`: (at the 95% interval's edge,
+    at 80% power)."""
+    distance = _distance(comparison, effect)
+    return seeds_needed(distance, found), seeds_needed(distance, found, POWER)
+
+
 @dataclass(frozen=True)
 class Judgement:
     """One comparison's verdict with everything it rests on."""
@@ -292,10 +299,8 @@ def judge(comparison: Comparison, noise: Noise) -> Judgement:
     else:
         # strictly above: an effect sitting on its threshold with no spread (a gap nothing changed) is not shown
         verdict = HOLDS if low > comparison.threshold else FAILS if high < comparison.threshold else INCONCLUSIVE
-    at = lambda effect: (seeds_needed(_distance(comparison, effect), found),  # noqa: E731
-                         seeds_needed(_distance(comparison, effect), found, POWER))
-    paper = at(comparison.paper) if comparison.paper is not None else (None, None)
-    return Judgement(comparison, verdict, mean, low, high, found, at(mean), paper)
+    paper = seeds_to_decide(comparison, comparison.paper, found) if comparison.paper is not None else (None, None)
+    return Judgement(comparison, verdict, mean, low, high, found, seeds_to_decide(comparison, mean, found), paper)
 
 
 def detectable_effect(noise: Noise, metric: str, seeds: int) -> float:
