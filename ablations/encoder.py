@@ -259,7 +259,7 @@ class Attention(nn.Module):
 # 2L, so the position GEMMs shrink towards half as m falls, while smaller blocks mean more, smaller GEMMs.
 # At L = 128 on a 2-core AVX2 EPYC (fp32, c2p + p2c forward and backward, 4 heads x 32 sequences) one
 # layer took 49.8 ms in one block of 128, 35.2 at m = 64, 31.7 at 32, 30.6 at 16, 31.3 at 8 (2026-12-04,
-# docs/bench/2026-12-04-epyc-zen3-avx2-relative-shift.txt).
+# studies/bench/runs/2026-12-04-epyc-zen3-avx2-relative-shift.txt).
 SHIFT_BLOCK = 16
 
 

@@ -5,7 +5,7 @@
   its AVX2 path even where AVX-512 is available; oneDNN dispatches on the CPU's instruction set and runs the
   same fp32 GEMM about 2.2x faster on the 2-core development machine (`make bench` measures the effect).
   That edge is AVX-512's. On a real AVX2-only CPU (AMD EPYC, Zen 3, 2 cores, 2026-12-04;
-  docs/bench/2026-12-04-epyc-zen3-avx2-gemm.txt) oneDNN is 4-16% ahead on the forward GEMMs, but MKL's weight
+  studies/bench/runs/2026-12-04-epyc-zen3-avx2-gemm.txt) oneDNN is 4-16% ahead on the forward GEMMs, but MKL's weight
   gradients run at 118-133 GFLOP/s against oneDNN's 71-106 (oneDNN also first copies the transposed operand),
   and a whole fp32 MLM step was 19% faster on torch's own path (medians 4,902 against 4,122 tokens/s over 5
   alternating pairs of processes; `make bench ARGS="--baseline DIR"`: 1.12-1.23x): so there it is `F.linear`. Results are fp32 GEMMs either way (no reduced-precision math mode). Under autocast, on GPUs,

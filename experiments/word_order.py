@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# the escape study (experiments/plateau.py) and the encoder tests read these here
+# the escape study (studies/plateau.py) and the encoder tests read these here
 from experiments.evaluations.heldout import count_model_cross_entropy  # noqa: F401
 from experiments.evaluations.word_order import (LEARNED_ADJACENT_MULTIPLE, attention_profile,  # noqa: F401
                                                 mlm_loss_threshold)
