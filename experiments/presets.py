@@ -2,7 +2,7 @@
 
 A preset sets the model size, sequence length, batch, vocabulary, corpus size, token budget and
 fine-tuning budget of the base config; the rows' diffs are applied on top. Measured on the 2-core
-development machine (README): smoke runs a whole table in well under 2 minutes.
+development machine: smoke runs a whole table in well under 2 minutes.
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ def inspect(experiment, preset, row: str, seed: int, overrides: dict | None, res
     what it holds."""
     from experiments.durable import write_json_atomically
     from experiments.evaluations import word_order_of
-    from experiments.evaluations.trained import load_trained_row
+    from experiments.trained import load_trained_row
 
     p, module, data = load_trained_row(experiment, preset, row, seed, overrides, results_dir)
     data.setup()

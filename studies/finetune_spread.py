@@ -32,7 +32,7 @@ def current_command(command: str) -> str:
 def run(args) -> None:
     from datamodules.errors import UsageError
     from experiments.evaluations.finetuning import fine_tune_all, task_data
-    from experiments.evaluations.trained import load_trained_row
+    from experiments.trained import load_trained_row
     from experiments.overrides import as_text, parse_overrides, split_tasks
     from studies.plateau import cpu_name
     from experiments.presets import get_preset
