@@ -131,8 +131,7 @@ COLLAPSED_LOGIT_STD = 0.05
 def sample_from_softmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None):
     """One token per row (N, V) from softmax(logits / T), as ELECTRA's Gumbel-max samples, by the inverse of
     each row's cumulative distribution: one uniform per row instead of V (on the CPU torch draws them one
-    at a time; at 614 x 8192, 12.0 ms against Gumbel-max's 41.5 on a 2-core AVX2 EPYC, studies/bench/runs/
-    2026-12-05-epyc-zen3-avx2-rtd-sampling.txt), without a host sync."""
+    at a time; the timings: docs/speed.md, "Where it comes from"), without a host sync."""
     cumulative = torch.softmax(logits.float() / temperature, -1).cumsum_(-1)
     uniform = torch.rand(logits.shape[0], 1, device=logits.device, generator=generator) * cumulative[:, -1:]
     # the first token whose cumulative probability exceeds the uniform: a token of probability 0 never is
