@@ -49,7 +49,7 @@ test: setup ## Run the test suite (CPU only, no network)
 	$(PY) -m pytest
 
 bench: setup ## Speed and memory benchmarks (ours vs HuggingFace, preprocessing, batch building); writes results/bench.json
-	$(PY) -m experiments.bench $(ARGS)
+	$(PY) -m studies bench run $(ARGS)
 
 preview: setup ## Show decoded, masked examples of an input format: make preview ARGS='--format doc-sentences'
 	$(PY) -m datamodules.preview $(ARGS)

@@ -257,9 +257,8 @@ class Attention(nn.Module):
 
 # Query rows per block in `shifted_scores`: a block of m rows reads L + m - 1 relative rows instead of all
 # 2L, so the position GEMMs shrink towards half as m falls, while smaller blocks mean more, smaller GEMMs.
-# At L = 128 on a 2-core AVX2 EPYC (fp32, c2p + p2c forward and backward, 4 heads x 32 sequences) one
-# layer took 49.8 ms in one block of 128, 35.2 at m = 64, 31.7 at 32, 30.6 at 16, 31.3 at 8 (2026-12-04,
-# docs/bench/2026-12-04-epyc-zen3-avx2-relative-shift.txt).
+# At L = 128, 16 rows was the fastest block size measured (the timings of each size:
+# studies/bench/runs/2026-12-04-epyc-zen3-avx2-relative-shift.txt; docs/speed.md).
 SHIFT_BLOCK = 16
 
 
@@ -270,8 +269,8 @@ def shifted_scores(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     a stride one shorter: no copy, no gather). Blocks of SHIFT_BLOCK rows when L divides, else one block."""
     heads, batch, length, head_size = x.shape
     m = SHIFT_BLOCK if length % SHIFT_BLOCK == 0 else length
-    # one spare position row (never read) makes each GEMM L + m wide: MKL ran a width of 143 a third slower
-    # than 144 here (2026-12-04, 2-core AVX2 EPYC)
+    # one spare position row (never read) makes each GEMM L + m wide: MKL ran a width of 143 much slower than
+    # 144 (studies/bench/runs/2026-12-04-epyc-zen3-avx2-relative-shift.txt)
     blocks, width = length // m, length + m
     positions = F.pad(positions[:, :2 * length - 1], (0, 0, 0, 1))
     rows = x.view(heads, batch, blocks, m, head_size).transpose(1, 2).reshape(heads * blocks, batch * m, head_size)

@@ -3,13 +3,11 @@
 - `linear` / `Linear`: on a CPU with AVX-512, in fp32, the three GEMMs of a linear layer (forward, input
   gradient, weight gradient) go through oneDNN instead of torch's default BLAS. On AMD CPUs MKL's sgemm takes
   its AVX2 path even where AVX-512 is available; oneDNN dispatches on the CPU's instruction set and runs the
-  same fp32 GEMM about 2.2x faster on the 2-core development machine (`make bench` measures the effect).
-  That edge is AVX-512's. On a real AVX2-only CPU (AMD EPYC, Zen 3, 2 cores, 2026-12-04;
-  docs/bench/2026-12-04-epyc-zen3-avx2-gemm.txt) oneDNN is 4-16% ahead on the forward GEMMs, but MKL's weight
-  gradients run at 118-133 GFLOP/s against oneDNN's 71-106 (oneDNN also first copies the transposed operand),
-  and a whole fp32 MLM step was 19% faster on torch's own path (medians 4,902 against 4,122 tokens/s over 5
-  alternating pairs of processes; `make bench ARGS="--baseline DIR"`: 1.12-1.23x): so there it is `F.linear`. Results are fp32 GEMMs either way (no reduced-precision math mode). Under autocast, on GPUs,
-  under torch.compile (which picks its own GEMMs), or where oneDNN is missing, it is `F.linear`.
+  same fp32 GEMM faster there. That edge is AVX-512's: on an AVX2-only CPU oneDNN's weight gradients are
+  slower than MKL's (oneDNN also first copies the transposed operand), so there it is `F.linear`. The figures:
+  docs/speed.md, "Where it comes from". Results are fp32 GEMMs either way (no reduced-precision math mode).
+  Under autocast, on GPUs, under torch.compile (which picks its own GEMMs), or where oneDNN is missing, it is
+  `F.linear`.
 - `dropout` / `dropout_add`: on the CPU a mask from 16-bit slices of SplitMix64 random words (torch's
   Bernoulli sampler costs as much as a matmul of the same size), and the residual add fused with it.
 - `cross_entropy_and_argmax`: the MLM loss from one softmax, whose output becomes the gradient in place;

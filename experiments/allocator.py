@@ -3,9 +3,8 @@
 glibc's malloc serves each block above its mmap threshold (128 KiB at first, raised as blocks are freed, at
 most 32 MiB) with a fresh mmap and unmaps it when freed, and trims the heap's free top above its trim
 threshold. A training step allocates and frees the same large activations every time, so with the defaults
-each step faults them in again, page by page. On a 2-core AVX2 EPYC (fp32, the bench's MLM shape,
-2026-12-05, docs/bench/2026-12-05-epyc-zen3-avx2-allocator.txt) our step took 5-11k page faults and ran 3-5%
-faster with the thresholds below (1-2k faults); HF's BertForMaskedLM took 140-150k and ran 15-20% faster (none).
+each step faults them in again, page by page. With the thresholds below both our step and HF's fault far less
+and run faster, HF's most (its full-vocabulary logits); the figures: docs/speed.md, "Where it comes from".
 
 Nothing changes in what is computed. The cost is that the process keeps its peak heap until it exits.
 Elsewhere (macOS, Windows, musl) this is a no-op.

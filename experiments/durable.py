@@ -11,9 +11,6 @@ one trainer per row (locks), and a graceful stop on Ctrl-C / SIGTERM.
   once its heartbeat (every minute) is older than the lease (10 min; `ABLATIONS_LOCK_LEASE=<seconds>`).
 - The first SIGINT / SIGTERM asks the run to stop after the current step with a checkpoint; a second
   SIGINT stops at once.
-
-`ABLATIONS_CRASH_AT=<what>:<n>` (the crash-safety tests only) kills the process with SIGKILL halfway
-through the n-th write of <what> ("checkpoint" or "row-file"), to prove such a kill loses nothing.
 """
 from __future__ import annotations
 
@@ -36,27 +33,13 @@ from experiments.progress import minutes
 
 # -- whole-file writes -------------------------------------------------------------------------------
 
-_writes: dict[str, int] = {}
-
-
-def _crash_halfway(what: str) -> bool:
-    """True when this write of `what` is the one the crash-safety test asked to die in."""
-    target = os.environ.get("ABLATIONS_CRASH_AT", "")
-    if not target.startswith(what + ":"):
-        return False
-    _writes[what] = _writes.get(what, 0) + 1
-    return _writes[what] == int(target.split(":")[1])
-
-
 def write_atomically(path: Path, data: bytes, what: str = "file") -> None:
-    """Write `data` to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+    """Write `data` to a temporary file beside `path`, flush it to disk, then rename it over `path`. `what` names
+    the kind of file ("checkpoint", "row-file"): tests/test_crash_safety.py kills a sweep halfway through the
+    n-th write of a kind by wrapping this function."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
     with open(temporary, "wb") as handle:
-        if _crash_halfway(what):
-            handle.write(data[: len(data) // 2])
-            handle.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())

@@ -2,7 +2,7 @@
 
 A preset sets the model size, sequence length, batch, vocabulary, corpus size, token budget and
 fine-tuning budget of the base config; the rows' diffs are applied on top. Measured on the 2-core
-development machine (README): smoke runs a whole table in well under 2 minutes.
+development machine: smoke runs a whole table in well under 2 minutes.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ PRESETS = {
         "finetune.max_length": 64, "finetune.batch_size": 32, "finetune.peak_lr": 1e-3,
     }, eval_every=2, checkpoints=2),
     "small": Preset("small", "the earlier default: cpu's model at a quarter of its batch and 2M tokens; its absolute-position "
-                    "rows stay bag-of-words models (docs/what-models-learn.md); about 13.5 minutes per row on 2 cores", {
+                    "rows stay bag-of-words models (docs/what-models-learn.md)", {
         # 1,000 steps of 16 x 128 tokens: many small steps get a small model past the unigram plateau
         **_model(128, 4, 4, 512, 128, 2048, 4096, 1000 * 2048, 128),
         "data.max_heldout_blocks": 256, "optim.peak_lr": 1e-3,
@@ -56,9 +56,9 @@ PRESETS = {
         "finetune.max_length": 64,
     }),
     "cpu": Preset("cpu", "default: small's model with 64 sequences per step for 2,000 steps and a learned relative "
-                  "position bias (a departure) on absolute-position rows, so that they learn word order; about "
-                  "10 minutes per row on 2 cores with bf16", {
-        # small's 4 x 128 model and corpus, with what the escape study (docs/plateau/) found gets an absolute-
+                  "position bias (a departure) on absolute-position rows, so that they learn word order (how long a "
+                  "row takes on each kind of machine: README.md)", {
+        # small's 4 x 128 model and corpus, with what the escape study (studies/plateau/) found gets an absolute-
         # position model off the bag-of-words plateau within a CPU budget: 64 sequences per step instead of 16
         # (alone, at 2,000 steps: most local head 2.0x, MLM 6.285) and a learned bias per head and relative
         # distance on the attention scores (a departure, named in every table; with it DOC-SENTENCES passes 3x
@@ -68,7 +68,7 @@ PRESETS = {
         "encoder.relative_bias": lambda config: config.encoder.attention == "absolute",
         "data.max_heldout_blocks": 256, "optim.peak_lr": 1e-3,
         # 16 fine-tuning epochs: at 8 the topic task was still climbing and its runs spread with the seed (one
-        # DOC-SENTENCES encoder, 5 runs each, docs/finetuning/: topic SD 2.87 at 8 epochs, 1.23 at 16; sentiment
+        # DOC-SENTENCES encoder, 5 runs each, studies/finetune_spread/: topic SD 2.87 at 8 epochs, 1.23 at 16; sentiment
         # 0.51 and 0.63), for twice the fine-tuning steps (a row's two runs took 53-88 s at 8 epochs)
         "finetune.epochs": 16.0, "finetune.max_train_examples": 3000, "finetune.max_validation_examples": 1000,
         "finetune.peak_lr": 5e-4, "finetune.max_length": 64,

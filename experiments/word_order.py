@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# the escape study (experiments/plateau.py) and the encoder tests read these here
+# the escape study (studies/plateau.py) and the encoder tests read these here
 from experiments.evaluations.heldout import count_model_cross_entropy  # noqa: F401
 from experiments.evaluations.word_order import (LEARNED_ADJACENT_MULTIPLE, attention_profile,  # noqa: F401
                                                 mlm_loss_threshold)
@@ -21,7 +21,7 @@ def inspect(experiment, preset, row: str, seed: int, overrides: dict | None, res
     what it holds."""
     from experiments.durable import write_json_atomically
     from experiments.evaluations import word_order_of
-    from experiments.evaluations.trained import load_trained_row
+    from experiments.trained import load_trained_row
 
     p, module, data = load_trained_row(experiment, preset, row, seed, overrides, results_dir)
     data.setup()

@@ -48,7 +48,7 @@ class RTDConfig:
     # departure (ELECTRA's code starts the bias at 0): start the RTD head's output bias at the log-odds of
     # the share of replaced tokens at initialisation. At 0 every original token's BCE gradient points the
     # same way, and under Adam the whole network rather than this one bias absorbs the base rate: the
-    # discriminator's token states collapse to one vector within ~30 steps (README, "RTD at small").
+    # discriminator's token states collapse to one vector within ~30 steps (docs/what-models-learn.md, "RTD at small").
     head_bias_prior: bool = False
     # departure (off at 1.0; ELECTRA trains G and D at one rate): D's learning rate (its encoder and heads) as a
     # multiple of the peak, G's kept. A higher rate for both makes G's replacements harder as fast as D
@@ -80,7 +80,7 @@ class RTDConfig:
 HEAD_BIAS_PRIOR_NOTE = (
     "Departure (`rtd.head_bias_prior`): the RTD head's output bias starts at the log-odds of the replaced share "
     "(about 15%), not at ELECTRA's 0. At 0, every discriminator here collapsed within ~30 steps (all held-out "
-    "token states one vector, logits flat); see the README, 'RTD at small'.")
+    "token states one vector, logits flat); see docs/what-models-learn.md, 'RTD at small'.")
 
 
 def replaced_share_at_init(masking_probability: float, vocab_size: int, variant: str) -> float:
@@ -123,7 +123,7 @@ class TokenCosine(Metric):
 
 
 # A discriminator whose token states are this alike, or whose logits are this flat, says the same thing
-# for every token: it has collapsed (a learning one stays far below; README, "RTD at small").
+# for every token: it has collapsed (a learning one stays far below; docs/what-models-learn.md, "RTD at small").
 COLLAPSED_TOKEN_COSINE = 0.9
 COLLAPSED_LOGIT_STD = 0.05
 
@@ -131,8 +131,7 @@ COLLAPSED_LOGIT_STD = 0.05
 def sample_from_softmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None):
     """One token per row (N, V) from softmax(logits / T), as ELECTRA's Gumbel-max samples, by the inverse of
     each row's cumulative distribution: one uniform per row instead of V (on the CPU torch draws them one
-    at a time; at 614 x 8192, 12.0 ms against Gumbel-max's 41.5 on a 2-core AVX2 EPYC, docs/bench/
-    2026-12-05-epyc-zen3-avx2-rtd-sampling.txt), without a host sync."""
+    at a time; the timings: docs/speed.md, "Where it comes from"), without a host sync."""
     cumulative = torch.softmax(logits.float() / temperature, -1).cumsum_(-1)
     uniform = torch.rand(logits.shape[0], 1, device=logits.device, generator=generator) * cumulative[:, -1:]
     # the first token whose cumulative probability exceeds the uniform: a token of probability 0 never is
@@ -300,7 +299,7 @@ class RTDModule(ObjectiveModule):
                 spread = f", logit std {logit_std:.3f}" if logit_std is not None else ""
                 print(f"warning: the RTD discriminator has collapsed at step {self.global_step}: held-out token "
                       f"states have mean cosine {cosine:.3f}{spread} (it gives every token nearly the same "
-                      f"output; see the README, 'RTD at small')", file=sys.stderr, flush=True)
+                      f"output; see docs/what-models-learn.md, 'RTD at small')", file=sys.stderr, flush=True)
 
     def embedding_similarity(self) -> dict[str, float]:
         """Average pairwise cosine similarity of E_G and of E_D (non-special tokens), DeBERTaV3 §3."""

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from experiments import bench
+from studies import bench
 
 
 @pytest.mark.slow(seconds=55)

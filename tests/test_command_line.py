@@ -193,9 +193,9 @@ def test_word_order_reports_both_rows_and_explains_an_untrained_one(own_table, c
 @pytest.mark.slow(seconds=15)
 @pytest.mark.xdist_group("own-table")
 def test_the_fine_tuning_spread_study_reruns_a_trained_rows_fine_tuning_and_reports_it(own_table, tmp_path):
-    """`python -m experiments.finetune_spread`: a trained row (named by its table's overrides) fine-tuned twice per
+    """`python -m studies.finetune_spread`: a trained row (named by its table's overrides) fine-tuned twice per
     task with a changed setting, its runs written and reported; a non-fine-tuning --set is refused."""
-    from experiments.finetune_spread import main
+    from studies.finetune_spread import main
 
     results, args, _ = own_table
     table = dict(zip(args[::2], args[1::2]))

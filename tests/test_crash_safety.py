@@ -32,9 +32,35 @@ ROWS = ("full-sentences__seed0.json", "doc-sentences__seed0.json")
 TABLE = Path("ablation-nsp", directory_name("smoke", parse_overrides([FINETUNE], tasks=("sentiment",))))  # a table of its own
 
 
-def start(results: Path, log: Path, env=None) -> subprocess.Popen:
-    environment = os.environ | {"WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"} | (env or {})
-    return subprocess.Popen([sys.executable, "-m", "experiments", *SWEEP, "--results-dir", str(results)], cwd=ROOT,
+# `python -m experiments`, but the sweep's process kills itself with SIGKILL halfway through the n-th write of <what>
+# ("checkpoint" or "row-file"): the test wraps the suite's one atomic write (experiments.durable.write_atomically,
+# which checkpoints and row files go through) in the child before the sweep starts, so that production code
+# carries no hook for it. The half is written where the real write puts its temporary file.
+CRASHING_SWEEP = """
+import os, runpy, signal, sys
+from experiments import durable
+what, n = sys.argv.pop(1).split(":")
+seen, write = [0], durable.write_atomically
+def write_or_die_halfway(path, data, kind="file"):
+    seen[0] += kind == what
+    if kind == what and seen[0] == int(n):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(f"{path.name}.tmp{os.getpid()}"), "wb") as handle:
+            handle.write(data[: len(data) // 2])
+            handle.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(path, data, kind)
+durable.write_atomically = write_or_die_halfway
+runpy.run_module("experiments", run_name="__main__", alter_sys=True)
+"""
+
+
+def start(results: Path, log: Path, crash_at: str | None = None) -> subprocess.Popen:
+    """The sweep in its own process (and process group); `crash_at` "<what>:<n>" makes it die halfway through the
+    n-th write of <what>."""
+    environment = os.environ | {"WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    command = ["-c", CRASHING_SWEEP, crash_at] if crash_at else ["-m", "experiments"]
+    return subprocess.Popen([sys.executable, *command, *SWEEP, "--results-dir", str(results)], cwd=ROOT,
                             env=environment, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -102,20 +128,20 @@ def test_sweep_killed_again_and_again_gives_the_uninterrupted_table(reference, t
     def pretraining_after_a_checkpoint(log):
         return last_phase(log) == "pretraining" and checkpoint_exists(log)
 
-    plan = [  # (what it interrupts, env, trigger on the run's output or files, seconds after the trigger, signal)
-        ("pretraining", {}, checkpoint_exists, rng.uniform(0.0, 1.0), signal.SIGKILL),
+    plan = [  # (what it interrupts, crash_at, trigger on the run's output or files, seconds after the trigger, signal)
+        ("pretraining", None, checkpoint_exists, rng.uniform(0.0, 1.0), signal.SIGKILL),
         # second, while the first row surely has pretraining left (later kills may leave none)
-        ("pretraining, gracefully", {}, pretraining_after_a_checkpoint, rng.uniform(0.0, 0.5), signal.SIGTERM),
-        ("a checkpoint write", {"ABLATIONS_CRASH_AT": f"checkpoint:{rng.integers(1, 4)}"}, None, 0, None),
-        ("fine-tuning", {}, lambda log: "fine-tuning on" in log, rng.uniform(0.0, 1.5), signal.SIGKILL),
-        ("a row-file write", {"ABLATIONS_CRASH_AT": "row-file:1"}, None, 0, None),
-        ("a random moment", {}, lambda log: True, rng.uniform(2.0, 12.0), signal.SIGKILL),
+        ("pretraining, gracefully", None, pretraining_after_a_checkpoint, rng.uniform(0.0, 0.5), signal.SIGTERM),
+        ("a checkpoint write", f"checkpoint:{rng.integers(1, 4)}", None, 0, None),
+        ("fine-tuning", None, lambda log: "fine-tuning on" in log, rng.uniform(0.0, 1.5), signal.SIGKILL),
+        ("a row-file write", "row-file:1", None, 0, None),
+        ("a random moment", None, lambda log: True, rng.uniform(2.0, 12.0), signal.SIGKILL),
     ]
     report, finished_before, spent = [], {}, 0.0
-    for number, (what, env, trigger, delay, signum) in enumerate(plan):
+    for number, (what, crash_at, trigger, delay, signum) in enumerate(plan):
         log = tmp_path / f"run-{number}.txt"
         began = time.time()
-        process = start(results, log, env)
+        process = start(results, log, crash_at)
         while trigger is not None and process.poll() is None and not trigger(log.read_text()):
             time.sleep(0.05)
         sent = False  # a sweep that finished before its kill's moment came (the last, random one can) was not killed

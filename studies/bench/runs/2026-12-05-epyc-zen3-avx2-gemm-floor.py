@@ -5,7 +5,7 @@ splits into the matrix products (mm, addmm, bmm, baddbmm, oneDNN linear) and eve
 
 The floor is our step with every other op free: only its matrix products at the rate they ran at in the step.
 HF's step over that floor bounds the ratio any rewrite of our non-GEMM work could give without computing fewer
-FLOPs. Run: .venv/bin/python docs/bench/2026-12-05-epyc-zen3-avx2-gemm-floor.py [rounds]"""
+FLOPs. Run: .venv/bin/python studies/bench/runs/2026-12-05-epyc-zen3-avx2-gemm-floor.py [rounds]"""
 import statistics
 import sys
 import time
@@ -14,7 +14,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from experiments import allocator
-from experiments.bench import SMALL, contenders, random_batch, use_all_cores
+from studies.bench import SMALL, contenders, random_batch, use_all_cores
 
 GEMMS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm", "mkldnn::_linear_pointwise"}
 allocator.keep_freed_memory()

@@ -1,6 +1,6 @@
 """In-process A/B: a DeBERTa MLM training step at cpu's shape (4 x 128, batch 64 x 128, vocabulary 4,096, fp32),
 the EMD's steps sharing keys, values and p2c (this commit) against each step computing its own (before),
-alternating which goes first in each round. Run: .venv/bin/python docs/bench/<this file> [rounds]"""
+alternating which goes first in each round. Run: .venv/bin/python studies/bench/runs/<this file> [rounds]"""
 import statistics, sys, time
 
 import torch

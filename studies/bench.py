@@ -46,6 +46,16 @@ import torch
 from experiments import allocator
 
 ROOT = Path(__file__).resolve().parent.parent
+MODULE = "studies.bench"  # what `python -m` runs in this checkout's children
+
+
+def bench_module(root: Path) -> str | None:
+    """The bench's module in the checkout at `root`: `studies.bench`, or `experiments.bench` in a checkout from
+    before the studies left `experiments/` (so that an older commit can still be a baseline); None if neither."""
+    for module in (MODULE, "experiments.bench"):
+        if (root / Path(*module.split("."))).with_suffix(".py").is_file():
+            return module
+    return None
 
 
 @dataclass(frozen=True)
@@ -149,7 +159,7 @@ def _preprocess_child(cache: str, repeat: int) -> None:
 
 
 def preprocess(cache: Path, repeat: int = 1) -> dict:
-    done = subprocess.run([sys.executable, "-m", "experiments.bench", "--preprocess-child", str(cache), str(repeat)],
+    done = subprocess.run([sys.executable, "-m", MODULE, "--preprocess-child", str(cache), str(repeat)],
                           capture_output=True, text=True, cwd=ROOT, env=os.environ | {"TOKENIZERS_PARALLELISM": "true"})
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
@@ -350,7 +360,7 @@ class Worker:
         """`root`: the checkout whose code the worker runs (`python -m` imports from its working directory
         first), this one unless a --baseline checkout is timed."""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "experiments.bench", "--worker", kind, str(which), str(int(bf16)), str(steps),
+            [sys.executable, "-m", bench_module(root), "--worker", kind, str(which), str(int(bf16)), str(steps),
              shape.to_json()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=root,
             env=os.environ | allocator.environment())
         hello = self._reply()
@@ -440,7 +450,7 @@ def measure(kind: str, precisions: list[bool], steps: int, rounds: int, shape: S
 def peak_memory_mb(kind: str, which: int, bf16: bool, shape: Shape = SMALL) -> float:
     """Peak RSS of a fresh process running 3 steps of one model (CPU has no allocator counter); on a GPU,
     the allocator's peak."""
-    done = subprocess.run([sys.executable, "-m", "experiments.bench", "--memory-child", kind, str(which), str(int(bf16)),
+    done = subprocess.run([sys.executable, "-m", MODULE, "--memory-child", kind, str(which), str(int(bf16)),
                            shape.to_json()], capture_output=True, text=True, cwd=ROOT)
     return float(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else float("nan")
 
@@ -556,7 +566,7 @@ def _add_peak_memory(kind: str, rows: list[dict], shape: Shape) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m studies.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer steps, no 10x corpus")
     parser.add_argument("--only", default="preprocess,batch,mlm,deberta,rtd,default",
@@ -592,8 +602,9 @@ def main(argv=None) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no GPU here (torch.cuda.is_available() is False)")
     os.environ[DEVICE_VARIABLE] = args.device  # inherited by the workers and probes
-    if args.baseline is not None and not (args.baseline / "experiments" / "bench.py").is_file():
-        parser.error(f"--baseline {args.baseline}: not a checkout of this suite (no experiments/bench.py there)")
+    if args.baseline is not None and bench_module(args.baseline) is None:
+        parser.error(f"--baseline {args.baseline}: not a checkout of this suite (no studies/bench.py or "
+                     "experiments/bench.py there)")
     use_all_cores()
     parts = args.only.split(",")
     unknown = set(parts) - {"preprocess", "batch", *KINDS}
