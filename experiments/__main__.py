@@ -131,7 +131,7 @@ def dispatch(args) -> None:
         print((directory / "table.md").read_text())
         return
     if args.command == "export":
-        from experiments.evaluations.trained import export_row
+        from experiments.trained import export_row
 
         written = export_row(get_experiment(args.experiment), preset, args.row, args.seed, overrides, results_dir,
                              args.to, args.format)

@@ -664,11 +664,11 @@ def test_the_cpu_presets_relative_bias_never_touches_a_row_that_compares_positio
 
 
 def test_the_escape_study_records_a_curve_and_reports_it(tmp_path):
-    """`python -m experiments.plateau`: a smoke row's curve (held-out and training-block MLM, the most local head
+    """`python -m studies.plateau`: a smoke row's curve (held-out and training-block MLM, the most local head
     per layer) appended per evaluation, then the table and plot; no runs is a clear error."""
     import torch
 
-    from experiments.plateau import main
+    from studies.plateau import main
 
     with pytest.raises(SystemExit) as stop:
         main(["report", "--dir", str(tmp_path)])
@@ -690,7 +690,7 @@ def test_the_escape_study_records_a_curve_and_reports_it(tmp_path):
 
 def test_the_escape_study_measures_an_rtd_rows_discriminator_on_bigram_replacements_too(tmp_path):
     """An RTD run's points carry the AUC on its own generator's replacements and on the fixed bigram task."""
-    from experiments.plateau import main
+    from studies.plateau import main
 
     main(["run", "electra", "--experiment", "ablation-electra-small", "--row", "ELECTRA-Small", "--preset", "smoke",
           "--evals", "1", "--dir", str(tmp_path)])
@@ -703,7 +703,7 @@ def test_the_escape_study_measures_an_rtd_rows_discriminator_on_bigram_replaceme
 def test_the_escape_study_says_where_a_discriminator_reached_electras_regime_and_not_by_a_collapsed_generator():
     """The report's AUC column: the tokens at the first point at AUC >= 0.8, but never a point whose generator
     was no better than a unigram model (its replacements near random, an easier task)."""
-    from experiments.plateau import summary
+    from studies.plateau import summary
 
     def point(step, auc, mlm):
         return {"step": step, "tokens": step * 100, "disc_auc": auc, "mlm_loss": mlm, "most_local": [5.0]}
