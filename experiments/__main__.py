@@ -1,4 +1,4 @@
-"""`python -m experiments list | run <id|all> | table <id> | plan <id> | export <id> | word-order <id> | calibrate | index`:
+"""`python -m experiments list | run <id|all> | table <id> | plan <id> | publish | board | export <id> | word-order <id> | calibrate | index`:
 the suite's command line."""
 from __future__ import annotations
 
@@ -78,6 +78,11 @@ def main(argv: list[str] | None = None) -> None:
                          help="plan for a machine measured elsewhere: its training throughput in TFLOP/s (docs/speed.md)")
     planner.add_argument("--results-dir", default=None, type=Path)
     planner.add_argument("--calibration", default=None, type=Path, help="default: experiments/calibration.json")
+    publish = commands.add_parser("publish", help="copy the current-configuration rows of every table at a preset "
+                                  "into reference/<preset>/<machine kind>/<table>/, build each table there, and the board")
+    publish.add_argument("--preset", default=DEFAULT_PRESET)
+    publish.add_argument("--results-dir", default=None, type=Path)
+    commands.add_parser("board", help="write reference/BOARD.md (every claim of every table) from the reference rows")
     commands.add_parser("index", help="rebuild results/README.md from every table on disk")
     args = parser.parse_args(argv)
     from experiments.durable import Stopped
@@ -103,13 +108,24 @@ def dispatch(args) -> None:
     from experiments.results import build_table, write_index
     from experiments.runner import DEFAULT_RESULTS, Hardware, is_global_zero, run
 
-    results_dir = args.results_dir or DEFAULT_RESULTS
+    results_dir = getattr(args, "results_dir", None) or DEFAULT_RESULTS
+    if args.command == "board":
+        from experiments.board import write_board
+
+        print(f"written: {write_board()}")
+        return
     if args.command == "index":
         print(write_index(results_dir, list(EXPERIMENTS.values())))
         return
     from experiments.overrides import directory_name, parse_overrides, split_tasks
 
     preset = get_preset(args.preset)
+    if args.command == "publish":
+        from experiments.board import publish, write_board
+
+        publish(preset, results_dir)
+        print(f"written: {write_board()}")
+        return
     if args.command == "plan":
         from experiments.planner import plan_table
         from experiments.verdicts import CALIBRATION_FILE

@@ -288,3 +288,20 @@ def paper_value(paper: Mapping[str, float], metric: str) -> float | None:
         return paper.get(f"GLUE @{100 * float(point):g}%")
     scores = [value for column, value in paper.items() if column not in NOT_DOWNSTREAM and "@" not in column]
     return float(np.mean(scores)) if scores else None
+
+
+class _PaperRow:
+    """A stand-in row of one seed valued at the paper's figures (0 where it has none)."""
+
+    def __init__(self):
+        self.seeds, self.values = [0], {}
+
+
+def paper_comparisons(claim: Claim, paper: PaperValue, order: list[str]) -> list[Comparison]:
+    """The claim's comparisons as the paper's own figures make them (`Comparison.paper`; None where the paper
+    reports nothing on the claim's scale): what the board shows beside ours, and what the planner sizes seeds for."""
+    stand_in: dict[str, _PaperRow] = {}
+    for row, metric in claim.needed(order):
+        value = paper(row, metric)
+        stand_in.setdefault(row, _PaperRow()).values[metric] = [value if value is not None else 0.0]
+    return claim.comparisons(Rows(stand_in, order), paper)

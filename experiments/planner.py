@@ -24,7 +24,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from experiments.claims import Rows
+from experiments.claims import paper_comparisons
 from experiments.spec import Experiment
 from experiments.verdicts import (CALIBRATION_FILE, NEAREST_KIND, POWER, Spread, load_calibration, row_kind,
                                   seeds_to_decide)
@@ -172,25 +172,14 @@ def _seeds_at_paper(claim, experiment: Experiment, order: list[str], noise) -> t
     """The seeds that decide the claim if its effect is the paper's own, each comparison against the calibrated SD
     of its quantity (its degrees of freedom growing with the seeds); None where the paper reports no figure on the
     claim's scale or the noise is not calibrated. A claim of several comparisons needs them all decided."""
-    stand_in = {}
-    for row, metric in claim.needed(order):
-        value = experiment.paper_value(row, metric)
-        stand_in.setdefault(row, _Row()).values[metric] = [value if value is not None else 0.0]
     pairs = []
-    for comparison in claim.comparisons(Rows(stand_in, order), experiment.paper_value):
+    for comparison in paper_comparisons(claim, experiment.paper_value, order):
         calibrated = noise.sd(comparison.quantity)
         if comparison.paper is None or calibrated is None:
             return None
         found = Spread(calibrated[0], calibrated[1], calibrated[1], noise.source)
         pairs.append(seeds_to_decide(comparison, comparison.paper, found))
     return _slowest(pairs)
-
-
-class _Row:
-    """A stand-in row of one seed, valued at the paper's figures: what a claim's comparisons read when planning."""
-
-    def __init__(self):
-        self.seeds, self.values = [0], {}
 
 
 def _slowest(pairs: list[tuple[int | None, int | None]]) -> tuple[int | None, int | None] | None:

@@ -1,0 +1,172 @@
+"""Reference results shipped with the suite, and one board of every claim, generated from them.
+
+`python -m experiments publish --preset P` (`make publish`) copies the finished rows of every table in
+`results/<table>/<P>/` that the current code would compute the same way (their config hash is the current plan's)
+into `reference/<P>/<machine kind>/<table>/` (row files, and the logs their curves are drawn from), and builds each
+table there: table.md / .csv / .json, curves.png, metrics.png. Rows of an older configuration are named and left
+out. `python -m experiments board` (`make board`) then writes `reference/BOARD.md` from the row files alone: every
+claim of every table, grouped by paper, with the paper's own effect beside ours, its verdict and whether the rows
+learned what it is about, the counts at the top, and each table's time per row on the machine that ran it. The
+README's results block is rewritten from the same numbers.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from experiments.claims import paper_comparisons
+from experiments.durable import write_atomically
+from experiments.registry import EXPERIMENTS
+from experiments.results import build_table, check_claim, load_rows
+from experiments.runner import ROOT
+from experiments.verdicts import load_calibration
+
+REFERENCE = ROOT / "reference"
+BOARD = "BOARD.md"
+VERDICTS = ("holds", "does not hold", "inconclusive", "not measured")
+README_START, README_END = "<!-- board:start -->", "<!-- board:end -->"
+
+
+def publish(preset, results_dir: Path, reference: Path = REFERENCE, log=print) -> list[Path]:
+    """Copy the current-configuration rows of every table at `preset` into the reference folders and build each
+    table there; returns the tables built."""
+    from experiments.runner import plan
+
+    built = []
+    for experiment in EXPERIMENTS.values():
+        source = results_dir / experiment.id / preset.name
+        current = {p.result_path.name: p.config.config_hash()
+                   for p in plan(experiment, preset, _seeds_in(source), None, None, results_dir)}
+        for path in sorted((source / "rows").glob("*.json")):
+            record = json.loads(path.read_text())
+            if current.get(path.name) != record.get("config_hash"):
+                log(f"{experiment.id}/{path.name}: left out, trained with another configuration than the current "
+                    f"code's (commit {record.get('git_commit', '?')[:8]})")
+                continue
+            machine = record.get("hardware", {}).get("machine_kind") or "unknown-machine"
+            target = reference / preset.name / machine / experiment.id
+            (target / "rows").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target / "rows" / path.name)
+            for curve in sorted((source / record["curves"]).glob("log-*/metrics.csv")):
+                copy = target / curve.relative_to(source)
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(curve, copy)
+            if target not in built:
+                built.append(target)
+    for target in built:
+        build_table(EXPERIMENTS[target.name], preset.name, target)
+        log(f"built {target.relative_to(reference.parent) if reference.parent in target.parents else target}")
+    return built
+
+
+def _seeds_in(directory: Path) -> int:
+    seeds = [int(m.group(1)) for p in (directory / "rows").glob("*.json") if (m := re.search(r"__seed(\d+)", p.name))]
+    return max(seeds, default=0) + 1
+
+
+def folders(reference: Path = REFERENCE) -> list[tuple[str, str, Path]]:
+    """(preset, machine kind, folder) of every reference folder that holds a table."""
+    return sorted((p.parent.name, p.name, p) for p in reference.glob("*/*") if p.is_dir()
+                  and any((p / e).is_dir() for e in EXPERIMENTS))
+
+
+def paper_name(experiment) -> str:
+    """The paper a table reproduces, as its `paper` field names it in parentheses: RoBERTa, ELECTRA, ..."""
+    found = re.search(r"\(([^)]+)\)", experiment.paper)
+    return found.group(1) if found else experiment.paper.split(",")[0]
+
+
+def board(reference: Path = REFERENCE) -> str:
+    """BOARD.md, from the row files of the reference folders alone (no date, so that the same rows give the same
+    board)."""
+    sections, totals = [], Counter()
+    for preset, machine, folder in folders(reference) or [("cpu", "no machine yet", reference / "cpu" / "-")]:
+        lines, counts = _section(preset, machine, folder)
+        sections.append(lines)
+        totals += counts
+    head = ["# Results board", "",
+            "Every claim of every table, checked on the reference results that ship with the suite (`reference/`: "
+            "one folder per preset and kind of machine, one per table, each with its row files, table and plots). "
+            "Generated by `make board` from the row files; do not edit. How a verdict is decided: "
+            "[docs/verdicts.md](../docs/verdicts.md).", "",
+            "**" + ", ".join(f"{totals[v]} {v}" for v in VERDICTS) + f"** (of {sum(totals.values())} claims)", ""]
+    return "\n".join(head + [line for section in sections for line in section]) + "\n"
+
+
+def _section(preset: str, machine: str, folder: Path) -> tuple[list[str], Counter]:
+    noise = load_calibration(preset)
+    counts, by_paper, times = Counter(), {}, []
+    for experiment in EXPERIMENTS.values():
+        order = [r.name for r in experiment.rows]
+        rows = load_rows(experiment, folder / experiment.id) if (folder / experiment.id / "rows").is_dir() else {}
+        for claim in experiment.checked_claims:
+            result = check_claim(claim, rows, order, noise, experiment.paper_value)
+            counts[result.verdict] += 1
+            by_paper.setdefault(paper_name(experiment), []).append(_claim_line(experiment, claim, result, order))
+        times.append((experiment, rows, [float(np.mean(s.wall_time_s)) for s in rows.values()]))
+    lines = [f"## `{preset}` on {machine}", "",
+             "**" + ", ".join(f"{counts[v]} {v}" for v in VERDICTS) + f"** (of {sum(counts.values())} claims). "
+             f"Noise: {noise.source}.", ""]
+    for paper, claim_lines in by_paper.items():
+        lines += [f"### {paper}", "",
+                  "| table | claim | paper's effect | ours: effect, 95% interval, seeds | verdict | rows learned it |",
+                  "|---|---|---|---|---|---|", *claim_lines, ""]
+    lines += [f"### Time at `{preset}` on {machine}", "",
+              "| table | rows run | seeds | time per row (mean) | the table, one seed |", "|---|---|---|---|---|"]
+    done = 0.0
+    for experiment, rows, seconds in times:
+        if not rows:
+            lines.append(f"| {experiment.id} | 0 of {len(experiment.rows)} | - | - | not run |")
+            continue
+        per_row = float(np.mean(seconds))
+        whole = per_row * len(experiment.rows)
+        done += whole
+        seeds = sorted({len(s.seeds) for s in rows.values()})
+        lines.append(f"| {experiment.id} | {len(rows)} of {len(experiment.rows)} | {'-'.join(map(str, seeds))} | "
+                     f"{per_row / 60:.1f} min | {whole / 3600:.2f} h{'' if len(rows) == len(experiment.rows) else ' (est.)'} |")
+    missing = [e.id for e, rows, _ in times if not rows]
+    lines += ["", f"`make ablations` at `{preset}` on {machine}: {'at least ' if missing else ''}{done / 3600:.1f} h "
+              f"at one seed" + (f" ({len(missing)} table{'s' * (len(missing) != 1)} not run yet)" if missing else "")
+              + ". A table's time with fewer rows run is estimated from the mean of those that ran.", ""]
+    return lines, counts
+
+
+def _claim_line(experiment, claim, result, order: list[str]) -> str:
+    paper = "; ".join(f"{c.label} {c.paper:+.2f}" for c in paper_comparisons(claim, experiment.paper_value, order)
+                      if c.paper is not None) or "-"
+    if result.judgements and result.verdict != "not measured":
+        ours = "; ".join(f"{j.comparison.label} {j.mean:+.2f}" + (f" [{j.low:+.2f}, {j.high:+.2f}]" if j.low is not None else "")
+                         + f", {j.n} seed{'s' * (j.n != 1)}" for j in result.judgements if j.mean is not None)
+    else:
+        ours = result.text() or "-"
+    learned = "-" if result.verdict == "not measured" else "yes" if result.learned else "no: " + result.note
+    text = claim.text.replace("|", "\\|")
+    return (f"| {experiment.id} | ({claim.source}) {text} | {paper} | {ours.replace('|', '/')} | "
+            f"**{result.verdict}** | {learned.replace('|', '/')} |")
+
+
+def write_board(reference: Path = REFERENCE, readme: Path = ROOT / "README.md") -> Path:
+    """Write BOARD.md and the README's results block."""
+    text = board(reference)
+    path = reference / BOARD
+    reference.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, text.encode())
+    if readme.exists():
+        write_atomically(readme, readme_with_counts(readme.read_text(), text).encode())
+    return path
+
+
+def readme_with_counts(readme: str, board_text: str) -> str:
+    """The README with its results block (between the board markers) made from the board's counts."""
+    counts = next(line for line in board_text.splitlines() if line.startswith("**"))
+    block = (f"{README_START}\n{counts}: the [results board](reference/BOARD.md) lists every claim with the paper's "
+             f"effect beside ours.\n{README_END}")
+    if README_START not in readme:
+        return readme
+    before, rest = readme.split(README_START, 1)
+    return before + block + rest.split(README_END, 1)[1]

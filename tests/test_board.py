@@ -1,0 +1,92 @@
+"""The shipped reference results, the board of claims generated from them, and the planner."""
+import json
+import shutil
+
+import pytest
+
+from experiments import board
+from experiments.presets import PRESETS
+from experiments.registry import EXPERIMENTS
+from experiments.runner import ROOT
+from test_experiments import cli
+
+
+def test_the_committed_board_is_what_the_committed_row_files_give():
+    """Rebuilt from the reference rows alone, the board (and the README's counts) equal the committed ones: no
+    figure on it is typed by hand, and a row file changed without `make board` fails here."""
+    text = board.board(board.REFERENCE)
+    assert text == (board.REFERENCE / board.BOARD).read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert board.readme_with_counts(readme, text) == readme and board.README_START in readme
+
+
+def test_the_board_lists_every_claim_of_every_table_once_per_reference_folder():
+    text = board.board(board.REFERENCE)
+    claims = sum(len(e.checked_claims) for e in EXPERIMENTS.values())
+    sections = max(1, len(board.folders(board.REFERENCE)))
+    lines = [line for line in text.splitlines() if line.startswith("| ablation-")]
+    claim_lines = [line for line in lines if "**" in line]  # the time tables have no verdict
+    assert len(claim_lines) == claims * sections
+    for experiment in EXPERIMENTS.values():
+        for claim in experiment.checked_claims:
+            assert sum(f"({claim.source}) {claim.text.replace('|', chr(92) + '|')} |" in line
+                       for line in claim_lines) == sections, claim.text
+    first = next(line for line in text.splitlines() if line.startswith("**"))
+    assert first.endswith(f"(of {claims * sections} claims)")
+    assert sum(int(part.split()[0]) for part in first.strip("*").split("**")[0].split(", ")) == claims * sections
+
+
+@pytest.mark.slow(seconds=25)
+def test_publish_copies_the_current_rows_into_one_folder_per_preset_and_machine_and_builds_each_table(tmp_path):
+    results, reference = tmp_path / "results", tmp_path / "reference"
+    done = cli("run", "ablation-nsp", "--preset", "smoke", "--rows", "DOC-SENTENCES", "--results-dir", str(results))
+    assert done.returncode == 0, done.stderr[-3000:]
+    stale = results / "ablation-nsp" / "smoke" / "rows" / "full-sentences__seed0.json"
+    record = json.loads((results / "ablation-nsp" / "smoke" / "rows" / "doc-sentences__seed0.json").read_text())
+    stale.write_text(json.dumps(record | {"row": "FULL-SENTENCES", "config_hash": "an-older-one"}))
+    said = []
+    built = board.publish(PRESETS["smoke"], results, reference, log=said.append)
+    machine = record["hardware"]["machine_kind"]
+    table = reference / "smoke" / machine / "ablation-nsp"
+    assert built == [table]
+    assert {p.name for p in table.iterdir()} >= {"table.md", "table.csv", "table.json", "curves.png", "metrics.png", "rows"}
+    assert [p.name for p in (table / "rows").iterdir()] == ["doc-sentences__seed0.json"]  # the stale row left out
+    assert any("full-sentences__seed0.json: left out" in line for line in said)
+    assert list(table.glob("work/*/log-*/metrics.csv"))  # the curves' source travels with the row
+    header = (table / "table.md").read_text().splitlines()[2]
+    assert machine in header and record["git_commit"][:8] in header
+    text = board.board(reference)
+    assert f"## `smoke` on {machine}" in text and "| ablation-nsp | 1 of 4 | 1 |" in text
+    assert "| ablation-nsp | (paper) DOC-SENTENCES >= FULL-SENTENCES on the downstream average | DOC-SENTENCES - " \
+           "FULL-SENTENCES +0.36 | missing rows: FULL-SENTENCES | **not measured** | - |" in text
+
+
+def test_the_planner_says_plainly_when_a_preset_has_no_calibration(tmp_path):
+    from experiments.planner import plan_table
+
+    said = []
+    plan_table(EXPERIMENTS["ablation-masking"], PRESETS["smoke"], 1.0, None, 1.0, tmp_path,
+               tmp_path / "none.json", log=said.append)
+    assert any("`smoke` has no calibration, so no claim's seeds can be named" in line for line in said)
+    assert any(line.strip().startswith("the table, one seed:") for line in said)
+
+
+@pytest.mark.slow(seconds=15)
+def test_the_planner_times_the_rows_here_and_names_the_seeds_each_claim_needs(tmp_path):
+    """At smoke, with a calibration file of the test's: each row timed on this machine, each paper claim's seeds at
+    the paper's effect from the t formula, and what an hour buys."""
+    from experiments.planner import plan_table
+
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(json.dumps({"smoke": {"kinds": {"absolute-mlm": {
+        "date": "test", "paired_sd": {"downstream_avg": 0.2, "probe_avg": 0.2}, "degrees_of_freedom":
+            {"downstream_avg": 4, "probe_avg": 4}, "row_seconds": [30.0], "seconds": {"pretraining": [10.0]}}}}}))
+    said = []
+    found = plan_table(EXPERIMENTS["ablation-masking"], PRESETS["smoke"], 1.0, None, None, tmp_path, calibration,
+                       log=said.append)
+    assert [row["name"] for row in found["rows"]] == ["static", "dynamic"]
+    assert all(row["step_s"] > 0 and row["overhead"] == pytest.approx(2.0) for row in found["rows"])
+    paper = found["claims"][0]  # dynamic >= static - 0.5: the paper's +0.17 is 0.67 from the threshold
+    # SD 0.2 on 4 df: t(0.975, 4 + n - 1) * 0.2 / sqrt(n) <= 0.67 first at n = 1 (2.776 * 0.2 = 0.56)
+    assert paper["paper"][0] == 1 and paper["paper"][1] >= paper["paper"][0]
+    assert any(line.strip().startswith("1 h give") for line in said)
