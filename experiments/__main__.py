@@ -106,7 +106,8 @@ def dispatch(args) -> None:
         return
     from experiments.presets import get_preset
     from experiments.results import build_table, write_index
-    from experiments.runner import DEFAULT_RESULTS, Hardware, is_global_zero, run
+    from experiments.hardware import Hardware
+    from experiments.runner import DEFAULT_RESULTS, is_global_zero, run
 
     results_dir = getattr(args, "results_dir", None) or DEFAULT_RESULTS
     if args.command == "board":
@@ -128,7 +129,7 @@ def dispatch(args) -> None:
         return
     if args.command == "plan":
         from experiments.planner import plan_table
-        from experiments.verdicts import CALIBRATION_FILE
+        from experiments.noise import CALIBRATION_FILE
 
         if args.hours is not None and args.hours <= 0 or args.seeds is not None and args.seeds < 1:
             raise UsageError("--hours must be > 0 and --seeds >= 1")
@@ -198,8 +199,9 @@ def calibrate(preset, seeds: int, results_dir: Path, output: Path | None, kinds:
     from experiments.presets import configure
     from experiments.registry import get_experiment
     from experiments.results import load_rows
-    from experiments.runner import Hardware, default_precision, git_commit, machine_kind, plan, run
-    from experiments.verdicts import CALIBRATION_FILE, CALIBRATION_ROWS, calibration_entry, describe_calibration, save_calibration
+    from experiments.hardware import Hardware, default_precision, machine_kind
+    from experiments.runner import git_commit, plan, run
+    from experiments.noise import CALIBRATION_FILE, CALIBRATION_ROWS, calibration_entry, describe_calibration, save_calibration
 
     if seeds < 2:
         raise UsageError("calibrate needs --seeds >= 2 (a spread needs two seeds)")

@@ -22,9 +22,10 @@ import numpy as np
 from experiments.claims import paper_comparisons
 from experiments.durable import write_atomically
 from experiments.registry import EXPERIMENTS
-from experiments.results import build_table, check_claim, load_rows
+from experiments.results import build_table, load_rows
+from experiments.verdicts import check_claim
 from experiments.runner import ROOT
-from experiments.verdicts import load_calibration
+from experiments.noise import load_calibration
 
 REFERENCE = ROOT / "reference"
 BOARD = "BOARD.md"

@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -22,10 +21,10 @@ from experiments.durable import write_atomically
 from experiments.evaluations.minimal_pairs import KINDS as PAIR_KINDS
 from experiments.evaluations.probes import PROBE_FEATURE
 from experiments.evaluations.word_order import LEARNED_ADJACENT_MULTIPLE, word_order_cell
-from experiments.claims import PROBE_AVERAGE, Claim, Rows
-from experiments.verdicts import (ELECTRA_REGIME_AUC, INCONCLUSIVE, Calibration, Judgement, Noise, combine,
-                                  early_points_in, judge, learning_problems, learning_problems_of, load_calibration,
-                                  row_kind, values_at)
+from experiments.claims import PROBE_AVERAGE
+from experiments.noise import Calibration, load_calibration, row_kind
+from experiments.plots import draw
+from experiments.verdicts import (ELECTRA_REGIME_AUC, check_claim, early_points_in, learning_problems, values_at)
 from experiments.spec import DEPARTURES, Experiment, departures
 from lightning_modules.base import describe
 
@@ -45,9 +44,9 @@ class RowSummary:
     optim: dict = field(default_factory=dict)  # the optimiser settings it trained with (its config's `optim`)
     tasks: list[str] = field(default_factory=list)  # the downstream tasks it was fine-tuned on
     corpus: dict = field(default_factory=dict)  # the corpus it was pretrained on (its config's data.corpus)
-    kind: str = "absolute-mlm"  # whose calibrated noise its claims use (experiments.verdicts.KINDS)
+    kind: str = "absolute-mlm"  # whose calibrated noise its claims use (experiments.noise.KINDS)
     departures: dict = field(default_factory=dict)  # the departure switches it trained with (spec.departures)
-    machines: set = field(default_factory=set)  # the machine kinds its seeds ran on (experiments.runner.machine_kind)
+    machines: set = field(default_factory=set)  # the machine kinds its seeds ran on (experiments.hardware.machine_kind)
 
     def mean(self, metric: str) -> float:
         values = self.values.get(metric, [])
@@ -86,9 +85,6 @@ def load_rows(experiment: Experiment, directory: Path) -> dict[str, RowSummary]:
     return {row.name: found[row.name] for row in experiment.rows if row.name in found}  # the paper's row order
 
 
-SMOKE_VERDICT = "not a verdict (smoke preset)"
-
-
 def _early_point_cell(values: dict[str, list[float]]) -> str:
     """What an early point had learned, from its metrics without the suffix: its word order, and an RTD
     point's discriminator AUC (`-` for a point that did not record them: a mid-run one, or an older file)."""
@@ -97,76 +93,6 @@ def _early_point_cell(values: dict[str, list[float]]) -> str:
         fixed = f" (bigram task {np.mean(values['disc_auc_bigram']):.3f})" if "disc_auc_bigram" in values else ""
         cell = f"AUC {np.mean(values['disc_auc']):.3f}{fixed}, word order {cell}"
     return cell
-
-
-@dataclass(frozen=True)
-class ClaimResult:
-    """A claim checked on a table's rows: its verdict, the judgement of each comparison it makes, and why it was
-    not decided where it was not (rows missing, a row that did not learn)."""
-
-    claim: Claim
-    verdict: str
-    judgements: tuple[Judgement, ...] = ()
-    note: str = ""  # not measured: the missing rows; inconclusive by learning: which row did not learn and why
-    kinds: tuple[str, ...] = ()  # the kinds of row it read (experiments.verdicts.KINDS)
-    borrowed: str = ""  # the noise it borrowed from another kind of row, if any
-
-    @property
-    def learned(self) -> bool:
-        """Whether every row (or early point) it reads learned what the claim is about."""
-        return self.verdict != "not measured" and not self.note
-
-    def text(self) -> str:
-        if self.verdict == "not measured":
-            return self.note
-        if self.verdict == SMOKE_VERDICT:
-            return "; ".join(f"{j.comparison.label}: {j.mean:+.2f} over {j.n} seed{'s' * (j.n != 1)}"
-                             for j in self.judgements if j.mean is not None) or "no seed in common"
-        several = len(self.judgements) > 1
-        measured = "; ".join(j.text() + (f" ({j.verdict})" if several else "") for j in self.judgements)
-        return f"{self.note} (measured: {measured})" if self.note else measured
-
-    def to_json(self) -> dict:
-        c = self.claim
-        return {"claim": c.text, "kind": type(c).__name__, "metric": c.metric, "source": c.source,
-                "verdict": self.verdict, "effect": self.text(), "learned": self.learned, "kinds": list(self.kinds),
-                "borrowed_noise": self.borrowed, "margin": c.margin, "margin_source": c.margin_source,
-                "measures": c.measures,
-                "comparisons": [{"label": j.comparison.label, "verdict": j.verdict, "n": j.n, "mean": j.mean,
-                                 "low": j.low, "high": j.high, "rules_out": j.rules_out,
-                                 "threshold": j.comparison.threshold, "within": j.comparison.within,
-                                 "paper": j.comparison.paper,
-                                 "sd": j.spread.sd if j.spread else None,
-                                 "degrees": j.spread.degrees if j.spread else None,
-                                 "noise": j.spread.source if j.spread else None,
-                                 "seeds_to_decide": {"measured": list(j.seeds_measured), "paper": list(j.seeds_paper)}}
-                                for j in self.judgements]}
-
-
-def check_claim(claim: Claim, rows: dict[str, RowSummary], order: list[str],
-                noise: Noise | Calibration = Noise("", {}, "not calibrated"),
-                paper: Callable[[str, str], float | None] = lambda row, metric: None) -> ClaimResult:
-    """The claim judged on the rows (experiments.verdicts: one rule for its noise), against the noise of its rows'
-    kinds (a Calibration's) or the one given; `paper(row, metric)` gives the paper's own figures, for the seeds
-    its effect would need. Not measured when a row is missing, never a verdict at smoke, inconclusive when a
-    row has not learned (experiments.verdicts.learning_problems: not at all, or not word order)."""
-    needed = claim.needed(order)
-    missing = list(dict.fromkeys(r for r, metric in needed if r not in rows or metric not in rows[r].values))
-    if missing:
-        return ClaimResult(claim, "not measured", note=f"missing rows: {', '.join(missing)}")
-    kinds = tuple(sorted({rows[r].kind for r, _ in needed}))
-    kind_noise = noise.for_kinds(set(kinds))
-    judgements = tuple(judge(comparison, kind_noise) for comparison in claim.comparisons(Rows(rows, order), paper))
-    if noise.never_decides:
-        return ClaimResult(claim, SMOKE_VERDICT, judgements, kinds=kinds)
-    # each model the claim reads: a row's own, or its early point's for an `@<fraction>` metric
-    unlearned = list(dict.fromkeys(
-        f"{r} did not learn ({'; '.join(p)})" for r, metric in sorted(set(needed))
-        if (p := learning_problems_of(rows[r].values, [task_name(t) for t in rows[r].tasks], metric))))
-    verdict = combine([j.verdict for j in judgements])
-    if unlearned:
-        return ClaimResult(claim, INCONCLUSIVE, judgements, "; ".join(unlearned), kinds, kind_noise.borrowed)
-    return ClaimResult(claim, verdict, judgements, kinds=kinds, borrowed=kind_noise.borrowed)
 
 
 def table_metrics(experiment: Experiment, rows: dict[str, RowSummary]) -> list[str]:
@@ -245,7 +171,7 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
     machines = sorted({m for s in rows.values() for m in s.machines})
     measured_on = sorted({n.machine for n in noise.kinds.values() if n.machine}) if isinstance(noise, Calibration) else []
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    plots = _plots(experiment, rows, directory, majority, set(unlearned))
+    plots = draw(experiment, rows, directory, metrics, majority, set(unlearned))
     payload = {"experiment": experiment.id, "title": experiment.title, "paper": experiment.paper, "preset": preset,
                "built": stamp, "commits": commits, "machines": machines,
                "noise_machine_note": (f"The noise was measured on {'; '.join(measured_on)}; these rows ran on "
@@ -357,73 +283,6 @@ def render_markdown(experiment: Experiment, payload: dict) -> str:
     for name in payload["plots"]:
         out.write(f"\n![{name}]({name})\n")
     return out.getvalue()
-
-
-def _plots(experiment: Experiment, rows: dict[str, RowSummary], directory: Path, majority: dict[str, float],
-           unlearned: set[str]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    written = []
-    ordered = [r.name for r in experiment.rows if r.name in rows]
-    if not ordered:
-        return written
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for name in ordered:
-        for i, work in enumerate(rows[name].curves):
-            logs = sorted(work.glob("log-*/metrics.csv"))
-            if not logs:
-                continue
-            frame = pd.concat([pd.read_csv(log) for log in logs]).sort_values("step")
-            column = next((c for c in ("val/mlm_loss", "val/generator_mlm_loss") if c in frame), None)
-            if column is None:
-                continue
-            points = frame[["step", column]].dropna()
-            axis.plot(points["step"], points[column], marker="o", label=name if i == 0 else None,
-                      color=f"C{ordered.index(name)}")
-    axis.set_xlabel("optimizer step"), axis.set_ylabel("held-out MLM loss"), axis.set_title(experiment.title, fontsize=9)
-    axis.legend(fontsize=7)
-    figure.tight_layout(), _save_figure(figure, directory / "curves.png")
-    written.append("curves.png")
-    metrics = [m for m in table_metrics(experiment, rows) if any(m in rows[r].values for r in ordered)
-               and not m.endswith("ppl")]
-    if not metrics:  # rows that measured none of the table's metrics: nothing to chart
-        return written
-    columns = min(4, len(metrics))
-    grid_rows = math.ceil(len(metrics) / columns)
-    figure, axes = plt.subplots(grid_rows, columns, figsize=(3.4 * columns, 3.2 * grid_rows), squeeze=False)
-    for axis in axes.flat[len(metrics):]:
-        axis.axis("off")
-    for axis, metric in zip(axes.flat, metrics):
-        means = [rows[r].mean(metric) for r in ordered]
-        errors = [rows[r].std(metric) for r in ordered]
-        bars = axis.bar(range(len(ordered)), means, yerr=errors, color=[f"C{i}" for i in range(len(ordered))],
-                        capsize=3)
-        for bar, name in zip(bars, ordered):  # a row that did not learn: hatched, it decides nothing
-            if name in unlearned:
-                bar.set_hatch("//"), bar.set_alpha(0.5)
-        baseline = f"{metric.removesuffix('_probe')}_majority"  # a probe has its task's majority class
-        if baseline in majority:
-            axis.axhline(majority[baseline], color="black", linestyle="--", linewidth=1, label="majority class")
-            axis.legend(fontsize=6)
-        axis.set_xticks(range(len(ordered)), [f"{n} (did not learn)" if n in unlearned else n for n in ordered],
-                        rotation=45, ha="right", fontsize=7)
-        axis.set_title(metric, fontsize=9)
-    figure.tight_layout(), _save_figure(figure, directory / "metrics.png")
-    written.append("metrics.png")
-    return written
-
-
-def _save_figure(figure, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    image = io.BytesIO()
-    figure.savefig(image, dpi=110, format="png")
-    plt.close(figure)
-    write_atomically(path, image.getvalue())
 
 
 def write_index(results_dir: Path, experiments: list[Experiment]) -> Path:

@@ -16,23 +16,17 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import signal
 import subprocess
-import tempfile
 import time
-import traceback
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ablations.encoder import Encoder
@@ -46,8 +40,9 @@ from experiments.durable import (AtomicCheckpointIO, Lock, SaveFinalStep, SeedEa
                                  Stopped, resumable_checkpoint, write_json_atomically)
 from experiments.overrides import conflicts, directory_name
 from experiments.overrides import save as save_overrides
+from experiments.hardware import Hardware, default_precision, machine_kind, machine_name
 from experiments.presets import Preset, configure
-from experiments.progress import minutes, progress_bar
+from experiments.progress import minutes
 from experiments.spec import Experiment, Row, RunConfig, budget_of, steps_for
 from lightning_modules.mlm import MLMModule
 from lightning_modules.rtd import RTDModule
@@ -58,97 +53,6 @@ for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):  # keep the
 warnings.filterwarnings("ignore", module="lightning")
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 DEFAULT_RESULTS = ROOT / "results"
-
-
-@dataclass(frozen=True)
-class Hardware:
-    """Settings that change speed, not results: kept out of configs, hashes and tables."""
-
-    accelerator: str = "auto"
-    devices: str = "1"  # "1", "2", "auto", ...
-    strategy: str = "auto"  # auto | ddp | fsdp | ...
-    num_nodes: int = 1
-    precision: str | None = None  # None: bf16-mixed where the hardware does bf16, else 32-true
-    num_workers: int = 0
-    compile: bool = False  # torch.compile the encoders (speed only)
-    keep_freed_memory: bool = True  # glibc's malloc keeps freed blocks for reuse (experiments.allocator)
-
-    def trainer_kwargs(self) -> dict:
-        devices = int(self.devices) if str(self.devices).isdigit() else self.devices
-        return dict(accelerator=self.accelerator, devices=devices, strategy=self.strategy, num_nodes=self.num_nodes,
-                    precision=self.precision or default_precision())
-
-    def validate(self) -> None:
-        """Refuse a precision the suite does not train in, or one this machine cannot run, before anything trains."""
-        if self.precision is None:
-            return
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"unknown --precision {self.precision!r} (valid: {', '.join(PRECISIONS)}; "
-                             f"default here: {default_precision()})")
-        on_gpu = torch.cuda.is_available() and self.accelerator in ("auto", "gpu", "cuda")
-        if self.precision == "16-mixed" and not on_gpu:
-            raise UsageError("--precision 16-mixed needs a CUDA GPU (fp16 autocast with a loss scaler); on a CPU "
-                             "use bf16-mixed or 32-true")
-
-    @contextmanager
-    def training(self, what: str):
-        """Training that fails for its precision or this machine (an op without a kernel for the dtype, a plugin
-        refusing a setting) ends in one message naming the precision and the one to try instead (exit code 2);
-        the traceback goes to a file, for a report if the other precision fails too."""
-        try:
-            yield
-        except (RuntimeError, MisconfigurationException) as error:
-            precision = self.precision or default_precision()
-            other = "32-true" if precision != "32-true" else ("bf16-mixed" if default_precision() != "32-true" else None)
-            with tempfile.NamedTemporaryFile("w", prefix="ablations-failure-", suffix=".txt", delete=False) as file:
-                file.write(f"{what} under {precision} on {machine_name()}\n\n")
-                traceback.print_exception(error, file=file)
-            last_line = (str(error).strip().splitlines() or [type(error).__name__])[-1]
-            advice = (f"run again with --precision {other} (ARGS='--precision {other}' with make)" if other else
-                      "32-true is the most portable precision, so this is a bug: please report it with the traceback")
-            raise UsageError(f"{what} failed under precision {precision} on {machine_name()}: {last_line} "
-                             f"({type(error).__name__}; traceback in {file.name}). {advice}.") from error
-
-    def trainer(self, label: str, callbacks=(), **kwargs) -> L.Trainer:
-        """A Trainer with the suite's defaults and a progress display named `label` (see experiments.progress)."""
-        return L.Trainer(**self.trainer_kwargs(), enable_progress_bar=True, enable_model_summary=False,
-                         num_sanity_val_steps=0, inference_mode=False, callbacks=[*callbacks, progress_bar(label)],
-                         **kwargs)
-
-
-# The precisions the suite trains in: default_precision() picks one per machine, --precision forces one.
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-
-
-def default_precision() -> str:
-    """bf16-mixed on a GPU with bf16 and on a CPU with AVX-512 bf16; 16-mixed on an older GPU; else 32-true."""
-    if torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    supported = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return "bf16-mixed" if supported else "32-true"
-
-
-def machine_name() -> str:
-    """The GPU's name, or the CPU's model name (Linux) or architecture: what a failure message names."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_kind(precision: str) -> str:
-    """The kind of machine a row ran on, as reference results are filed: e.g. cpu-avx512-bf16, cpu-avx2-fp32,
-    gpu-bf16. Rows of one kind take the same code path (experiments.runner.default_precision, ablations.fast_ops)."""
-    short = {"32-true": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}.get(precision, precision)
-    if torch.cuda.is_available():
-        return f"gpu-{short}"
-    capability = torch.backends.cpu.get_cpu_capability().lower()
-    return f"cpu-{'avx512' if capability.startswith('avx512') else capability}-{short}"
 
 
 def slug(name: str) -> str:

@@ -31,7 +31,7 @@ EARLY_POINTS = ("own-schedule", "mid-run")
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that changes a row's result. Speed-only settings (precision, devices, workers) live in
-    `experiments.runner.Hardware` and stay out of this config and its hash."""
+    `experiments.hardware.Hardware` and stay out of this config and its hash."""
 
     objective: str = "mlm"  # mlm (MLM, MLM+NSP when the format has NSP) | rtd (ELECTRA / DeBERTaV3)
     data: PretrainingDataConfig = field(default_factory=PretrainingDataConfig)

@@ -17,17 +17,16 @@ did not learn, or learned no word order, decides nothing.
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
-from scipy import stats
 
-from experiments.claims import Comparison, Quantity
+from datamodules.downstream import task_name
+from experiments.claims import Claim, Comparison, Rows
+from experiments.noise import Calibration, Noise, base_metric, t_quantile
 
-CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
 MAX_SEEDS = 1000  # "more than 1,000 seeds" says all there is to say about an effect that small
 POWER = 0.8  # the chance of deciding a real effect of the given size that the second seed count aims for
 MIN_DISCRIMINATOR_AUC = 0.6  # a discriminator at or below this has not learned to detect replacements
@@ -36,136 +35,6 @@ MIN_DISCRIMINATOR_AUC = 0.6  # a discriminator at or below this has not learned 
 ELECTRA_REGIME_AUC = 0.8
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
-
-# The kinds of row whose seed-to-seed noise is calibrated separately, each by one row (CALIBRATION_ROWS below).
-KINDS = {"absolute-mlm": "absolute-position MLM rows", "disentangled-mlm": "disentangled-attention MLM rows",
-         "electra-rtd": "ELECTRA-style RTD rows", "debertav3-rtd": "DeBERTaV3-style RTD rows"}
-# A kind not calibrated borrows the noise of the nearest one (same objective, the other attention), marked so.
-NEAREST_KIND = {"absolute-mlm": "disentangled-mlm", "disentangled-mlm": "absolute-mlm",
-                "electra-rtd": "debertav3-rtd", "debertav3-rtd": "electra-rtd"}
-LEGACY_KINDS = {"rtd": "electra-rtd"}  # calibration files written before the two RTD kinds were told apart
-
-
-def row_kind(config: dict) -> str:
-    """A row's kind from its config (as a row file stores it): by objective, then by attention."""
-    disentangled = config.get("encoder", {}).get("attention") == "disentangled"
-    if config.get("objective") == "rtd":
-        return "debertav3-rtd" if disentangled else "electra-rtd"
-    return "disentangled-mlm" if disentangled else "absolute-mlm"
-
-
-def t_quantile(probability: float, degrees: int) -> float:
-    return float(stats.t.ppf(probability, degrees))
-
-
-def _base_metric(metric: str) -> str:
-    """downstream_avg@0.25 is calibrated as downstream_avg."""
-    return metric.split("@")[0]
-
-
-@dataclass(frozen=True)
-class Noise:
-    """The calibrated seed-to-seed noise of one kind of row (or of a claim's kinds) at one preset."""
-
-    preset: str
-    paired_sd: dict[str, float]  # metric -> SD of the difference between two pretraining seeds of one row
-    source: str  # e.g. "calibration 2026-11-27 of absolute-position MLM rows"
-    degrees: dict[str, int] = field(default_factory=dict)  # metric -> degrees of freedom of its SD
-    # metric -> its value per calibration seed: the SD of a derived quantity (a gap between two metrics) from them
-    seed_values: dict[str, list[float]] = field(default_factory=dict)
-    machine: str = ""  # where it was measured: the machine kind and precision (experiments.runner.machine_kind)
-    borrowed: str = ""  # the claim's kinds that were not calibrated and borrowed this noise
-
-    @property
-    def never_decides(self) -> bool:
-        return self.preset == "smoke"
-
-    def for_kinds(self, kinds: set[str]) -> "Noise":
-        """A figure given for every kind (a test's, or one the caller chose) applies to any claim."""
-        return self
-
-    def sd(self, quantity: Quantity) -> tuple[float, int] | None:
-        """(SD, degrees of freedom) of `quantity`'s per-seed values, as calibrated; None if not calibrated."""
-        if not quantity.minus:  # a difference between two rows' values of one metric
-            metric = _base_metric(quantity.metric)
-            if metric not in self.paired_sd:
-                return None
-            sd = self.paired_sd[metric] / (1.0 if quantity.rows == 2 else math.sqrt(2.0))
-            return sd, self.degrees.get(metric, MAX_SEEDS)
-        columns = [quantity.metric, quantity.minus]
-        columns += [f"{m}@init" for m in columns] if quantity.from_init else []
-        if not all(len(self.seed_values.get(m, [])) >= 2 for m in columns):
-            return None
-        values = [np.asarray(self.seed_values[m], float) for m in columns]
-        gaps = values[0] - values[1] - ((values[2] - values[3]) if quantity.from_init else 0.0)
-        sd = float(np.std(gaps, ddof=1)) * (math.sqrt(2.0) if quantity.rows == 2 else 1.0)
-        return sd, len(gaps) - 1
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """A preset's calibrated noise, one Noise per kind of row (a kind not calibrated is absent)."""
-
-    preset: str
-    kinds: dict[str, Noise]
-
-    @property
-    def never_decides(self) -> bool:
-        return self.preset == "smoke"
-
-    @property
-    def source(self) -> str:
-        if not self.kinds:
-            return "not calibrated"
-        return "; ".join(f"{KINDS[kind]}: {noise.source}" for kind, noise in self.kinds.items())
-
-    def for_kinds(self, kinds: set[str]) -> Noise:
-        """The noise of a claim whose rows are of `kinds`: each kind's own, or the nearest calibrated kind's
-        (borrowed, and marked); per metric the largest SD, with its degrees of freedom."""
-        figures, borrowed = [], []
-        for kind in sorted(kinds):
-            if kind in self.kinds:
-                figures.append(self.kinds[kind])
-            elif NEAREST_KIND.get(kind) in self.kinds:
-                figures.append(self.kinds[NEAREST_KIND[kind]])
-                borrowed.append(f"{KINDS.get(kind, kind)} not calibrated: borrowed from {KINDS[NEAREST_KIND[kind]]}")
-        what = " and ".join(KINDS.get(kind, kind) for kind in sorted(kinds)) or "no rows"
-        if not figures:
-            return Noise(self.preset, {}, f"not calibrated for {what}")
-        paired_sd, degrees = {}, {}
-        for metric in set.intersection(*(set(noise.paired_sd) for noise in figures)):
-            widest = max(figures, key=lambda noise: noise.paired_sd[metric])
-            paired_sd[metric] = widest.paired_sd[metric]
-            if metric in widest.degrees:
-                degrees[metric] = widest.degrees[metric]
-        # seed values of one kind only: a derived quantity's SD cannot be pooled across kinds from them
-        seed_values = figures[0].seed_values if len({id(f) for f in figures}) == 1 else {}
-        sources = sorted({noise.source for noise in figures})
-        return Noise(self.preset, paired_sd, ", ".join(sources) + (" (the larger)" if len(figures) > 1 else ""),
-                     degrees, seed_values, ", ".join(sorted({f.machine for f in figures if f.machine})),
-                     "; ".join(borrowed))
-
-
-def load_calibration(preset: str, path: Path = CALIBRATION_FILE) -> Calibration:
-    """The preset's entry of calibration.json: `{"kinds": {kind: {...}}}`, or the older single entry (one
-    paired SD pooled over its `rows`), which is read as the noise of each kind those rows are."""
-    entry = (json.loads(path.read_text()) if path.exists() else {}).get(preset) or {}
-    if "kinds" in entry:
-        kinds = {LEGACY_KINDS.get(kind, kind): _noise(preset, LEGACY_KINDS.get(kind, kind), figures)
-                 for kind, figures in entry["kinds"].items()}
-    else:
-        rows = entry.get("rows", [])
-        kinds = {kind: _noise(preset, kind, entry) for kind, (experiment, row) in CALIBRATION_ROWS.items()
-                 if f"{experiment}/{row}" in rows}
-    return Calibration(preset, {kind: noise for kind, noise in kinds.items() if noise.paired_sd})
-
-
-def _noise(preset: str, kind: str, figures: dict) -> Noise:
-    machine = figures.get("machine_kind") or figures.get("hardware", "")
-    return Noise(preset, dict(figures.get("paired_sd") or {}),
-                 f"calibration {figures.get('date', '?')} of {KINDS.get(kind, kind)}",
-                 dict(figures.get("degrees_of_freedom", {})), dict(figures.get("seed_values", {})), machine)
-
 
 # ------------------------------------------------------------------------------------------------ judging
 
@@ -287,7 +156,7 @@ def judge(comparison: Comparison, noise: Noise) -> Judgement:
     found = spread(comparison, noise)
     if found is None:
         what = (f"{noise.preset} is {noise.source}" if not noise.paired_sd else
-                f"{_base_metric(comparison.quantity.metric)}{' - ' + comparison.quantity.minus if comparison.quantity.minus else ''} "
+                f"{base_metric(comparison.quantity.metric)}{' - ' + comparison.quantity.minus if comparison.quantity.minus else ''} "
                 f"has no calibrated noise at {noise.preset} ({noise.source})")
         return Judgement(comparison, INCONCLUSIVE, mean, why=f"one seed and {what} (`make calibrate "
                                                               f"PRESET={noise.preset}`, or SEEDS=2 or more)")
@@ -301,13 +170,6 @@ def judge(comparison: Comparison, noise: Noise) -> Judgement:
         verdict = HOLDS if low > comparison.threshold else FAILS if high < comparison.threshold else INCONCLUSIVE
     paper = seeds_to_decide(comparison, comparison.paper, found) if comparison.paper is not None else (None, None)
     return Judgement(comparison, verdict, mean, low, high, found, seeds_to_decide(comparison, mean, found), paper)
-
-
-def detectable_effect(noise: Noise, metric: str, seeds: int) -> float:
-    """The smallest paired effect whose 95% interval excludes zero at `seeds` pretraining seeds, the calibration's
-    SD taken as the pooled one and its degrees of freedom growing with the seeds."""
-    sd, degrees = noise.sd(Quantity(metric))
-    return t_quantile(0.975, degrees + seeds - 1) * sd / math.sqrt(seeds)
 
 
 def combine(steps: list[str]) -> str:
@@ -375,89 +237,76 @@ def learning_problems_of(values: dict[str, list[float]], tasks: list[str], metri
     return [f"at {point} of training: {problems[0]}", *problems[1:]] if problems else []
 
 
-# -- calibration ----------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------ a claim
 
-# One row of each kind, trained with several pretraining seeds (each fine-tuned with the preset's fine-tuning
-# seeds); their files are ordinary rows of those tables, so the seeds also serve the tables.
-CALIBRATION_ROWS = {"absolute-mlm": ("ablation-nsp", "DOC-SENTENCES"),
-                    "disentangled-mlm": ("ablation-deberta", "DeBERTa"),
-                    "electra-rtd": ("ablation-electra-efficiency", "ELECTRA"),
-                    "debertav3-rtd": ("ablation-embedding-sharing", "GDES")}
-# figures that are not measurements with a seed-to-seed spread (settings, counts, the corpus's count models)
-NOT_NOISE = ("parameters", "peak_lr", "epochs", "heldout_masked_tokens", "unk_rate", "mlm_unigram_acc",
-             "unigram_loss", "bigram_loss")
+SMOKE_VERDICT = "not a verdict (smoke preset)"
 
 
-def paired_sd(values_by_row: dict[str, dict[str, list[float]]]) -> tuple[dict[str, float], dict[str, int]]:
-    """Per metric: the SD of the difference between two independent pretraining seeds, sqrt(2) x the
-    per-seed SD pooled over the calibration rows (each row's own mean removed), and its degrees of freedom."""
-    pooled: dict[str, list[float]] = {}
-    for values in values_by_row.values():
-        for metric, seeds in values.items():
-            if len(seeds) >= 2 and "@" not in metric and not metric.endswith(("_majority", "_ft_range")) \
-                    and metric not in NOT_NOISE:
-                pooled.setdefault(metric, []).extend(np.asarray(seeds, float) - np.mean(seeds))
-    degrees = {m: sum(len(v[m]) - 1 for v in values_by_row.values() if len(v.get(m, [])) >= 2) for m in pooled}
-    sd = {m: round(math.sqrt(2 * float(np.sum(np.square(r))) / degrees[m]), 5) for m, r in pooled.items() if degrees[m]}
-    return sd, {m: degrees[m] for m in sd}
+@dataclass(frozen=True)
+class ClaimResult:
+    """A claim checked on a table's rows: its verdict, the judgement of each comparison it makes, and why it was
+    not decided where it was not (rows missing, a row that did not learn)."""
+
+    claim: Claim
+    verdict: str
+    judgements: tuple[Judgement, ...] = ()
+    note: str = ""  # not measured: the missing rows; inconclusive by learning: which row did not learn and why
+    kinds: tuple[str, ...] = ()  # the kinds of row it read (experiments.noise.KINDS)
+    borrowed: str = ""  # the noise it borrowed from another kind of row, if any
+
+    @property
+    def learned(self) -> bool:
+        """Whether every row (or early point) it reads learned what the claim is about."""
+        return self.verdict != "not measured" and not self.note
+
+    def text(self) -> str:
+        if self.verdict == "not measured":
+            return self.note
+        if self.verdict == SMOKE_VERDICT:
+            return "; ".join(f"{j.comparison.label}: {j.mean:+.2f} over {j.n} seed{'s' * (j.n != 1)}"
+                             for j in self.judgements if j.mean is not None) or "no seed in common"
+        several = len(self.judgements) > 1
+        measured = "; ".join(j.text() + (f" ({j.verdict})" if several else "") for j in self.judgements)
+        return f"{self.note} (measured: {measured})" if self.note else measured
+
+    def to_json(self) -> dict:
+        c = self.claim
+        return {"claim": c.text, "kind": type(c).__name__, "metric": c.metric, "source": c.source,
+                "verdict": self.verdict, "effect": self.text(), "learned": self.learned, "kinds": list(self.kinds),
+                "borrowed_noise": self.borrowed, "margin": c.margin, "margin_source": c.margin_source,
+                "measures": c.measures,
+                "comparisons": [{"label": j.comparison.label, "verdict": j.verdict, "n": j.n, "mean": j.mean,
+                                 "low": j.low, "high": j.high, "rules_out": j.rules_out,
+                                 "threshold": j.comparison.threshold, "within": j.comparison.within,
+                                 "paper": j.comparison.paper,
+                                 "sd": j.spread.sd if j.spread else None,
+                                 "degrees": j.spread.degrees if j.spread else None,
+                                 "noise": j.spread.source if j.spread else None,
+                                 "seeds_to_decide": {"measured": list(j.seeds_measured), "paper": list(j.seeds_paper)}}
+                                for j in self.judgements]}
 
 
-def calibration_entry(row: str, values: dict[str, list[float]], results: dict[int, dict], finetune_seeds: int,
-                      commit: str, hardware: str, machine_kind: str = "") -> dict:
-    """One kind's entry of calibration.json from its calibration row: `values` (metric -> one value per
-    pretraining seed) and its row files by seed (their seconds: what each part of a row cost)."""
-    import time
-
-    sd, degrees = paired_sd({row: values})
-    parts = ("pretraining", "word_order", "minimal_pairs", "probes")
-    seconds = {part: [r.get("seconds", {}).get(part) for r in results.values()] for part in parts}
-    return {"date": time.strftime("%Y-%m-%d"), "commit": commit, "row": row, "pretraining_seeds": len(results),
-            "finetune_seeds": finetune_seeds, "paired_sd": sd, "degrees_of_freedom": degrees, "hardware": hardware,
-            "machine_kind": machine_kind,
-            # every metric's value per seed: the SD of a quantity derived from several (a gap) comes from them
-            "seed_values": {metric: [round(v, 6) for v in seeds] for metric, seeds in values.items()
-                            if len(seeds) == len(results)},
-            "row_seconds": [r.get("wall_time_s") for r in results.values()],
-            "seconds": {part: times for part, times in seconds.items() if None not in times}}
-
-
-def describe_calibration(preset: str, entries: dict[str, dict], path: Path = CALIBRATION_FILE) -> str:
-    """Per kind just calibrated: each metric's paired SD and the minimum detectable effect at 1, 3 and 5
-    pretraining seeds; which probe feature varied least between seeds; what the evaluations cost a row."""
-    from experiments.evaluations.probes import FEATURES, PROBE_FEATURE
-
-    calibration, lines = load_calibration(preset, path), []
-    for kind, entry in entries.items():
-        noise = calibration.kinds.get(kind)
-        lines.append(f"{KINDS[kind]} ({entry['row']}, {entry['pretraining_seeds']} pretraining seeds x "
-                     f"{entry['finetune_seeds']} fine-tuning seeds):")
-        if noise is None:
-            lines.append("  no metric varied between seeds")
-            continue
-        lines.append(f"  {'metric':30} {'paired SD':>10} {'df':>3}  minimum detectable effect (95%) at 1 / 3 / 5 seeds")
-        for metric in sorted(noise.paired_sd):
-            lines.append(f"  {metric:30} {noise.paired_sd[metric]:10.4f} {noise.degrees.get(metric, 0):3d}  "
-                         + " / ".join(f"{detectable_effect(noise, metric, n):.4f}" for n in (1, 3, 5)))
-        features = {f: noise.paired_sd[f"probe_avg_{f}"] for f in FEATURES if f"probe_avg_{f}" in noise.paired_sd}
-        if features:
-            lines.append("  linear-probe features, paired SD of probe_avg: "
-                         + ", ".join(f"{f.replace('_', ' ')} {sd:.2f}" for f, sd in features.items())
-                         + f"; steadiest: {min(features, key=features.get)} (the table uses {PROBE_FEATURE})")
-        seconds = {part: float(np.mean(times)) for part, times in entry.get("seconds", {}).items()}
-        if "pretraining" in seconds and len(seconds) > 1:
-            extra = {part: t for part, t in seconds.items() if part != "pretraining"}
-            lines.append("  evaluations per row: " + ", ".join(f"{part.replace('_', ' ')} {t:.0f} s" for part, t in extra.items())
-                         + f": {100 * sum(extra.values()) / seconds['pretraining']:.1f}% of its pretraining "
-                         f"({seconds['pretraining']:.0f} s)")
-    return "\n".join(lines)
-
-
-def save_calibration(preset: str, kinds: dict[str, dict], path: Path = CALIBRATION_FILE) -> None:
-    """Store each kind's figures in the preset's entry, keeping the kinds calibrated before (an older single
-    entry is replaced)."""
-    from experiments.durable import write_atomically
-
-    calibration = json.loads(path.read_text()) if path.exists() else {}
-    entry = calibration.get(preset) or {}
-    calibration[preset] = {"kinds": {**(entry.get("kinds") or {}), **kinds}}
-    write_atomically(path, (json.dumps(calibration, indent=2, sort_keys=True) + "\n").encode())
+def check_claim(claim: Claim, rows: dict, order: list[str],
+                noise: Noise | Calibration = Noise("", {}, "not calibrated"),
+                paper: Callable[[str, str], float | None] = lambda row, metric: None) -> ClaimResult:
+    """The claim judged on the rows (experiments.verdicts: one rule for its noise), against the noise of its rows'
+    kinds (a Calibration's) or the one given; `paper(row, metric)` gives the paper's own figures, for the seeds
+    its effect would need. Not measured when a row is missing, never a verdict at smoke, inconclusive when a
+    row has not learned (experiments.verdicts.learning_problems: not at all, or not word order)."""
+    needed = claim.needed(order)
+    missing = list(dict.fromkeys(r for r, metric in needed if r not in rows or metric not in rows[r].values))
+    if missing:
+        return ClaimResult(claim, "not measured", note=f"missing rows: {', '.join(missing)}")
+    kinds = tuple(sorted({rows[r].kind for r, _ in needed}))
+    kind_noise = noise.for_kinds(set(kinds))
+    judgements = tuple(judge(comparison, kind_noise) for comparison in claim.comparisons(Rows(rows, order), paper))
+    if noise.never_decides:
+        return ClaimResult(claim, SMOKE_VERDICT, judgements, kinds=kinds)
+    # each model the claim reads: a row's own, or its early point's for an `@<fraction>` metric
+    unlearned = list(dict.fromkeys(
+        f"{r} did not learn ({'; '.join(p)})" for r, metric in sorted(set(needed))
+        if (p := learning_problems_of(rows[r].values, [task_name(t) for t in rows[r].tasks], metric))))
+    verdict = combine([j.verdict for j in judgements])
+    if unlearned:
+        return ClaimResult(claim, INCONCLUSIVE, judgements, "; ".join(unlearned), kinds, kind_noise.borrowed)
+    return ClaimResult(claim, verdict, judgements, kinds=kinds, borrowed=kind_noise.borrowed)

@@ -3,7 +3,7 @@
 1. Preprocessing the offline corpus: cold (from nothing) and warm (cache), with peak memory; the corpus
    repeated 10x, to show memory stays bounded as the corpus grows.
 2. Building and masking one batch vs one training step of a small model, in the precision a training run
-   on this machine uses (`experiments.runner.default_precision`).
+   on this machine uses (`experiments.hardware.default_precision`).
 3. Training steps of our encoders vs HuggingFace transformers at the same configuration and on the same
    batches, interleaved round by round, each model and precision in its own process (see `Worker`):
    MLM vs BertForMaskedLM, DeBERTa vs DebertaV2ForMaskedLM, RTD vs ELECTRA built from ElectraForMaskedLM +
@@ -185,25 +185,25 @@ def bench_preprocessing(include_10x: bool) -> dict:
 
 def bf16_rows(choice: str = "auto") -> tuple[bool, str]:
     """Whether the bf16 rows run, and the line to print about it. `auto` asks the runner's own test
-    (`experiments.runner.default_precision`, which picks the precision of every training run): bf16 rows
+    (`experiments.hardware.default_precision`, which picks the precision of every training run): bf16 rows
     run where a training run would use bf16. `fp32` says this CPU has no bf16 (or emulates one that has
     none); `bf16` runs them even where the runner's test says the CPU lacks bf16 (slow: a reference GEMM)."""
     if choice not in PRECISIONS:
         raise ValueError(f"unknown precision {choice!r} (valid: {', '.join(PRECISIONS)})")
     if choice == "fp32":
         return False, "bf16 rows skipped: --precision fp32 says this CPU has no bf16"
-    from experiments.runner import default_precision
+    from experiments.hardware import default_precision
 
     if bench_device().type == "cuda" and not torch.cuda.is_bf16_supported():
         return False, "bf16 rows skipped: this GPU has no bf16"
     training = "bf16-mixed" if bench_device().type == "cuda" else default_precision()
     if training.startswith("bf16"):
-        return True, f"bf16 rows run: a training run here uses {training} (experiments.runner.default_precision)"
+        return True, f"bf16 rows run: a training run here uses {training} (experiments.hardware.default_precision)"
     if choice == "bf16":
         return True, (f"bf16 rows run because --precision bf16 asks, although a training run here uses {training}: "
                       "without bf16 instructions torch's fallback GEMM makes them very slow")
     return False, (f"bf16 rows skipped: this CPU has no bf16 instructions, so a training run here uses {training} "
-                   "(experiments.runner.default_precision) and a bf16 step would take minutes")
+                   "(experiments.hardware.default_precision) and a bf16 step would take minutes")
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -572,7 +572,7 @@ def main(argv=None) -> None:
     parser.add_argument("--only", default="preprocess,batch,mlm,deberta,rtd,default",
                         help="comma-separated parts (default: all of them)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto: bf16 rows where a training run here uses bf16 (experiments.runner.default_precision); "
+                        help="auto: bf16 rows where a training run here uses bf16 (experiments.hardware.default_precision); "
                              "fp32: this CPU has no bf16 (skip them); bf16: run them anyway")
     parser.add_argument("--preset", default=None, help="whose shape the 'default' part times (default: the default preset)")
     parser.add_argument("--threads", type=int, default=None,

@@ -37,7 +37,8 @@ def run(args) -> None:
     from studies.plateau import cpu_name
     from experiments.presets import get_preset
     from experiments.registry import get_experiment
-    from experiments.runner import Hardware, default_precision, slug
+    from experiments.hardware import Hardware, default_precision
+    from experiments.runner import slug
     from experiments.spec import apply_changes
 
     if args.runs < 2:

@@ -90,7 +90,8 @@ def run(args) -> None:
     from experiments.overrides import parse_overrides
     from experiments.presets import get_preset
     from experiments.registry import get_experiment
-    from experiments.runner import build_module, default_precision, plan
+    from experiments.hardware import default_precision
+    from experiments.runner import build_module, plan
     from experiments.evaluations.heldout import bigram_corruption, count_model_cross_entropy
 
     experiment, preset = get_experiment(args.experiment), get_preset(args.preset)

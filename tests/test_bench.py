@@ -48,10 +48,10 @@ def test_a_baseline_that_is_not_a_checkout_of_the_suite_is_refused(tmp_path):
 
 
 def _cpu_reports(monkeypatch, precision: str) -> None:
-    """Make the runner's test of the machine (experiments.runner.default_precision) answer `precision`."""
-    from experiments import runner
+    """Make the runner's test of the machine (experiments.hardware.default_precision) answer `precision`."""
+    from experiments import hardware
 
-    monkeypatch.setattr(runner, "default_precision", lambda: precision)
+    monkeypatch.setattr(hardware, "default_precision", lambda: precision)
 
 
 def test_the_runners_test_and_the_precision_switch_decide_whether_bf16_rows_run(monkeypatch):

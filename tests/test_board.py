@@ -1,6 +1,5 @@
 """The shipped reference results, the board of claims generated from them, and the planner."""
 import json
-import shutil
 
 import pytest
 

@@ -10,9 +10,10 @@ import pytest
 
 from experiments.presets import PRESETS, configure
 from experiments.registry import EXPERIMENTS
-from experiments.results import RowSummary, check_claim
+from experiments.results import RowSummary
+from experiments.verdicts import check_claim
 from conftest import refused_in_process
-from experiments.verdicts import Noise
+from experiments.noise import Noise
 from experiments.claims import AtLeast, Best, Close, Gap, GapSmaller, Order, Worst
 from experiments.spec import budget_of, steps_for
 
@@ -146,7 +147,8 @@ def test_seeds_to_decide_grow_the_degrees_of_freedom_with_the_seeds():
     interval uses 2 + (n - 1) degrees of freedom: t(0.975, 7) / sqrt(6) = 0.966 <= 1 < t(0.975, 6) / sqrt(5)
     = 1.094, so 6 seeds; keeping t at 2 degrees of freedom would say ceil(4.303^2) = 19. With 80% power,
     (t(0.975, 11) + t(0.8, 11)) / sqrt(10) = 0.973 <= 1 < 1.036 at 9 seeds, so 10."""
-    from experiments.verdicts import Spread, seeds_needed, t_quantile
+    from experiments.noise import t_quantile
+    from experiments.verdicts import Spread, seeds_needed
 
     found = Spread(1.0, 2, 2, "calibration")
     assert seeds_needed(1.0, found) == 6 and seeds_needed(1.0, found, power=0.8) == 10
@@ -204,7 +206,7 @@ def test_every_margin_names_its_source():
 
 
 def test_calibration_pools_the_seed_spread_of_its_rows_as_a_paired_sd():
-    from experiments.verdicts import paired_sd
+    from experiments.noise import paired_sd
 
     values = {"mlm": {"score": [80.0, 82.0, 81.0], "parameters": [5.0, 5.0, 5.0]}, "rtd": {"score": [70.0, 71.0, 72.0]}}
     sd, degrees = paired_sd(values)  # residuals -1, 1, 0 and -1, 0, 1: sum of squares 4 over 4 degrees of freedom
@@ -212,7 +214,7 @@ def test_calibration_pools_the_seed_spread_of_its_rows_as_a_paired_sd():
 
 
 def test_a_calibrated_sd_from_few_seeds_widens_the_interval_through_students_t():
-    from experiments.verdicts import detectable_effect
+    from experiments.noise import detectable_effect
 
     many = Noise("small", {"score": 1.0}, "calibration")
     few = Noise("small", {"score": 1.0}, "calibration", {"score": 4})
@@ -226,7 +228,7 @@ def test_a_calibrated_sd_from_few_seeds_widens_the_interval_through_students_t()
 
 
 def test_calibration_file_round_trips_per_kind_and_reads_the_older_single_entry(tmp_path):
-    from experiments.verdicts import load_calibration, save_calibration
+    from experiments.noise import load_calibration, save_calibration
 
     path = tmp_path / "calibration.json"
     assert load_calibration("small", path).source == "not calibrated"
@@ -248,7 +250,7 @@ def test_calibration_file_round_trips_per_kind_and_reads_the_older_single_entry(
 
 
 def test_a_claim_is_judged_against_the_noise_of_its_rows_kind():
-    from experiments.verdicts import Calibration
+    from experiments.noise import Calibration
 
     calibration = Calibration("small", {"absolute-mlm": Noise("small", {"score": 0.2}, "calibration 2026-11-27"),
                                         "disentangled-mlm": Noise("small", {"score": 2.0}, "calibration 2026-11-28",
@@ -351,7 +353,7 @@ def test_every_claim_on_the_downstream_average_has_proxy_twins_on_the_low_noise_
 
 
 def test_calibration_reports_the_detectable_effect_per_kind_and_the_steadiest_probe_feature(tmp_path):
-    from experiments.verdicts import calibration_entry, describe_calibration, save_calibration
+    from experiments.noise import calibration_entry, describe_calibration, save_calibration
 
     values = {"probe_avg": [60.0, 61.0, 62.0], "probe_avg_first_token": [55.0, 60.0, 65.0],
               "probe_avg_mean_last_layer": [60.0, 61.0, 62.0], "probe_avg_mean_last_4_layers": [60.0, 62.0, 64.0],

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from conftest import refused_in_process
-from experiments import runner
+from experiments import hardware
 from lightning_modules.base import ObjectiveModule, OptimConfig
 from test_experiments import cli
 
@@ -24,7 +24,7 @@ def test_default_precision_for_each_kind_of_machine(cuda, cuda_bf16, cpu_bf16, e
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: cuda_bf16)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: cpu_bf16)
-    assert runner.default_precision() == expected
+    assert hardware.default_precision() == expected
 
 
 class _FixedGradient(ObjectiveModule):
