@@ -171,7 +171,8 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
     machines = sorted({m for s in rows.values() for m in s.machines})
     measured_on = sorted({n.machine for n in noise.kinds.values() if n.machine}) if isinstance(noise, Calibration) else []
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    plots = draw(experiment, rows, directory, metrics, majority, set(unlearned))
+    plots = draw(experiment, rows, directory, metrics, majority, set(unlearned), preset,
+                 [result.to_json() for result in verdicts])
     payload = {"experiment": experiment.id, "title": experiment.title, "paper": experiment.paper, "preset": preset,
                "built": stamp, "commits": commits, "machines": machines,
                "noise_machine_note": (f"The noise was measured on {'; '.join(measured_on)}; these rows ran on "
