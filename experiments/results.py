@@ -184,6 +184,7 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
                "departures": used,
                "majority_baselines": majority, "optimisers": optimisers, "plots": plots,
                "noise": noise.source, "did_not_learn": unlearned, "early_points": early,
+               "design_limits": design_limits(rows),
                "early_training_discriminators": early_training,
                "minimal_pairs": {name: {kind: round(s.mean(f"minimal_pairs_{kind}"), 1) for kind in PAIR_KINDS
                                         if f"minimal_pairs_{kind}" in s.values}
@@ -202,6 +203,24 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
     write_atomically(directory / "table.csv", table_csv.getvalue().encode())
     write_atomically(directory / "table.md", render_markdown(experiment, payload).encode())
     return payload
+
+
+# Fewer optimizer steps than this leave a model at this suite's presets short of learning word order (the `cpu`
+# preset's rows first pass 3x on their most local head at a few hundred steps: docs/what-models-learn.md)
+MIN_STEPS_TO_LEARN = 500
+
+
+def design_limits(rows: dict[str, RowSummary]) -> list[str]:
+    """What the table's design cannot show at this preset: a row whose budget (the table's rule: equal tokens or
+    FLOPs) leaves it too few optimizer steps to learn, as the 32x batch at equal tokens does at `cpu`."""
+    limits = []
+    for name, summary in rows.items():
+        steps = int(np.mean(summary.steps)) if summary.steps else None
+        if steps is not None and steps < MIN_STEPS_TO_LEARN:
+            limits.append(f"{name} trains {steps:,} optimizer steps here, too few at this scale to learn what the "
+                          f"claims are about (fewer than {MIN_STEPS_TO_LEARN}); its claims count only if the word-order "
+                          f"column says it learned.")
+    return limits
 
 
 def render_markdown(experiment: Experiment, payload: dict) -> str:
@@ -248,6 +267,8 @@ def render_markdown(experiment: Experiment, payload: dict) -> str:
         out.write("\nEarly points (the row at a fraction of its steps), what each had learned: " + "; ".join(
             f"{row} at " + ", ".join(f"{point}: {cell}" for point, cell in points.items())
             for row, points in payload["early_points"].items()) + ".\n")
+    for limit in payload.get("design_limits", []):
+        out.write(f"\n**Where this table's design does not carry to this preset**: {limit}\n")
     for name, problems in payload.get("did_not_learn", {}).items():
         out.write(f"\n**{name} decides no claim**: {'; '.join(problems)}.\n")
     if early_training := payload.get("early_training_discriminators"):
