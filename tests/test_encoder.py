@@ -523,3 +523,19 @@ def test_cross_entropy_and_argmax_match_torch_in_value_gradient_and_argmax(scale
     with pytest.raises(RuntimeError, match="runs once"):
         loss.backward()
 
+
+
+def test_attention_written_out_for_the_cpus_dropout_is_sdpas_math(monkeypatch):
+    """`attention_paths.attend` on the CPU with dropout: with every mask entry kept it is SDPA's output times
+    1/(1-p), padding bias included; `route` takes that path only on the CPU and only with dropout."""
+    from ablations import attention_paths
+
+    assert route(DEBERTA, 8, torch.device("cpu"), 0.1).cpu_dropout
+    assert not route(DEBERTA, 8, torch.device("cpu"), 0.0).cpu_dropout
+    assert not route(DEBERTA, 8, torch.device("cuda"), 0.1).cpu_dropout
+    q, k, v = (torch.randn(2, 3, 8, 4) for _ in range(3))
+    bias = torch.zeros(1, 3, 1, 8)
+    bias[:, 1, :, 6:] = float("-inf")
+    monkeypatch.setattr(attention_paths, "keep_mask", lambda shape, p, dtype: torch.ones(shape, dtype=dtype))
+    written = attention_paths.attend(q, k, v, bias, 0.5, 0.1, route(DEBERTA, 8, torch.device("cpu"), 0.1))
+    assert torch.allclose(written * 0.9, F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=0.5), atol=1e-6)
