@@ -169,8 +169,8 @@ def window(table, length: int, config: EncoderConfig):
 
 # Query rows per block in `shifted_scores`: a block of m rows reads L + m - 1 relative rows instead of all
 # 2L, so the position GEMMs shrink towards half as m falls, while smaller blocks mean more, smaller GEMMs.
-# At L = 128, 16 rows was the fastest block size measured (the timings of each size:
-# studies/bench/runs/2026-12-04-epyc-zen3-avx2-relative-shift.txt; docs/speed.md).
+# At L = 128, 16 rows was the fastest block size measured (docs/speed.md, "Where it comes from", links the
+# timings of each size).
 SHIFT_BLOCK = 16
 
 
@@ -182,7 +182,7 @@ def shifted_scores(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     heads_, batch, length, head_size = x.shape
     m = SHIFT_BLOCK if length % SHIFT_BLOCK == 0 else length
     # one spare position row (never read) makes each GEMM L + m wide: MKL ran a width of 143 much slower than
-    # 144 (studies/bench/runs/2026-12-04-epyc-zen3-avx2-relative-shift.txt)
+    # 144 (the same measurements as SHIFT_BLOCK's)
     blocks, width = length // m, length + m
     positions = F.pad(positions[:, :2 * length - 1], (0, 0, 0, 1))
     rows = x.view(heads_, batch, blocks, m, head_size).transpose(1, 2).reshape(heads_ * blocks, batch * m, head_size)
