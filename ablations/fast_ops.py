@@ -10,6 +10,7 @@
   `F.linear`.
 - `dropout` / `dropout_add`: on the CPU a mask from 16-bit slices of SplitMix64 random words (torch's
   Bernoulli sampler costs as much as a matmul of the same size), and the residual add fused with it.
+- `residual_stream`: under CPU autocast the residual stream is carried in the autocast dtype.
 - `cross_entropy_and_argmax`: the MLM loss from one softmax, whose output becomes the gradient in place;
   `F.cross_entropy` runs an exp over the (N, V) logits again in its backward, after zero-filling a one-hot.
 """
@@ -152,6 +153,17 @@ class Dropout(nn.Module):
 
     def forward(self, x):
         return dropout(x, self.p, self.training)
+
+
+def residual_stream(x: torch.Tensor) -> torch.Tensor:
+    """The embeddings' output as the residual stream the blocks carry. CPU autocast keeps LayerNorm in its
+    input's dtype, so an fp32 residual stream would be cast to bf16 again at every Linear (q, k and v each)
+    and every gradient cast back. Carrying the stream in the autocast dtype, as bf16 training usually does,
+    removes those copies; weights, optimizer state and losses stay fp32. (On GPUs autocast runs LayerNorm in
+    fp32 anyway.)"""
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        return x.to(torch.get_autocast_dtype("cpu"))
+    return x
 
 
 # ---------------------------------------------------------------------------------- cross-entropy

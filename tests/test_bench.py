@@ -97,7 +97,7 @@ def test_bf16_rows_are_skipped_not_run_on_a_cpu_without_bf16(monkeypatch):
             started.append(bf16)
             super().__init__(kind, which, bf16, steps, shape)
 
-    monkeypatch.setattr(bench, "Worker", RecordingWorker)
+    monkeypatch.setattr(bench.workers, "Worker", RecordingWorker)  # where measure() finds it
     tiny, _ = bench.preset_shape("smoke")  # the smoke preset's model: fast steps
     rows = bench.measure("mlm", precisions=[False, True], steps=1, rounds=1, shape=tiny)
     assert started == [False, False]  # ours and HF's in fp32; nothing in bf16
@@ -172,7 +172,7 @@ def test_freed_memory_is_kept_for_the_next_step_in_process_and_in_the_bench_work
         started.update(kwargs["env"])
         raise Started
 
-    monkeypatch.setattr(bench.subprocess, "Popen", popen)
+    monkeypatch.setattr(bench.workers.subprocess, "Popen", popen)
     with pytest.raises(Started):
         bench.Worker("mlm", 0, False, 1)
     assert started.items() >= allocator.environment().items()

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from ablations.config import EncoderConfig
-from ablations.encoder import Encoder, log_bucket_position, relative_position_index
+from ablations.attention_paths import heads, project, route
+from ablations.encoder import Encoder, RelativePositions, log_bucket_position, relative_position_index
 from ablations.heads import MLMHead
 from datamodules.errors import UsageError
 from datamodules.tokenization import PAD_ID
@@ -50,7 +51,7 @@ def direct_disentangled_attention(attention, x, table, config):
 
 @pytest.mark.parametrize("length", [5, 32], ids=["one-block", "blocks-of-16"])
 def test_shifted_scores_read_each_rows_diagonal_and_carry_its_gradient(length):
-    from ablations.encoder import SHIFT_BLOCK, shifted_scores
+    from ablations.attention_paths import SHIFT_BLOCK, shifted_scores
 
     heads, batch, head_size = 2, 3, 4
     x = torch.randn(heads, batch, length, head_size, dtype=torch.double, requires_grad=True)
@@ -70,13 +71,13 @@ def test_fast_disentangled_attention_equals_the_papers_formula(span, length):
     config = DEBERTA.replace(relative_span=span)
     encoder = random_weights(Encoder(config)).eval()
     attention = encoder.blocks[0].attention
-    assert attention._can_shift(length) == (length <= span)
+    assert route(config, length, torch.device("cpu")).shift == (length <= span)
     x = torch.randn(1, length, config.hidden_size)
     with torch.no_grad():  # the relative table as a constant: the gradients compared are x's
         bias, relative = encoder.attention_inputs(None, length, "cpu")
     upstream = torch.randn(1, length, config.hidden_size)
     gradients = []
-    for formula in (lambda x: attention(x, bias, relative), lambda x: direct_disentangled_attention(attention, x, relative[0], config)):
+    for formula in (lambda x: attention(x, bias, relative), lambda x: direct_disentangled_attention(attention, x, relative.table, config)):
         x.grad = None
         out = formula(x.requires_grad_())
         (out * upstream).sum().backward()
@@ -132,9 +133,9 @@ def test_switching_off_a_term_removes_exactly_that_term(span, length):
         model.load_state_dict(full.state_dict(), strict=False)
         attention = model.blocks[0].attention
         table = model.relative_norm(model.relative_table.weight)
-        index = relative_position_index(length, length, config, "cpu")
-        q, k = attention._heads(attention.query(x)), attention._heads(attention.key(x))
-        return attention._position_scores(q, k, table, index) / attention.scale  # each config has its scale
+        relative = RelativePositions(table, relative_position_index(length, length, config, "cpu"))
+        q, k = heads(attention.query(x), config.num_heads), heads(attention.key(x), config.num_heads)
+        return attention.position_scores(q, k, relative) / attention.scale  # each config has its scale
 
     with torch.no_grad():
         both = position_scores(config)
@@ -219,12 +220,12 @@ def test_position_scores_at_some_query_positions_are_those_rows_of_the_full_scor
     attention = encoder.blocks[0].attention
     x = torch.randn(2, length, config.hidden_size, dtype=torch.float64, requires_grad=True)
     attention, encoder = attention.double(), encoder.double()
-    _, (table, index) = encoder.attention_inputs(None, length, "cpu")
+    _, relative = encoder.attention_inputs(None, length, "cpu")
     query_positions = torch.tensor([[length - 1, 3, 0, 3], [7, 1, 0, 0]])
-    q, k, _ = (attention._heads(t) for t in attention._project(x))
-    full = attention._position_scores(q, k, table, index)  # (h, B, L, L)
+    q, k, _, _ = project(attention, x)
+    full = attention.position_scores(q, k, relative)  # (h, B, L, L)
     picked_q = q[:, torch.arange(2)[:, None], query_positions]  # (h, B, M, d)
-    some = attention._position_scores(picked_q, k, table, index, query_positions)
+    some = attention.position_scores(picked_q, k, relative._replace(rows=query_positions))
     expected = full[:, torch.arange(2)[:, None], query_positions]
     assert some.shape == expected.shape and torch.allclose(some, expected, atol=1e-12)
     weights = torch.randn_like(some)
@@ -244,7 +245,7 @@ def test_attention_probabilities_are_the_ones_forward_uses(config):
     bias, relative = encoder.attention_inputs(mask, 16, "cpu")
     with torch.no_grad():
         probabilities = attention.probabilities(x, bias, relative)  # (h, B, L, L)
-        _, _, v = (attention._heads(t) for t in attention._project(x))
+        _, _, v, _ = project(attention, x)
         mixed = (probabilities @ v).permute(1, 2, 0, 3).reshape(2, 16, config.hidden_size)
         assert torch.allclose(attention.output(mixed), attention(x, bias, relative), atol=1e-5)
     assert torch.allclose(probabilities.sum(-1), torch.ones(()), atol=1e-5)
@@ -522,3 +523,19 @@ def test_cross_entropy_and_argmax_match_torch_in_value_gradient_and_argmax(scale
     with pytest.raises(RuntimeError, match="runs once"):
         loss.backward()
 
+
+
+def test_attention_written_out_for_the_cpus_dropout_is_sdpas_math(monkeypatch):
+    """`attention_paths.attend` on the CPU with dropout: with every mask entry kept it is SDPA's output times
+    1/(1-p), padding bias included; `route` takes that path only on the CPU and only with dropout."""
+    from ablations import attention_paths
+
+    assert route(DEBERTA, 8, torch.device("cpu"), 0.1).cpu_dropout
+    assert not route(DEBERTA, 8, torch.device("cpu"), 0.0).cpu_dropout
+    assert not route(DEBERTA, 8, torch.device("cuda"), 0.1).cpu_dropout
+    q, k, v = (torch.randn(2, 3, 8, 4) for _ in range(3))
+    bias = torch.zeros(1, 3, 1, 8)
+    bias[:, 1, :, 6:] = float("-inf")
+    monkeypatch.setattr(attention_paths, "keep_mask", lambda shape, p, dtype: torch.ones(shape, dtype=dtype))
+    written = attention_paths.attend(q, k, v, bias, 0.5, 0.1, route(DEBERTA, 8, torch.device("cpu"), 0.1))
+    assert torch.allclose(written * 0.9, F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=0.5), atol=1e-6)
