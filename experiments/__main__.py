@@ -1,5 +1,5 @@
-"""`python -m experiments list | run <id|all> | table <id> | plan <id> | publish | board | export <id> | word-order <id> | calibrate | index`:
-the suite's command line."""
+"""`python -m experiments list | run <id|all> | table <id> | plan <id> | publish | board | export <id> | word-order <id> |
+reevaluate <id|all> | calibrate | index`: the suite's command line."""
 from __future__ import annotations
 
 import argparse
@@ -58,7 +58,15 @@ def main(argv: list[str] | None = None) -> None:
     word_order.add_argument("--preset", default=DEFAULT_PRESET)
     word_order.add_argument("--seed", type=int, default=0)
     word_order.add_argument("--results-dir", default=None, type=Path)
-    for command in (table, export, word_order):  # a run with overrides lives in its own directory: name them again
+    reevaluate = commands.add_parser("reevaluate", help="give finished rows the tasks their config has gained "
+                                     "(fine-tuning and probes of their saved encoders, no pretraining)")
+    reevaluate.add_argument("experiment", help="an experiment id, or 'all'")
+    reevaluate.add_argument("--preset", default=DEFAULT_PRESET)
+    reevaluate.add_argument("--rows", default=None, help="comma-separated row names (default: every finished row)")
+    reevaluate.add_argument("--results-dir", default=None, type=Path)
+    reevaluate.add_argument("--accelerator", default="auto")
+    reevaluate.add_argument("--precision", default=None, help="as for run (default: this machine's)")
+    for command in (table, export, word_order, reevaluate):  # a run with overrides lives in its own directory: name them again
         command.add_argument("--tasks", default=None)
         command.add_argument("--corpus", default=None)
         command.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
@@ -166,6 +174,18 @@ def dispatch(args) -> None:
     rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
     if rows and len(experiments) > 1:
         raise UsageError("--rows needs a single experiment")
+    if args.command == "reevaluate":
+        from experiments.reevaluate import reevaluate
+
+        hardware = Hardware(accelerator=args.accelerator, precision=args.precision)
+        hardware.validate()
+        for experiment in experiments:
+            directory = reevaluate(experiment, preset, results_dir, rows, overrides, hardware)
+            if (directory / "rows").exists():
+                build_table(experiment, preset.name, directory)
+                print(f"table: {directory / 'table.md'}")
+        print(f"index: {write_index(results_dir, list(EXPERIMENTS.values()))}")
+        return
     hardware = Hardware(accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
                         num_nodes=args.num_nodes, precision=args.precision, num_workers=args.num_workers,
                         compile=args.compile, keep_freed_memory=args.keep_freed_memory)

@@ -39,7 +39,8 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     rtd: RTDConfig = field(default_factory=RTDConfig)  # used when objective == "rtd"
     finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
-    tasks: tuple[str, ...] = ("sentiment", "topic")  # downstream tasks, fine-tuned after pretraining
+    # downstream tasks, fine-tuned and probed after pretraining: two a bag of words passes, two that need word order
+    tasks: tuple[str, ...] = ("sentiment", "topic", "pos", "bigram_shift")
     train_tokens: int = 2_000_000  # the row's budget in (padded) training tokens, before the budget rule
     gradient_accumulation: int = 1  # micro-batches per optimizer step (large batches on any machine)
     evaluate_at: tuple[float, ...] = ()  # extra fine-tuning evaluations at these fractions of training

@@ -1,8 +1,11 @@
-"""Fine-tuning for sequence classification and regression, with DeBERTa's SiFT as an option (§3.3).
+"""Fine-tuning for sequence classification, regression and token classification (tagging), with DeBERTa's SiFT
+as an option (§3.3).
 
 Starts from any pretrained encoder of the suite (for RTD, the discriminator with GDES materialised).
 Validation reports the task's official GLUE metric x100: accuracy, F1, Matthews correlation, or the
-mean of Pearson and Spearman correlations.
+mean of Pearson and Spearman correlations. A tagging task (`kind="tokens"`: a label at each word's first
+sub-token, -100 elsewhere) reports its accuracy over the labelled tokens as its score, and over the labelled
+tokens the batch marks `ambiguous` as `val/ambiguous` (Brown POS: `pos` and `pos_ambiguous`).
 
 SiFT (scale-invariant fine-tuning): virtual adversarial training on the *normalised* word embeddings
 (the output of the embedding LayerNorm, as in the reference code). A perturbation starts as Gaussian
@@ -21,7 +24,7 @@ from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
 from ablations.config import EncoderConfig
 from ablations.encoder import Encoder
-from ablations.heads import ClassificationHead, init_head
+from ablations.heads import ClassificationHead, TokenClassificationHead, init_head
 from lightning_modules.base import ObjectiveModule, OptimConfig
 
 
@@ -55,7 +58,7 @@ def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor
 
 class FineTuneModule(ObjectiveModule):
     def __init__(self, encoder: EncoderConfig, num_labels: int, metric: str, config: FineTuneConfig,
-                 max_steps: int, encoder_state: dict | None = None):
+                 max_steps: int, encoder_state: dict | None = None, kind: str = "sequence"):
         super().__init__(OptimConfig(peak_lr=config.peak_lr, warmup_fraction=config.warmup_fraction,
                                      max_steps=max_steps))
         self.encoder = Encoder(encoder.replace(emd=False))
@@ -63,9 +66,13 @@ class FineTuneModule(ObjectiveModule):
             missing, unexpected = self.encoder.load_state_dict(encoder_state, strict=False)
             if [k for k in missing if not k.startswith("emd.")]:
                 raise ValueError(f"pretrained encoder state lacks {missing}")
-        self.head = init_head(ClassificationHead(encoder, num_labels))
+        self.tokens = kind == "tokens"
+        head = TokenClassificationHead if self.tokens else ClassificationHead
+        self.head = init_head(head(encoder, num_labels))
         self.config, self.num_labels, self.metric = config, num_labels, metric
-        self.scores = self._metrics(metric, num_labels)
+        # a tagger's accuracy over every labelled token and over the ambiguous ones: means of 0/1 per token
+        self.scores = torch.nn.ModuleDict({"accuracy": MeanMetric(), "ambiguous": MeanMetric()}) if self.tokens \
+            else self._metrics(metric, num_labels)
         self.val_loss = MeanMetric()
 
     @staticmethod
@@ -85,7 +92,13 @@ class FineTuneModule(ObjectiveModule):
     def task_loss(self, logits, labels):
         if self.num_labels == 1:
             return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        if self.tokens:  # the mean over the labelled tokens of the batch (-100 elsewhere)
+            return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         return F.cross_entropy(logits.float(), labels)
+
+    def scored(self, logits, batch):
+        """The logits that are scored: every example's, or a tagger's at its labelled tokens only (N, labels)."""
+        return logits[batch["labels"] != -100] if self.tokens else logits
 
     def losses(self, batch):
         logits = self(batch)
@@ -100,16 +113,23 @@ class FineTuneModule(ObjectiveModule):
         """One ascent step on a perturbation of the normalised embeddings, then the symmetric KL there."""
         shape = (*batch["input_ids"].shape, self.encoder.config.embedding_dim)
         noise = (torch.randn(shape, device=self.device) * self.config.sift_init_scale).requires_grad_()
-        divergence = symmetric_kl(self(batch, noise), clean_logits.detach())
+        clean = self.scored(clean_logits, batch)
+        divergence = symmetric_kl(self.scored(self(batch, noise), batch), clean.detach())
         (gradient,) = torch.autograd.grad(divergence, noise)
         step = gradient / (gradient.norm(dim=-1, keepdim=True) + 1e-6)
         noise = (noise + self.config.sift_step * step).detach()
-        return symmetric_kl(self(batch, noise), clean_logits)
+        return symmetric_kl(self.scored(self(batch, noise), batch), clean)
 
     def validation_step(self, batch, batch_idx):
         logits = self(batch)
         self.val_loss.update(self.task_loss(logits, batch["labels"]), weight=len(logits))
-        if self.num_labels == 1:
+        if self.tokens:
+            labelled = batch["labels"] != -100
+            right = (logits.argmax(-1) == batch["labels"]).float()
+            self.scores["accuracy"].update(right[labelled])
+            if (ambiguous := labelled & batch["ambiguous"]).any():
+                self.scores["ambiguous"].update(right[ambiguous])
+        elif self.num_labels == 1:
             for metric in self.scores.values():
                 metric.update(logits.squeeze(-1).float(), batch["labels"].float())
         else:
@@ -119,7 +139,7 @@ class FineTuneModule(ObjectiveModule):
     def on_validation_epoch_end(self):
         self.log("val/loss", self.val_loss.compute(), sync_dist=True)
         self.val_loss.reset()
-        values = {name: metric.compute() * 100 for name, metric in self.scores.items()}
+        values = {name: metric.compute() * 100 for name, metric in self.scores.items() if metric.update_count}
         for name, value in values.items():
             self.log(f"val/{name}", value, sync_dist=True)
         main = (values["pearson"] + values["spearman"]) / 2 if self.metric == "pearson_spearman" else values[self.metric]

@@ -25,7 +25,9 @@ def _items(rng, count):
 
 
 def _task(train, dev, labels_train, labels_dev):
-    spec = SimpleNamespace(metric="accuracy", num_labels=2)
+    from datamodules.downstream import TaskSpec
+
+    spec = TaskSpec("linear", 2, "accuracy")
     majority = float(100 * max(np.mean(labels_dev), 1 - np.mean(labels_dev)))
     task = SimpleNamespace(spec=spec, majority_score=lambda: majority)
     return SimpleNamespace(task=task, train_items=list(zip(train, labels_train)), val_items=list(zip(dev, labels_dev)))

@@ -3,7 +3,13 @@
 Each task is fine-tuned `finetune.seeds` times from a copy of the encoder; a task's score (x100) is the
 median, as the papers report, with the spread (`<task>_ft_range`) and every run (`<task>@ft<k>`) kept, and
 the majority-class baseline beside it. Each task is encoded once per row (`task_data`), for all its runs and
-for the linear probes, which read the same examples.
+for the linear probes, which read the same examples. A tagging task also reports its accuracy on ambiguous
+words (`pos_ambiguous`, the median over runs like its score) and what the most frequent tag of each word scores
+(`pos_most_frequent_tag`, `pos_ambiguous_most_frequent_tag`, on the same training and dev sentences).
+
+The averages (`task_averages`): `downstream_avg` over the tasks that are not word-order tasks (sentiment,
+topic, a user's GLUE or files tasks: what the tables have always averaged) and `order_avg` over the word-order
+tasks (`TaskSpec.word_order`: pos by `pos_ambiguous`, bigram_shift), which a bag of words cannot pass.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from typing import Callable
 import lightning as L
 import numpy as np
 
-from datamodules.downstream import FineTuneDataModule, load_task, task_name
+from datamodules.downstream import FineTuneDataModule, TaskSpec, load_task, task_name
 from experiments.durable import StopOnRequest, StopRequest, write_json_atomically
 from lightning_modules.finetune import FineTuneModule
 
@@ -37,6 +43,29 @@ def task_data(config, tokenized, seed: int) -> dict[str, FineTuneDataModule]:
             for spec in config.tasks}
 
 
+EXTRA_SCORES = ("ambiguous",)  # what a fine-tuning run reports beside its score (`val/<name>`), as `<task>_<name>`
+ORDER_AVERAGE = "order_avg"
+
+
+def headline(name: str, spec: TaskSpec) -> str:
+    """The score that stands for a task in an average: `pos_ambiguous` for pos, the task's own name otherwise."""
+    return f"{name}_{spec.headline}" if spec.headline else name
+
+
+def task_averages(scores: dict[str, float], specs: dict[str, TaskSpec], suffix: str = "") -> dict[str, float]:
+    """`downstream_avg` over the tasks that are not word-order tasks and `order_avg` over those that are, each
+    task by its headline score; `suffix` "_probe" gives `probe_avg` and `order_probe_avg` from `<score>_probe`."""
+    out = {}
+    for average, members in (("downstream_avg" if not suffix else suffix.strip("_") + "_avg",
+                              [n for n, spec in specs.items() if not spec.word_order]),
+                             (ORDER_AVERAGE if not suffix else f"order{suffix}_avg",
+                              [n for n, spec in specs.items() if spec.word_order])):
+        keys = [headline(n, specs[n]) + suffix for n in members]
+        if keys and all(k in scores for k in keys):
+            out[average] = float(np.mean([scores[k] for k in keys]))
+    return out
+
+
 def fine_tune_all(config, encoder_config, encoder_state: dict, tasks: dict[str, FineTuneDataModule], seed: int,
                   hardware, finished_run: Callable[[str, int], Path]) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Fine-tune a copy of the encoder on each task with `finetune.seeds` seeds, on `hardware` (the runner's
@@ -46,13 +75,15 @@ def fine_tune_all(config, encoder_config, encoder_state: dict, tasks: dict[str, 
     scores, seconds, ft = {}, {}, config.finetune
     for name, data in tasks.items():
         steps = max(1, math.ceil(len(data.train_items) / ft.batch_size * ft.epochs))
-        runs, seconds[name] = [], []
+        runs, seconds[name], extras = [], [], {}
         for k in range(ft.seeds):
             record = finished_run(name, k)
             if record.exists():
                 done = json.loads(record.read_text())
                 runs.append(done["score"])
                 seconds[name].append(done["seconds"])
+                for key, value in done.get("extra", {}).items():
+                    extras.setdefault(key, []).append(value)
                 continue
             started = time.time()
             data.seed = seed + 1000 * k  # k = 0 is the pretraining seed, as with one fine-tuning run
@@ -65,19 +96,26 @@ def fine_tune_all(config, encoder_config, encoder_state: dict, tasks: dict[str, 
                 print(f"  fine-tuning on {name} (seed {k + 1} of {ft.seeds}): {steps} steps", flush=True)
             L.seed_everything(data.seed, workers=True, verbose=False)
             module = FineTuneModule(encoder_config, data.task.spec.num_labels, data.task.spec.metric, ft, steps,
-                                    encoder_state)
+                                    encoder_state, data.task.spec.kind)
             with hardware.training(f"fine-tuning on {name}"):
                 trainer.fit(module, datamodule=data)
             StopRequest.check()  # Ctrl-C / SIGTERM ended the fit: stop the row here
             runs.append(float(trainer.callback_metrics["val/score"]))
+            extra = {key: float(trainer.callback_metrics[f"val/{key}"]) for key in EXTRA_SCORES
+                     if f"val/{key}" in trainer.callback_metrics}
+            for key, value in extra.items():
+                extras.setdefault(key, []).append(value)
             seconds[name].append(round(time.time() - started, 1))
             if trainer.is_global_zero:
-                write_json_atomically(record, {"score": runs[-1], "seconds": seconds[name][-1]}, "finetune-run")
+                write_json_atomically(record, {"score": runs[-1], "seconds": seconds[name][-1]}
+                                      | ({"extra": extra} if extra else {}), "finetune-run")
         scores[name] = float(np.median(runs))
+        scores |= {f"{name}_{key}": float(np.median(values)) for key, values in extras.items()}
         if len(runs) > 1:
             scores[f"{name}_ft_range"] = max(runs) - min(runs)
             scores |= {f"{name}@ft{k}": value for k, value in enumerate(runs)}
         scores[f"{name}_majority"] = data.task.majority_score()
-    if tasks:  # the tasks this row actually ran
-        scores["downstream_avg"] = sum(scores[name] for name in tasks) / len(tasks)
+        scores |= {f"{name}_{key}": value for key, value in data.reference_scores().items()}
+    # the tasks this row actually ran
+    scores |= task_averages(scores, {name: data.task.spec for name, data in tasks.items()})
     return scores, seconds
