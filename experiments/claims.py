@@ -18,7 +18,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 DOWNSTREAM_AVERAGE, PROBE_AVERAGE = "downstream_avg", "probe_avg"
-HELDOUT_MLM, MINIMAL_PAIRS = "mlm_loss", "minimal_pairs"
+HELDOUT_MLM, MINIMAL_PAIRS, ORDER_AVERAGE = "mlm_loss", "minimal_pairs", "order_avg"
 # the paper's columns that are not downstream scores (they never enter the paper's downstream average)
 NOT_DOWNSTREAM = ("ppl", "peak lr")
 
@@ -250,15 +250,19 @@ PROBE_MEASURES = ("the frozen encoder's features read by a linear probe on the s
 MINIMAL_PAIRS_MEASURES = ("whether the encoder prefers held-out sentences to their variants with two adjacent "
                           "words swapped or a word replaced (x100): word order and word choice, not a downstream "
                           "task")
+ORDER_MEASURES = ("fine-tuned tasks that a bag of words cannot pass, the mean of part-of-speech tagging on the "
+                  "Brown corpus's ambiguous words (`pos_ambiguous`) and SentEval's bigram shift: the nearest the "
+                  "offline tasks come to the paper's GLUE and SQuAD, which need word order too")
 HELDOUT_MLM_MEASURES = ("the pretraining objective on the same held-out blocks for every row: how well the rows "
                         "model text, not how well they transfer to tasks")
 
 
 def twins(claim: Claim, mlm_twin: bool) -> list[Claim]:
-    """The proxy twins of a claim on the downstream average, on the measures precise enough at small scale to
-    decide something: the linear probes' average, the minimal pairs, and (`mlm_twin`: every row it reads is an
-    MLM row with the same tokenizer, so their losses are on one scale) the held-out MLM loss. An early point's
-    claim (downstream_avg@0.25) has a probe twin only: the other two are not measured at early points."""
+    """The proxy twins of a claim on the downstream average: on the fine-tuned tasks that need word order
+    (`order_avg`; the offline downstream average's sentiment and topic are passed by a bag of words), and on the
+    measures precise enough at small scale to decide something: the linear probes' average, the minimal pairs,
+    and (`mlm_twin`: every row it reads is an MLM row with the same tokenizer, so their losses are on one scale)
+    the held-out MLM loss. An early point's claim (downstream_avg@0.25) has a probe twin only."""
     if not claim.metric.startswith(DOWNSTREAM_AVERAGE):
         return []
     def text(measure: str) -> str:
@@ -267,6 +271,7 @@ def twins(claim: Claim, mlm_twin: bool) -> list[Claim]:
 
     found = [claim.on_metric(PROBE_AVERAGE, text("linear-probe average"), PROBE_MEASURES)]
     if "@" not in claim.metric:
+        found.append(claim.on_metric(ORDER_AVERAGE, text("word-order tasks' average"), ORDER_MEASURES))
         found.append(claim.on_metric(MINIMAL_PAIRS, text("minimal pairs"), MINIMAL_PAIRS_MEASURES))
         if mlm_twin:
             # a loss has its own scale: a margin in downstream points means nothing there

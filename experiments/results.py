@@ -19,6 +19,7 @@ from datamodules.corpus import describe_corpus
 from datamodules.downstream import OFFLINE, task_name
 from experiments.durable import write_atomically
 from experiments.evaluations.minimal_pairs import KINDS as PAIR_KINDS
+from experiments.evaluations.finetuning import ORDER_AVERAGE, headline
 from experiments.evaluations.probes import PROBE_FEATURE
 from experiments.evaluations.word_order import LEARNED_ADJACENT_MULTIPLE, word_order_cell
 from experiments.claims import PROBE_AVERAGE
@@ -105,11 +106,16 @@ def table_metrics(experiment: Experiment, rows: dict[str, RowSummary]) -> list[s
         return list(experiment.metrics)
     is_task = lambda metric: metric in OFFLINE or metric.startswith("glue-")  # noqa: E731
     kept = [m for m in experiment.metrics if not is_task(m) or m in ran]
-    extra = [t for t in ran if t not in kept]
+    word_order = [t for t in ran if t in OFFLINE and OFFLINE[t].word_order]  # tasks a bag of words cannot pass
+    extra = [t for t in ran if t not in kept and t not in word_order]
     at = kept.index("downstream_avg") if "downstream_avg" in kept else len(kept)
-    columns = kept[:at] + extra + kept[at:]
     measured = {m for s in rows.values() for m in s.values}
-    frozen = [f"{t}_probe" for t in ran] + [PROBE_AVERAGE, "minimal_pairs"]
+    # after the average of the tasks a bag of words passes: those it cannot, each by its headline score too
+    order = [c for t in word_order for c in dict.fromkeys((t, headline(t, OFFLINE[t])))] + [ORDER_AVERAGE]
+    columns = kept[:at + 1] + [c for c in order if c in measured] + kept[at + 1:]
+    columns = columns[:at] + extra + columns[at:]
+    frozen = [f"{headline(t, OFFLINE[t]) if t in OFFLINE else t}_probe" for t in ran] + [PROBE_AVERAGE, "order_probe_avg",
+                                                                                          "minimal_pairs"]
     return columns + [m for m in frozen if m in measured and m not in columns]
 
 
