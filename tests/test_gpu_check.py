@@ -163,8 +163,10 @@ def test_the_gpu_preset_validates_and_its_budget_is_the_documented_one(tmp_path)
         plans = plan(experiment, gpu, 1, None, None, tmp_path)  # validates every row
         # no row carries the relative-bias departure: absolute rows must learn word order on their own
         assert not any(p.config.encoder.relative_bias for p in plans)
-        if experiment.budget == "tokens":
-            assert {p.steps for p in plans if p.config.tokens_per_step == 8192} == {10_000}
+        if experiment.id == "ablation-nsp":
+            assert [p.steps for p in plans] == [10_000] * 4
+        if experiment.id == "ablation-electra-small":  # equal FLOPs: each row's steps from its cost per token
+            assert {p.row.name: p.steps for p in plans} == {"ELECTRA-Small": 10_659, "BERT-Small": 11_715}
     doc = (ROOT / "docs" / "gpu.md").read_text()
-    for figure in ("81,920,000", "10,000 steps", "8,192", "60.7M"):
+    for figure in ("81,920,000", "10,000 steps", "8,192", "60.7M", "10,659", "11,715"):
         assert figure in doc, figure
