@@ -21,10 +21,11 @@ TORCH_VERSION ?= 2.13.0
 .PHONY: help setup test bench preview list publish board plan calibrate export word-order reevaluate wandb-sync clean ablations \
 	ablation-nsp ablation-embedding-sharing ablation-masking ablation-batch-size ablation-text-encoding \
 	ablation-electra-efficiency ablation-electra-sharing ablation-electra-small ablation-deberta ablation-sift
+.PHONY: gpu-check gpu-carry
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-30s\033[0m %s\n", $$1, $$2}'
-	@echo "  Variables: PRESET=smoke|small|cpu|medium|base (default $(PRESET)), SEEDS=N (default $(SEEDS)), ARGS='--devices 2 ...'"
+	@echo "  Variables: PRESET=smoke|small|cpu|gpu|medium|base (default $(PRESET)), SEEDS=N (default $(SEEDS)), ARGS='--devices 2 ...'"
 	@echo "             CORPUS=files:PATH[,PATH]|hub:NAME[:CONFIG], SET='path=value ...', TASKS=..., export: E=<table> ROW=<row> TO=<dir>"
 
 setup: .venv/.setup-done ## Create .venv with torch (CPU build without a GPU), the suite and the offline data
@@ -50,6 +51,14 @@ test: setup ## Run the test suite (CPU only, no network)
 
 bench: setup ## Speed and memory benchmarks (ours vs HuggingFace, preprocessing, batch building); writes results/bench.json
 	$(PY) -m studies bench run $(ARGS)
+
+# A lent GPU machine reaches no registry: build .gpu-carry here (make gpu-carry), carry it there, run make gpu-check
+# with its python3 (no .venv, no setup there). docs/gpu.md.
+gpu-check: $(if $(wildcard .gpu-carry/CARRY.json),,setup) ## The GPU path in one command, about 8 min of one GPU, into OUT (default results/gpu-check); GPU steps skip without CUDA
+	$(if $(wildcard $(PY)),$(PY),python3) -m studies gpu-check --out $(or $(OUT),results/gpu-check) $(ARGS)
+
+gpu-carry: setup ## Build .gpu-carry/: the packages a GPU machine without a registry lacks (for the device's carry)
+	$(PY) -m studies gpu-carry $(ARGS)
 
 preview: setup ## Show decoded, masked examples of an input format: make preview ARGS='--format doc-sentences'
 	$(PY) -m datamodules.preview $(ARGS)

@@ -5,6 +5,8 @@
     python -m studies escape report                                          # studies/plateau/README.md, curves.png
     python -m studies finetune-spread run NAME --row DOC-SENTENCES --preset cpu --runs 5 [--set finetune.*=...]
     python -m studies finetune-spread report                                 # studies/finetune_spread/README.md
+    python -m studies gpu-check [--out results/gpu-check --steps parity,smoke,bench,medium]    # make gpu-check
+    python -m studies gpu-carry [--to .gpu-carry]                            # make gpu-carry
 
 Each study is also its own module (`python -m studies.bench`, `studies.plateau`, `studies.finetune_spread`);
 `python -m studies <study> run --help` shows its options.
@@ -21,6 +23,8 @@ STUDIES = {
     "finetune-spread": ("studies.finetune_spread", True),
 }
 ALIASES = {"plateau": "escape", "finetune_spread": "finetune-spread"}
+# commands that measure or prepare the suite itself, with their own options (no run / report)
+COMMANDS = {"gpu-check": "studies.gpu_check", "gpu-carry": "studies.gpu_carry"}
 
 
 def usage() -> str:
@@ -32,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         raise SystemExit(0 if argv else 2)
+    if argv[0] in COMMANDS:
+        return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
     name = ALIASES.get(argv[0], argv[0])
     if name not in STUDIES or len(argv) < 2 or argv[1] not in ("run", "report"):
         print(f"usage: python -m studies {{{','.join(STUDIES)}}} {{run,report}} [ARGS]\n{usage()}", file=sys.stderr)

@@ -101,3 +101,50 @@ def test_export_refuses_what_hf_cannot_represent():
         to_hf(Encoder(EncoderConfig(**(TINY | dict(embedding_size=32)))), "bert")
     with pytest.raises(UsageError, match="relative_bias=false"):
         to_hf(Encoder(EncoderConfig(**(TINY | dict(relative_bias=True)))), "bert")
+
+
+# ---------------------------------------------------------------------------------------- CUDA and bf16
+# The same parity on a GPU (what `make gpu-check` runs there; skipped without one), and under bf16 autocast,
+# where neither model matches fp32 exactly: ours must be about as close to the fp32 output as HF's own bf16 run.
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make gpu-check runs it there)")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+ATTENTIONS = {"bert": dict(layer_norm_eps=1e-12),
+              "deberta-v2": dict(attention="disentangled", p2c_index="code", layer_norm_eps=1e-7, relative_span=32)}
+
+
+def outputs(ours: Encoder, hf_model, lengths, device: str, bf16: bool):
+    """(ours, HF's) last hidden states at the real positions, in fp32, computed on `device`."""
+    ids, mask, types = (t.to(device) for t in padded_inputs(lengths, ours.config.vocab_size))
+    types = types if ours.config.type_vocab_size > 1 else None
+    ours, hf_model = ours.to(device), hf_model.to(device)
+    context = torch.autocast(device, dtype=torch.bfloat16) if bf16 else torch.autocast(device, enabled=False)
+    with torch.no_grad(), context:
+        mine = ours(ids, mask, types).float()
+        kwargs = {"token_type_ids": types} if types is not None else {}
+        theirs = hf_model(input_ids=ids, attention_mask=mask.long(), **kwargs).last_hidden_state.float()
+    return mine[mask], theirs[mask]
+
+
+@CUDA
+@pytest.mark.parametrize("kind", list(ATTENTIONS))
+@pytest.mark.parametrize("lengths", [[7, 13, 20], [64, 5]])
+def test_parity_on_cuda_in_fp32(kind, lengths):
+    ours = Encoder(EncoderConfig(**(TINY | ATTENTIONS[kind]))).eval()
+    mine, theirs = outputs(ours, to_hf(ours, kind), lengths, "cuda", bf16=False)
+    # GPU kernels sum in another order than the CPU's (and fused attention kernels differ between the two models)
+    assert (mine - theirs).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", list(ATTENTIONS))
+def test_bf16_autocast_is_as_close_to_fp32_as_hfs(device, kind):
+    ours = Encoder(EncoderConfig(**(TINY | ATTENTIONS[kind]))).eval()
+    hf_model = to_hf(ours, kind)
+    reference, _ = outputs(ours, hf_model, [7, 13, 20], device, bf16=False)
+    mine, theirs = outputs(ours, hf_model, [7, 13, 20], device, bf16=True)
+    ours_error, hf_error = (mine - reference).abs(), (theirs - reference).abs()
+    assert torch.isfinite(mine).all()
+    # bf16 keeps 8 bits of mantissa: errors of a few 1e-2 on unit-scale hidden states are its rounding
+    assert ours_error.max().item() < 0.25 and ours_error.mean().item() < 0.05
+    assert ours_error.mean().item() <= 2 * hf_error.mean().item() + 5e-3
