@@ -41,12 +41,13 @@ class Hardware:
 
     def validate(self) -> None:
         """Refuse a precision the suite does not train in, or one this machine cannot run, before anything trains."""
-        if self.precision is None:
-            return
-        if self.precision not in PRECISIONS:
+        if self.precision is not None and self.precision not in PRECISIONS:
             raise UsageError(f"unknown --precision {self.precision!r} (valid: {', '.join(PRECISIONS)}; "
                              f"default here: {default_precision()})")
         on_gpu = torch.cuda.is_available() and self.accelerator in ("auto", "gpu", "cuda")
+        if str(self.strategy).startswith("fsdp") and not on_gpu:
+            raise UsageError("--strategy fsdp needs GPUs (Lightning's FSDP does not run on the CPU); on a CPU use "
+                             "--strategy ddp")
         if self.precision == "16-mixed" and not on_gpu:
             raise UsageError("--precision 16-mixed needs a CUDA GPU (fp16 autocast with a loss scaler); on a CPU "
                              "use bf16-mixed or 32-true")

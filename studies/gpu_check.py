@@ -143,7 +143,7 @@ def environment(out: Path, carry_line: str) -> dict:
             "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}
     problems = [f"{name} is missing" for name in ("datasets", "blingfire", "transformers") if versions[name] is None]
     if torch.cuda.is_available():
-        from experiments.runner import default_precision
+        from experiments.hardware import default_precision
 
         name = torch.cuda.get_device_name()
         info |= {"device": name, "bf16_peak_tflops": peak_tflops(name), "precision": default_precision(),
@@ -228,7 +228,7 @@ def bench_child(output: Path, start_batch: int) -> None:
     """The bench at the paper's size, in its own process so its cap can stop it; writes `output` after each kind."""
     from studies import bench
 
-    from experiments.runner import machine_name
+    from experiments.hardware import machine_name
 
     shape0 = bench.Shape(**PAPER_SIZE, batch=start_batch)
     name = machine_name()  # the GPU's name on a GPU (a CPU's in the tests)

@@ -37,7 +37,7 @@ def test_list_shows_every_table_with_its_make_target():
 
 @pytest.mark.parametrize("args, message", [
     (["run", "ablation-unknown", "--preset", "smoke"], "unknown experiment 'ablation-unknown' (valid: ablation-nsp"),
-    (["run", "ablation-nsp", "--preset", "huge"], "unknown preset 'huge' (valid: smoke, small, cpu, medium, base)"),
+    (["run", "ablation-nsp", "--preset", "huge"], "unknown preset 'huge' (valid: smoke, small, cpu, gpu, medium, base)"),
     (["run", "ablation-nsp", "--preset", "smoke", "--rows", "NO-SUCH-ROW"], "unknown row 'NO-SUCH-ROW'"),
     (["run", "ablation-nsp", "--preset", "smoke", "--tasks", "imdb"], "unknown downstream task 'imdb'"),
     (["run", "ablation-nsp", "--preset", "smoke", "--set", "finetune.max_length=2"], "finetune.max_length must be >= 4"),
@@ -304,7 +304,7 @@ def test_a_bag_of_words_row_decides_no_claim(tmp_path):
     for p, (adjacent, mlm) in zip(plan(experiment, PRESETS["small"], 1, None, None, tmp_path),
                                   [(4.2, 5.6), (4.0, 5.7), (1.0, 6.66), (3.9, 5.5)]):
         metrics = {"mlm_loss": mlm, "adjacent_attention": adjacent, "unigram_loss": 6.96, "bigram_loss": 4.92,
-                   "downstream_avg": 70.0, "probe_avg": 60.0, "sentiment_probe": 60.0, "minimal_pairs": 70.0,
+                   "downstream_avg": 70.0, "order_avg": 60.0, "probe_avg": 60.0, "sentiment_probe": 60.0, "minimal_pairs": 70.0,
                    "minimal_pairs_swap": 80.0, "minimal_pairs_replace": 60.0}
         write_json_atomically(p.result_path, {"experiment": experiment.id, "row": p.row.name, "seed": 0,
                                               "metrics": metrics, "config": p.config.to_dict(), "tokens_seen": 1,

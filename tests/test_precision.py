@@ -115,11 +115,12 @@ def test_a_training_failure_under_a_precision_is_one_message_naming_it_and_the_o
     assert not list(tmp_path.rglob("rows/*.json"))  # no row file for a row that did not train
 
 
-@pytest.mark.parametrize("precision, message", [
-    ("fp8", "unknown --precision 'fp8'"),
-    ("16-mixed", "--precision 16-mixed needs a CUDA GPU"),
+@pytest.mark.parametrize("args, message", [
+    (("--precision", "fp8"), "unknown --precision 'fp8'"),
+    (("--precision", "16-mixed"), "--precision 16-mixed needs a CUDA GPU"),
+    (("--strategy", "fsdp", "--devices", "2"), "--strategy fsdp needs GPUs"),
 ])
-def test_a_precision_the_suite_cannot_train_in_is_refused_before_training(precision, message, monkeypatch):
+def test_a_setting_this_machine_cannot_train_with_is_refused_before_training(args, message, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code, stderr = refused_in_process("run", "ablation-nsp", "--preset", "smoke", "--precision", precision)
+    code, stderr = refused_in_process("run", "ablation-nsp", "--preset", "smoke", *args)
     assert code == 2 and message in stderr
