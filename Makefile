@@ -109,7 +109,7 @@ plan: setup ## Before a run, what HOURS (or SEEDS) of this machine decide: make 
 	@test -n "$(E)" || { echo "usage: make plan E=<experiment> [HOURS=H] [PRESET=...] [ARGS='--seeds N | --tflops T']"; exit 2; }
 	$(PY) -m experiments plan $(E) --preset $(PRESET) $(if $(HOURS),--hours $(HOURS)) $(ARGS)
 
-calibrate: setup ## Measure PRESET's seed-to-seed noise (experiments/calibration.json) for the verdicts
+calibrate: setup ## Measure PRESET's seed-to-seed noise (experiments/verdicts/calibration.json) for the verdicts
 	$(PY) -m experiments calibrate --preset $(PRESET) $(ARGS)
 
 word-order: setup ## Does a trained row's encoder use word order? make word-order E=ablation-nsp ROW=DOC-SENTENCES

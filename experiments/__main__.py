@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--compile", action="store_true", help="torch.compile the encoders (speed only)")
     run.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
                      help="glibc's malloc keeps freed blocks for the next step instead of faulting them in again "
-                          "(speed only; default on; see experiments/allocator.py)")
+                          "(speed only; default on; see experiments/running/allocator.py)")
     table = commands.add_parser("table", help="rebuild a table from its row files")
     table.add_argument("experiment")
     table.add_argument("--preset", default=DEFAULT_PRESET)
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     calibrate.add_argument("--preset", default=DEFAULT_PRESET)
     calibrate.add_argument("--seeds", type=int, default=5, help="pretraining seeds of each calibration row (5: 4 degrees of freedom)")
     calibrate.add_argument("--results-dir", default=None, type=Path)
-    calibrate.add_argument("--output", default=None, type=Path, help="default: experiments/calibration.json")
+    calibrate.add_argument("--output", default=None, type=Path, help="default: experiments/verdicts/calibration.json")
     calibrate.add_argument("--kinds", default=None, help="comma-separated kinds of row to calibrate (default: all: "
                            "absolute-mlm, disentangled-mlm, rtd); the others keep their figures")
     planner = commands.add_parser("plan", help="before a run: what a budget of hours decides on this machine")
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     planner.add_argument("--tflops", type=float, default=None,
                          help="plan for a machine measured elsewhere: its training throughput in TFLOP/s (docs/speed.md)")
     planner.add_argument("--results-dir", default=None, type=Path)
-    planner.add_argument("--calibration", default=None, type=Path, help="default: experiments/calibration.json")
+    planner.add_argument("--calibration", default=None, type=Path, help="default: experiments/verdicts/calibration.json")
     publish = commands.add_parser("publish", help="copy the current-configuration rows of every table at a preset "
                                   "into reference/<preset>/<machine kind>/<table>/, build each table there, and the board")
     publish.add_argument("--preset", default=DEFAULT_PRESET)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("board", help="write reference/BOARD.md (every claim of every table) from the reference rows")
     commands.add_parser("index", help="rebuild results/README.md from every table on disk")
     args = parser.parse_args(argv)
-    from experiments.durable import Stopped
+    from experiments.running.durable import Stopped
 
     try:
         with exit_on_usage_error():
@@ -113,31 +113,31 @@ def dispatch(args) -> None:
             print(f"{e.id:30} {len(e.rows):>4}  make {e.id:33} {e.paper.split(';')[0]}")
         return
     from experiments.presets import get_preset
-    from experiments.results import build_table, write_index
-    from experiments.hardware import Hardware
-    from experiments.runner import DEFAULT_RESULTS, is_global_zero, run
+    from experiments.reporting.tables import build_table, write_index
+    from experiments.running.hardware import Hardware
+    from experiments.running.runner import DEFAULT_RESULTS, is_global_zero, run
 
     results_dir = getattr(args, "results_dir", None) or DEFAULT_RESULTS
     if args.command == "board":
-        from experiments.board import write_board
+        from experiments.reporting.board import write_board
 
         print(f"written: {write_board()}")
         return
     if args.command == "index":
         print(write_index(results_dir, list(EXPERIMENTS.values())))
         return
-    from experiments.overrides import directory_name, parse_overrides, split_tasks
+    from experiments.running.overrides import directory_name, parse_overrides, split_tasks
 
     preset = get_preset(args.preset)
     if args.command == "publish":
-        from experiments.board import publish, write_board
+        from experiments.reporting.board import publish, write_board
 
         publish(preset, results_dir)
         print(f"written: {write_board()}")
         return
     if args.command == "plan":
-        from experiments.planner import plan_table
-        from experiments.noise import CALIBRATION_FILE
+        from experiments.reporting.planner import plan_table
+        from experiments.verdicts.noise import CALIBRATION_FILE
 
         if args.hours is not None and args.hours <= 0 or args.seeds is not None and args.seeds < 1:
             raise UsageError("--hours must be > 0 and --seeds >= 1")
@@ -156,7 +156,7 @@ def dispatch(args) -> None:
         print((directory / "table.md").read_text())
         return
     if args.command == "export":
-        from experiments.trained import export_row
+        from experiments.running.trained import export_row
 
         written = export_row(get_experiment(args.experiment), preset, args.row, args.seed, overrides, results_dir,
                              args.to, args.format)
@@ -164,7 +164,7 @@ def dispatch(args) -> None:
               f"AutoTokenizer.from_pretrained({str(written)!r}) load it")
         return
     if args.command == "word-order":
-        from experiments.word_order import describe, inspect
+        from experiments.running.word_order import describe, inspect
 
         report = inspect(get_experiment(args.experiment), preset, args.row, args.seed, overrides, results_dir)
         print(describe(report))
@@ -175,7 +175,7 @@ def dispatch(args) -> None:
     if rows and len(experiments) > 1:
         raise UsageError("--rows needs a single experiment")
     if args.command == "reevaluate":
-        from experiments.reevaluate import reevaluate
+        from experiments.running.reevaluate import reevaluate
 
         hardware = Hardware(accelerator=args.accelerator, precision=args.precision)
         hardware.validate()
@@ -190,14 +190,14 @@ def dispatch(args) -> None:
                         num_nodes=args.num_nodes, precision=args.precision, num_workers=args.num_workers,
                         compile=args.compile, keep_freed_memory=args.keep_freed_memory)
     hardware.validate()
-    from experiments.runner import plan
+    from experiments.running.runner import plan
 
     for experiment in experiments:  # validate everything before anything trains
         plan(experiment, preset, args.seeds, rows, overrides, results_dir)
     for experiment in experiments:
         run(experiment, preset, args.seeds, rows, overrides, hardware, results_dir)
         if is_global_zero():
-            from experiments import tracking
+            from experiments.running import tracking
 
             directory = results_dir / experiment.id / directory_name(preset.name, overrides)
             payload = build_table(experiment, preset.name, directory)
@@ -218,10 +218,10 @@ def calibrate(preset, seeds: int, results_dir: Path, output: Path | None, kinds:
 
     from experiments.presets import configure
     from experiments.registry import get_experiment
-    from experiments.results import load_rows
-    from experiments.hardware import Hardware, default_precision, machine_kind
-    from experiments.runner import git_commit, plan, run
-    from experiments.noise import CALIBRATION_FILE, CALIBRATION_ROWS, calibration_entry, describe_calibration, save_calibration
+    from experiments.reporting.tables import load_rows
+    from experiments.running.hardware import Hardware, default_precision, machine_kind
+    from experiments.running.runner import git_commit, plan, run
+    from experiments.verdicts.noise import CALIBRATION_FILE, CALIBRATION_ROWS, calibration_entry, describe_calibration, save_calibration
 
     if seeds < 2:
         raise UsageError("calibrate needs --seeds >= 2 (a spread needs two seeds)")

@@ -6,7 +6,7 @@ batch (256 x 512 tokens, the `base` preset) the paper's own 1e-4 / 7e-4 / 1e-3. 
 rates were tuned for small models, so there the paper's ratios 1 : 7 : 10 are anchored at the 8x row,
 which takes the preset's rate (the 1x row would otherwise run 7x that rate at 8x the batch).
 """
-from experiments.claims import Best
+from experiments.verdicts.claims import Best
 from experiments.spec import Experiment, Row, RunConfig
 
 

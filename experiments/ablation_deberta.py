@@ -4,7 +4,7 @@ Every row is trained identically with MLM; only the attention terms and the EMD 
 RoBERTa-style baseline (absolute positions, standard attention).
 """
 from ablations.config import EncoderConfig
-from experiments.claims import AtLeast
+from experiments.verdicts.claims import AtLeast
 from experiments.spec import Experiment, Row, RunConfig
 
 PAPER_COLUMNS = ("MNLI-m", "MNLI-mm", "SQuAD 1.1 F1", "SQuAD 1.1 EM", "SQuAD 2.0 F1", "SQuAD 2.0 EM", "RACE")

@@ -6,7 +6,7 @@ BERT (MLM). Steps are set so every row spends the same training FLOPs (counted b
 """
 from datamodules.masking import MaskingConfig
 from datamodules.pretraining import PretrainingDataConfig
-from experiments.claims import AtLeast, Order
+from experiments.verdicts.claims import AtLeast, Order
 from experiments.spec import Experiment, Row, RunConfig
 from lightning_modules.base import ELECTRA_RECIPE
 from lightning_modules.rtd import HEAD_BIAS_PRIOR_NOTE, RTDConfig

@@ -5,7 +5,7 @@ size sweep ties token and position embeddings (ES) and scales the generator's wi
 """
 from datamodules.masking import MaskingConfig
 from datamodules.pretraining import PretrainingDataConfig
-from experiments.claims import AtLeast, Best, Close
+from experiments.verdicts.claims import AtLeast, Best, Close
 from experiments.spec import Experiment, Row, RunConfig
 from lightning_modules.base import ELECTRA_RECIPE
 from lightning_modules.rtd import HEAD_BIAS_PRIOR_NOTE, RTDConfig

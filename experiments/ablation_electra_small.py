@@ -6,7 +6,7 @@ is its own run of that share of the row's steps, with its own warm-up and decay 
 """
 from datamodules.masking import MaskingConfig
 from datamodules.pretraining import PretrainingDataConfig
-from experiments.claims import AtLeast
+from experiments.verdicts.claims import AtLeast
 from experiments.spec import Experiment, Row, RunConfig
 from lightning_modules.base import ELECTRA_RECIPE
 from lightning_modules.rtd import HEAD_BIAS_PRIOR_NOTE, RTDConfig

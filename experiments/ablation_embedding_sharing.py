@@ -7,7 +7,7 @@ distinct pairs of non-special token embeddings, computed exactly (ablations/shar
 from ablations.config import EncoderConfig
 from datamodules.masking import MaskingConfig
 from datamodules.pretraining import PretrainingDataConfig
-from experiments.claims import Gap, GapSmaller, Order
+from experiments.verdicts.claims import Gap, GapSmaller, Order
 from experiments.spec import Experiment, Row, RunConfig
 from lightning_modules.rtd import HEAD_BIAS_PRIOR_NOTE, RTDConfig
 

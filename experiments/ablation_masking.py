@@ -7,7 +7,7 @@ training documents are cut to about budget / 40 tokens: each row trains ~40 epoc
 held-out documents of the whole corpus, every block of them (about 20,000 masked tokens at `small`),
 so that a 0.05 difference in held-out MLM loss is resolved.
 """
-from experiments.claims import AtLeast
+from experiments.verdicts.claims import AtLeast
 from experiments.spec import Experiment, Row, RunConfig
 from datamodules.pretraining import PretrainingDataConfig
 

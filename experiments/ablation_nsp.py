@@ -3,7 +3,7 @@
 Four rows differ only in `data.input_format` (the NSP loss comes with the pair formats). All rows see
 the same number of training tokens and are evaluated on the same held-out DOC-SENTENCES blocks.
 """
-from experiments.claims import AtLeast, Worst
+from experiments.verdicts.claims import AtLeast, Worst
 from experiments.spec import Experiment, Row, RunConfig
 
 DOWNSTREAM = ("sentiment", "topic", "downstream_avg")

@@ -5,7 +5,7 @@ the same weights (the pretraining work directory is keyed by the pretraining con
 SiFT only for its 1.5B model; this table reports whether it helps at these sizes.
 """
 from ablations.config import EncoderConfig
-from experiments.claims import AtLeast
+from experiments.verdicts.claims import AtLeast
 from experiments.spec import Experiment, Row, RunConfig
 
 EXPERIMENT = Experiment(

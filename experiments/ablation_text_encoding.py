@@ -4,7 +4,7 @@ The vocabulary sizes keep the paper's 50 : 30 ratio at every preset. Held-out ML
 each row's own vocabulary, so it does not compare across rows; the downstream scores do. The unknown-token
 rate is measured on the held-out documents. The paper published no table, only "slight differences".
 """
-from experiments.claims import Close
+from experiments.verdicts.claims import Close
 from experiments.spec import Experiment, Row, RunConfig
 
 EXPERIMENT = Experiment(

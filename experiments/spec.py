@@ -1,6 +1,6 @@
 """A paper table as data: a base run config, rows as small diffs from it, metrics, paper numbers, claims.
 
-Nothing here trains; `experiments.runner` turns an `Experiment` into numbers. A row's changes are
+Nothing here trains; `experiments.running.runner` turns an `Experiment` into numbers. A row's changes are
 dotted paths into `RunConfig` ("data.input_format", "rtd.sharing"); a value may be a function of the
 preset's config (e.g. "8x the preset's batch"), so one table scales from smoke to paper size.
 """
@@ -21,7 +21,7 @@ from datamodules.pretraining import PretrainingDataConfig
 from lightning_modules.base import OptimConfig
 from lightning_modules.finetune import FineTuneConfig
 from lightning_modules.rtd import RTDConfig, generator_config
-from experiments.claims import Claim, paper_value, twins
+from experiments.verdicts.claims import Claim, paper_value, twins
 
 OBJECTIVES = ("mlm", "rtd")
 BUDGET_RULES = ("tokens", "flops")
@@ -31,7 +31,7 @@ EARLY_POINTS = ("own-schedule", "mid-run")
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that changes a row's result. Speed-only settings (precision, devices, workers) live in
-    `experiments.hardware.Hardware` and stay out of this config and its hash."""
+    `experiments.running.hardware.Hardware` and stay out of this config and its hash."""
 
     objective: str = "mlm"  # mlm (MLM, MLM+NSP when the format has NSP) | rtd (ELECTRA / DeBERTaV3)
     data: PretrainingDataConfig = field(default_factory=PretrainingDataConfig)
@@ -176,7 +176,7 @@ class Experiment:
     @property
     def checked_claims(self) -> tuple[Claim, ...]:
         """The claims a table checks: the declared ones, and for each claim on the downstream average its
-        `(proxy)` twins on the measures precise enough to decide something at small scale (experiments.claims.
+        `(proxy)` twins on the measures precise enough to decide something at small scale (experiments.verdicts.claims.
         twins: the linear probes, the minimal pairs, the held-out MLM loss); none for a claim whose rows share
         their pretraining (SiFT's rows differ in fine-tuning only, so their frozen encoders are the same), and
         none that repeats a declared claim."""
@@ -203,7 +203,7 @@ class Experiment:
                    and not any(k.startswith("data.tokenizer") for k in self.row(name).changes) for name in names)
 
     def paper_value(self, row: str, metric: str) -> float | None:
-        """The paper's figure for `row` on the scale of `metric`, where it reports one (experiments.claims)."""
+        """The paper's figure for `row` on the scale of `metric`, where it reports one (experiments.verdicts.claims)."""
         return paper_value(self.row(row).paper, metric)
 
     def row(self, name: str) -> Row:

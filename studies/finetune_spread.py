@@ -32,13 +32,13 @@ def current_command(command: str) -> str:
 def run(args) -> None:
     from datamodules.errors import UsageError
     from experiments.evaluations.finetuning import fine_tune_all, task_data
-    from experiments.trained import load_trained_row
-    from experiments.overrides import as_text, parse_overrides, split_tasks
+    from experiments.running.trained import load_trained_row
+    from experiments.running.overrides import as_text, parse_overrides, split_tasks
     from studies.plateau import cpu_name
     from experiments.presets import get_preset
     from experiments.registry import get_experiment
-    from experiments.hardware import Hardware, default_precision
-    from experiments.runner import slug
+    from experiments.running.hardware import Hardware, default_precision
+    from experiments.running.runner import slug
     from experiments.spec import apply_changes
 
     if args.runs < 2:

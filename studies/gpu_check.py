@@ -143,7 +143,7 @@ def environment(out: Path, carry_line: str) -> dict:
             "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}
     problems = [f"{name} is missing" for name in ("datasets", "blingfire", "transformers") if versions[name] is None]
     if torch.cuda.is_available():
-        from experiments.hardware import default_precision
+        from experiments.running.hardware import default_precision
 
         name = torch.cuda.get_device_name()
         info |= {"device": name, "bf16_peak_tflops": peak_tflops(name), "precision": default_precision(),
@@ -228,7 +228,7 @@ def bench_child(output: Path, start_batch: int) -> None:
     """The bench at the paper's size, in its own process so its cap can stop it; writes `output` after each kind."""
     from studies import bench
 
-    from experiments.hardware import machine_name
+    from experiments.running.hardware import machine_name
 
     shape0 = bench.Shape(**PAPER_SIZE, batch=start_batch)
     name = machine_name()  # the GPU's name on a GPU (a CPU's in the tests)
@@ -305,7 +305,7 @@ def pretraining_progress(table_dir: Path) -> dict:
     try:
         from experiments.presets import get_preset
         from experiments.registry import get_experiment
-        from experiments.runner import plan
+        from experiments.running.runner import plan
 
         steps = plan(get_experiment(MEDIUM_RUN[0]), get_preset("medium"), 1, [MEDIUM_RUN[1]], None,
                      table_dir.parent.parent)[0].steps

@@ -7,7 +7,7 @@
 `run` trains one row (any table's row, at any preset, with any `--set` override) exactly as the runner
 configures it, and at `--evals` evenly spaced steps measures on the table's held-out blocks (all of the preset's): the held-out
 MLM loss (an RTD row's generator's, and its discriminator's AUC), and per layer the most local head's
-attention on adjacent tokens as a multiple of uniform (experiments.word_order). Each measurement is
+attention on adjacent tokens as a multiple of uniform (experiments.running.word_order). Each measurement is
 appended to `studies/plateau/runs/NAME.jsonl` as it is taken, so a killed run keeps its curve so far.
 
 A row has escaped when some layer's most local head puts >= 3x the uniform share on adjacent tokens and
@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import Callback
 
 from experiments.evaluations.word_order import LEARNED_ADJACENT_MULTIPLE as LOCAL_MULTIPLE
 from experiments.evaluations.word_order import mlm_loss_threshold
-from experiments.verdicts import ELECTRA_REGIME_AUC
+from experiments.verdicts.judging import ELECTRA_REGIME_AUC
 
 STUDY_DIR = Path(__file__).resolve().parent / "plateau"  # its README, plot and committed runs
 
@@ -86,12 +86,12 @@ def run(args) -> None:
     from datamodules.formats import InputFormat
     from datamodules.pretraining import (HELDOUT_FORMAT, HELDOUT_SEED, MaskedExamples, PretrainingDataModule, collate,
                                          heldout_masking)
-    from experiments.durable import SeedEachBatch
-    from experiments.overrides import parse_overrides
+    from experiments.running.durable import SeedEachBatch
+    from experiments.running.overrides import parse_overrides
     from experiments.presets import get_preset
     from experiments.registry import get_experiment
-    from experiments.hardware import default_precision
-    from experiments.runner import build_module, plan
+    from experiments.running.hardware import default_precision
+    from experiments.running.runner import build_module, plan
     from experiments.evaluations.heldout import bigram_corruption, count_model_cross_entropy
 
     experiment, preset = get_experiment(args.experiment), get_preset(args.preset)

@@ -69,7 +69,7 @@ def pytest_terminal_summary(terminalreporter):
     (printed with -q too, which hides the report header)."""
     import torch
 
-    from experiments.hardware import PRECISIONS, default_precision, machine_name
+    from experiments.running.hardware import PRECISIONS, default_precision, machine_name
 
     terminalreporter.write_line(f"machine: {machine_name()}; torch {torch.__version__}, CPU capability "
                                 f"{torch.backends.cpu.get_cpu_capability()}; a run here picks {default_precision()}")

@@ -48,8 +48,8 @@ def test_a_baseline_that_is_not_a_checkout_of_the_suite_is_refused(tmp_path):
 
 
 def _cpu_reports(monkeypatch, precision: str) -> None:
-    """Make the runner's test of the machine (experiments.hardware.default_precision) answer `precision`."""
-    from experiments import hardware
+    """Make the runner's test of the machine (experiments.running.hardware.default_precision) answer `precision`."""
+    from experiments.running import hardware
 
     monkeypatch.setattr(hardware, "default_precision", lambda: precision)
 
@@ -132,7 +132,7 @@ def test_the_default_presets_shape_is_read_from_the_presets_and_priced_per_row()
 
 FAULTS_PER_STEP = """
 import resource, sys, torch
-from experiments import allocator
+from experiments.running import allocator
 if sys.argv[1] == "kept":
     assert allocator.keep_freed_memory()
 def step():  # a 64 MiB activation, allocated and freed: above glibc's largest automatic mmap threshold
@@ -146,11 +146,11 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc thresholds (experiments.allocator)")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc thresholds (experiments.running.allocator)")
 def test_freed_memory_is_kept_for_the_next_step_in_process_and_in_the_bench_workers(monkeypatch):
     """The runner's setting (mallopt) and the bench workers' (the environment) both stop a freed large block
     from being unmapped and faulted in again, page by page, at the next step."""
-    from experiments import allocator
+    from experiments.running import allocator
 
     def faults(mode: str, environment: dict) -> int:
         done = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, mode], cwd=bench.ROOT, capture_output=True,

@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from experiments import board
+from experiments.reporting import board
 from experiments.presets import PRESETS
 from experiments.registry import EXPERIMENTS
-from experiments.runner import ROOT
+from experiments.running.runner import ROOT
 from test_experiments import cli
 
 
@@ -61,7 +61,7 @@ def test_publish_copies_the_current_rows_into_one_folder_per_preset_and_machine_
 
 
 def test_the_planner_says_plainly_when_a_preset_has_no_calibration(tmp_path):
-    from experiments.planner import plan_table
+    from experiments.reporting.planner import plan_table
 
     said = []
     plan_table(EXPERIMENTS["ablation-masking"], PRESETS["smoke"], 1.0, None, 1.0, tmp_path,
@@ -74,7 +74,7 @@ def test_the_planner_says_plainly_when_a_preset_has_no_calibration(tmp_path):
 def test_the_planner_times_the_rows_here_and_names_the_seeds_each_claim_needs(tmp_path):
     """At smoke, with a calibration file of the test's: each row timed on this machine, each paper claim's seeds at
     the paper's effect from the t formula, and what an hour buys."""
-    from experiments.planner import plan_table
+    from experiments.reporting.planner import plan_table
 
     calibration = tmp_path / "calibration.json"
     calibration.write_text(json.dumps({"smoke": {"kinds": {"absolute-mlm": {

@@ -13,7 +13,7 @@ import torch
 
 from conftest import refused_in_process
 from datamodules.errors import UsageError
-from experiments.overrides import parse_overrides
+from experiments.running.overrides import parse_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,7 +131,7 @@ def test_an_exported_row_loads_in_transformers_with_the_same_hidden_states(row, 
     from ablations.encoder import Encoder
     from experiments.presets import PRESETS
     from experiments.registry import EXPERIMENTS
-    from experiments.runner import build_module, plan
+    from experiments.running.runner import build_module, plan
 
     results, args, _ = own_table
     done = cli("export", "ablation-deberta", "--row", row, *[a for a in args if a not in ("--rows", "RoBERTa-ReImp,DeBERTa")],

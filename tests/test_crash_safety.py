@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from datamodules.errors import UsageError
-from experiments.durable import resumable_checkpoint
-from experiments.overrides import directory_name, parse_overrides
+from experiments.running.durable import resumable_checkpoint
+from experiments.running.overrides import directory_name, parse_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 # Fine-tuning runs 8 epochs (64 steps, several seconds) instead of smoke's one (8 steps, under a second): the kill
@@ -33,12 +33,12 @@ TABLE = Path("ablation-nsp", directory_name("smoke", parse_overrides([FINETUNE],
 
 
 # `python -m experiments`, but the sweep's process kills itself with SIGKILL halfway through the n-th write of <what>
-# ("checkpoint" or "row-file"): the test wraps the suite's one atomic write (experiments.durable.write_atomically,
+# ("checkpoint" or "row-file"): the test wraps the suite's one atomic write (experiments.running.durable.write_atomically,
 # which checkpoints and row files go through) in the child before the sweep starts, so that production code
 # carries no hook for it. The half is written where the real write puts its temporary file.
 CRASHING_SWEEP = """
 import os, runpy, signal, sys
-from experiments import durable
+from experiments.running import durable
 what, n = sys.argv.pop(1).split(":")
 seen, write = [0], durable.write_atomically
 def write_or_die_halfway(path, data, kind="file"):
@@ -345,7 +345,7 @@ def test_damaged_token_array_is_rebuilt_with_a_warning_and_the_same_tokens(tmp_p
 
 
 def test_a_row_that_trained_far_fewer_tokens_than_planned_writes_no_result():
-    from experiments.runner import check_budget
+    from experiments.running.runner import check_budget
 
     check_budget(SimpleNamespace(padded_tokens_seen=24_300), 24_576, "row")  # a partial batch per epoch: fine
     with pytest.raises(UsageError, match="938 padded tokens of its planned 24,576"):

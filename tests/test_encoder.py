@@ -279,7 +279,7 @@ def test_relative_bias_adds_each_heads_learned_value_for_the_clipped_distance():
 def test_word_order_measures_uniform_attention_and_a_determined_next_token():
     from types import SimpleNamespace
 
-    from experiments.word_order import attention_profile, count_model_cross_entropy
+    from experiments.running.word_order import attention_profile, count_model_cross_entropy
 
     encoder = Encoder(EncoderConfig(**TINY)).eval()
     with torch.no_grad():

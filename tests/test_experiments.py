@@ -10,11 +10,11 @@ import pytest
 
 from experiments.presets import PRESETS, configure
 from experiments.registry import EXPERIMENTS
-from experiments.results import RowSummary
-from experiments.verdicts import check_claim
+from experiments.reporting.tables import RowSummary
+from experiments.verdicts.judging import check_claim
 from conftest import refused_in_process
-from experiments.noise import Noise
-from experiments.claims import AtLeast, Best, Close, Gap, GapSmaller, Order, Worst
+from experiments.verdicts.noise import Noise
+from experiments.verdicts.claims import AtLeast, Best, Close, Gap, GapSmaller, Order, Worst
 from experiments.spec import budget_of, steps_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def test_a_refused_request_in_a_real_process_is_one_line_without_a_traceback(tmp
 
 def test_a_config_that_cannot_run_is_reported_for_every_row_before_training():
     from datamodules.errors import UsageError
-    from experiments.runner import plan
+    from experiments.running.runner import plan
     from experiments.spec import Row
     import dataclasses
 
@@ -147,8 +147,8 @@ def test_seeds_to_decide_grow_the_degrees_of_freedom_with_the_seeds():
     interval uses 2 + (n - 1) degrees of freedom: t(0.975, 7) / sqrt(6) = 0.966 <= 1 < t(0.975, 6) / sqrt(5)
     = 1.094, so 6 seeds; keeping t at 2 degrees of freedom would say ceil(4.303^2) = 19. With 80% power,
     (t(0.975, 11) + t(0.8, 11)) / sqrt(10) = 0.973 <= 1 < 1.036 at 9 seeds, so 10."""
-    from experiments.noise import t_quantile
-    from experiments.verdicts import Spread, seeds_needed
+    from experiments.verdicts.noise import t_quantile
+    from experiments.verdicts.judging import Spread, seeds_needed
 
     found = Spread(1.0, 2, 2, "calibration")
     assert seeds_needed(1.0, found) == 6 and seeds_needed(1.0, found, power=0.8) == 10
@@ -159,8 +159,8 @@ def test_seeds_to_decide_grow_the_degrees_of_freedom_with_the_seeds():
 
 
 def test_a_pooled_interval_sums_the_degrees_of_freedom_of_the_calibration_and_the_seeds():
-    from experiments.claims import Comparison, Quantity
-    from experiments.verdicts import judge, spread
+    from experiments.verdicts.claims import Comparison, Quantity
+    from experiments.verdicts.judging import judge, spread
 
     noise = Noise("cpu", {"score": 2.0}, "calibration", {"score": 2})
     comparison = Comparison("A - B", np.array([1.0, 2.0, 3.0]), Quantity("score"))  # own SD 1.0 on 2 df
@@ -176,7 +176,7 @@ def test_a_pooled_interval_sums_the_degrees_of_freedom_of_the_calibration_and_th
 
 
 def test_a_gap_claims_sd_is_that_of_the_gap_from_the_calibrations_own_seeds():
-    from experiments.claims import Quantity
+    from experiments.verdicts.claims import Quantity
 
     noise = Noise("cpu", {"g": 0.5, "d": 0.5}, "calibration", {"g": 2, "d": 2},
                   {"g": [0.50, 0.62, 0.56], "d": [0.10, 0.20, 0.15]})  # gaps 0.40, 0.42, 0.41: SD 0.01
@@ -206,7 +206,7 @@ def test_every_margin_names_its_source():
 
 
 def test_calibration_pools_the_seed_spread_of_its_rows_as_a_paired_sd():
-    from experiments.noise import paired_sd
+    from experiments.verdicts.noise import paired_sd
 
     values = {"mlm": {"score": [80.0, 82.0, 81.0], "parameters": [5.0, 5.0, 5.0]}, "rtd": {"score": [70.0, 71.0, 72.0]}}
     sd, degrees = paired_sd(values)  # residuals -1, 1, 0 and -1, 0, 1: sum of squares 4 over 4 degrees of freedom
@@ -214,7 +214,7 @@ def test_calibration_pools_the_seed_spread_of_its_rows_as_a_paired_sd():
 
 
 def test_a_calibrated_sd_from_few_seeds_widens_the_interval_through_students_t():
-    from experiments.noise import detectable_effect
+    from experiments.verdicts.noise import detectable_effect
 
     many = Noise("small", {"score": 1.0}, "calibration")
     few = Noise("small", {"score": 1.0}, "calibration", {"score": 4})
@@ -228,7 +228,7 @@ def test_a_calibrated_sd_from_few_seeds_widens_the_interval_through_students_t()
 
 
 def test_calibration_file_round_trips_per_kind_and_reads_the_older_single_entry(tmp_path):
-    from experiments.noise import load_calibration, save_calibration
+    from experiments.verdicts.noise import load_calibration, save_calibration
 
     path = tmp_path / "calibration.json"
     assert load_calibration("small", path).source == "not calibrated"
@@ -250,7 +250,7 @@ def test_calibration_file_round_trips_per_kind_and_reads_the_older_single_entry(
 
 
 def test_a_claim_is_judged_against_the_noise_of_its_rows_kind():
-    from experiments.noise import Calibration
+    from experiments.verdicts.noise import Calibration
 
     calibration = Calibration("small", {"absolute-mlm": Noise("small", {"score": 0.2}, "calibration 2026-11-27"),
                                         "disentangled-mlm": Noise("small", {"score": 2.0}, "calibration 2026-11-28",
@@ -283,8 +283,8 @@ def test_a_claim_is_judged_against_the_noise_of_its_rows_kind():
 
 
 def test_a_bag_of_words_row_decides_no_claim(tmp_path):
-    from experiments.results import build_table
-    from experiments.runner import plan, write_json_atomically
+    from experiments.reporting.tables import build_table
+    from experiments.running.runner import plan, write_json_atomically
 
     def words(adjacent, mlm):
         return {"adjacent_attention": [adjacent] * 3, "mlm_loss": [mlm] * 3, "unigram_loss": [7.0] * 3,
@@ -353,7 +353,7 @@ def test_every_claim_on_the_downstream_average_has_proxy_twins_on_the_low_noise_
 
 
 def test_calibration_reports_the_detectable_effect_per_kind_and_the_steadiest_probe_feature(tmp_path):
-    from experiments.noise import calibration_entry, describe_calibration, save_calibration
+    from experiments.verdicts.noise import calibration_entry, describe_calibration, save_calibration
 
     values = {"probe_avg": [60.0, 61.0, 62.0], "probe_avg_first_token": [55.0, 60.0, 65.0],
               "probe_avg_mean_last_layer": [60.0, 61.0, 62.0], "probe_avg_mean_last_4_layers": [60.0, 62.0, 64.0],
@@ -376,8 +376,8 @@ def test_calibration_reports_the_detectable_effect_per_kind_and_the_steadiest_pr
 def test_a_table_says_when_its_discriminators_are_early_in_training(tmp_path):
     """ELECTRA-Small at AUC 0.70 has learned to detect replacements (its claims are checked) but is below the
     0.80 taken for ELECTRA's regime: the table says so under it; at 0.85 it says nothing."""
-    from experiments.results import build_table
-    from experiments.runner import plan, write_json_atomically
+    from experiments.reporting.tables import build_table
+    from experiments.running.runner import plan, write_json_atomically
 
     experiment = EXPERIMENTS["ablation-electra-small"]
     for auc, expect_note in ((0.703, True), (0.85, False)):
@@ -413,8 +413,8 @@ def test_a_row_that_did_not_learn_decides_nothing():
 def test_a_claim_on_an_early_point_is_decided_by_what_that_point_had_learned():
     """ELECTRA Table 1's "at 25% of training" is a shorter run of its own: a claim on it reads that model, which
     may still be a bag of words when the row itself has learned."""
-    from experiments.results import _early_point_cell
-    from experiments.verdicts import values_at
+    from experiments.reporting.tables import _early_point_cell
+    from experiments.verdicts.judging import values_at
 
     def model(adjacent, mlm, auc, at=""):
         return {f"adjacent_attention{at}": [adjacent] * 3, f"generator_mlm_loss{at}": [mlm] * 3, f"disc_auc{at}": [auc] * 3}
@@ -440,7 +440,7 @@ def test_a_claim_on_an_early_point_is_decided_by_what_that_point_had_learned():
 
 
 def test_the_tables_eta_counts_the_early_points_a_row_pretrains(tmp_path):
-    from experiments.runner import plan, planned_work
+    from experiments.running.runner import plan, planned_work
 
     rows = {p.row.name: p for p in plan(EXPERIMENTS["ablation-electra-small"], PRESETS["cpu"], 1, None, None, tmp_path)}
     # equal training FLOPs, and ELECTRA-Small also pretrains its points at 6.25 + 12.5 + 25 + 50% of its steps
@@ -486,7 +486,7 @@ def test_rows_record_the_embedding_similarity_at_initialisation():
 
 
 def test_every_claim_says_whether_it_is_the_papers_or_the_suites_proxy(tmp_path):
-    from experiments.results import build_table
+    from experiments.reporting.tables import build_table
 
     sources = {(e.id, c.text): c.source for e in EXPERIMENTS.values() for c in e.claims}
     assert set(sources.values()) == {"paper", "proxy"}
@@ -522,7 +522,7 @@ def test_electra_small_early_points_are_shorter_runs_with_their_own_schedule():
     """ELECTRA Table 1's "at 25% of training" is a model trained for a quarter of the time, so its learning
     rate has warmed up and decayed to zero over its own steps, not a mid-run checkpoint at ~80% of peak."""
     from experiments.evaluations.early_points import early_point
-    from experiments.runner import plan
+    from experiments.running.runner import plan
     from lightning_modules.base import warmup_linear_decay
 
     row = plan(EXPERIMENTS["ablation-electra-small"], PRESETS["small"], 1, ["ELECTRA-Small"], None, Path("/unused"))[0]
@@ -542,8 +542,8 @@ def test_electra_small_early_points_are_shorter_runs_with_their_own_schedule():
 def test_each_table_trains_with_its_papers_optimiser_recipe(experiment_id, beta2, warmup, tmp_path):
     """ELECTRA's released code: Adam beta2 0.999, 10k of 1M steps warm-up, for every row of its tables
     (their BERT baselines were trained by the same code); RoBERTa's beta2 0.98 and 6% elsewhere."""
-    from experiments.results import build_table
-    from experiments.runner import plan, write_json_atomically
+    from experiments.reporting.tables import build_table
+    from experiments.running.runner import plan, write_json_atomically
 
     experiment = EXPERIMENTS[experiment_id]
     plans = plan(experiment, PRESETS["small"], 1, None, None, tmp_path)

@@ -152,7 +152,7 @@ def test_trimming_keeps_the_named_files_and_the_folders_above_them(tmp_path):
 def test_the_gpu_preset_validates_and_its_budget_is_the_documented_one(tmp_path):
     from experiments.presets import PRESETS, configure
     from experiments.registry import EXPERIMENTS
-    from experiments.runner import plan
+    from experiments.running.runner import plan
     from experiments.spec import RunConfig
 
     gpu, cpu = PRESETS["gpu"], PRESETS["cpu"]

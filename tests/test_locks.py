@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from experiments import durable
-from experiments.durable import Lock
+from experiments.running import durable
+from experiments.running.durable import Lock
 
 RACERS, ROUNDS = 6, 400  # the former rename scheme had two holders in 23 to 28 of 400 rounds (2 busy cores)
 FORK = multiprocessing.get_context("fork")

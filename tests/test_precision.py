@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from conftest import refused_in_process
-from experiments import hardware
+from experiments.running import hardware
 from lightning_modules.base import ObjectiveModule, OptimConfig
 from test_experiments import cli
 
@@ -73,7 +73,7 @@ def test_the_clipped_update_is_the_same_under_every_precision(precision):
 
 
 def _trained_row(directory, experiment, row) -> dict:
-    from experiments.runner import slug
+    from experiments.running.runner import slug
 
     return json.loads((directory / experiment / "smoke" / "rows" / f"{slug(row)}__seed0.json").read_text())
 

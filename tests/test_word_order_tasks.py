@@ -239,11 +239,11 @@ NEW_TASKS = ("pos", "bigram_shift")
 
 @pytest.mark.slow(seconds=35)
 def test_a_smoke_row_reports_the_word_order_tasks_and_reevaluate_gives_them_to_a_row_trained_before(tmp_path):
-    from experiments.reevaluate import reevaluate
+    from experiments.running.reevaluate import reevaluate
     from experiments.presets import PRESETS
     from experiments.registry import get_experiment
-    from experiments.hardware import Hardware
-    from experiments.runner import plan, run
+    from experiments.running.hardware import Hardware
+    from experiments.running.runner import plan, run
 
     experiment, preset = get_experiment("ablation-nsp"), PRESETS["smoke"]
     run(experiment, preset, 1, ["DOC-SENTENCES"], None, Hardware(), tmp_path)

@@ -9,7 +9,7 @@
                       each with the figures that say whether it had learned (`learning_figures`)
     trained.py        a trained row loaded back from its checkpoint (`word-order`, `export`)
 
-Each is a function of an encoder (or a trained module) and data. A row (experiments.runner.run_row) runs
+Each is a function of an encoder (or a trained module) and data. A row (experiments.running.runner.run_row) runs
 them all through `evaluate_pretrained` and `fine_tune_all`, `python -m experiments word-order` runs the word
 order check on a trained row, and `calibrate` measures their noise through the rows it trains. All but
 fine-tuning are deterministic for a given encoder and data, so their noise is the pretraining seed's alone.
@@ -57,7 +57,7 @@ def validated_metrics(module, data, trainer) -> dict[str, float]:
 
 
 def learning_figures(module, data, trainer, config, device: str) -> dict[str, float]:
-    """What says whether a model has learned what the claims are about (experiments.verdicts.learning_problems),
+    """What says whether a model has learned what the claims are about (experiments.verdicts.judging.learning_problems),
     without the rest of `evaluate_pretrained`: its validation metrics and its word order. An early point's."""
     rtd = config.objective == "rtd"
     metrics = validated_metrics(module, data, trainer)

@@ -6,7 +6,7 @@ row's own checkpoint at that step (`SaveEncoderAt`), cheaper, but its learning r
 the peak at 25%). Each point is fine-tuned and probed like the row itself (`downstream_avg@0.25`,
 `probe_avg@0.25`). An own-schedule point also records what says whether it had learned (its held-out MLM
 loss, discriminator AUC and word order: `disc_auc@0.25`, `adjacent_attention@0.25`), so that a claim on a
-point that is still a bag of words decides nothing, like a row's (experiments.verdicts.learning_problems_of);
+point that is still a bag of words decides nothing, like a row's (experiments.verdicts.judging.learning_problems_of);
 a mid-run point is a checkpoint of the row's own run and records only its scores.
 """
 from __future__ import annotations

@@ -24,7 +24,7 @@ import lightning as L
 import numpy as np
 
 from datamodules.downstream import FineTuneDataModule, TaskSpec, load_task, task_name
-from experiments.durable import StopOnRequest, StopRequest, write_json_atomically
+from experiments.running.durable import StopOnRequest, StopRequest, write_json_atomically
 from lightning_modules.finetune import FineTuneModule
 
 

@@ -10,7 +10,7 @@ its neighbours is well above 1).
 A row has **learned word order** when some layer's most local head puts at least
 `LEARNED_ADJACENT_MULTIPLE` times the uniform share on adjacent tokens AND its held-out MLM loss is at most
 the midpoint between the unigram and the left-bigram count models (issue 23). Otherwise it is still a
-**bag of words**, and it decides no claim (experiments.verdicts.learning_problems). The attention is the
+**bag of words**, and it decides no claim (experiments.verdicts.judging.learning_problems). The attention is the
 encoder a row fine-tunes (an RTD row's discriminator), the MLM loss the row's MLM (an RTD row's generator).
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 1. Preprocessing the offline corpus: cold (from nothing) and warm (cache), with peak memory; the corpus
    repeated 10x, to show memory stays bounded as the corpus grows.
 2. Building and masking one batch vs one training step of a small model, in the precision a training run
-   on this machine uses (`experiments.hardware.default_precision`).
+   on this machine uses (`experiments.running.hardware.default_precision`).
 3. Training steps of our encoders vs HuggingFace transformers at the same configuration and on the same
    batches, interleaved round by round, each model and precision in its own process (see `Worker`):
    MLM vs BertForMaskedLM, DeBERTa vs DebertaV2ForMaskedLM, RTD vs ELECTRA built from ElectraForMaskedLM +
@@ -79,7 +79,7 @@ def main(argv=None) -> None:
     parser.add_argument("--only", default="preprocess,batch,mlm,deberta,rtd,default",
                         help="comma-separated parts (default: all of them)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto: bf16 rows where a training run here uses bf16 (experiments.hardware.default_precision); "
+                        help="auto: bf16 rows where a training run here uses bf16 (experiments.running.hardware.default_precision); "
                              "fp32: this CPU has no bf16 (skip them); bf16: run them anyway")
     parser.add_argument("--preset", default=None, help="whose shape the 'default' part times (default: the default preset)")
     parser.add_argument("--threads", type=int, default=None,

@@ -32,25 +32,25 @@ def use_all_cores() -> None:
 
 def bf16_rows(choice: str = "auto") -> tuple[bool, str]:
     """Whether the bf16 rows run, and the line to print about it. `auto` asks the runner's own test
-    (`experiments.hardware.default_precision`, which picks the precision of every training run): bf16 rows
+    (`experiments.running.hardware.default_precision`, which picks the precision of every training run): bf16 rows
     run where a training run would use bf16. `fp32` says this CPU has no bf16 (or emulates one that has
     none); `bf16` runs them even where the runner's test says the CPU lacks bf16 (slow: a reference GEMM)."""
     if choice not in PRECISIONS:
         raise ValueError(f"unknown precision {choice!r} (valid: {', '.join(PRECISIONS)})")
     if choice == "fp32":
         return False, "bf16 rows skipped: --precision fp32 says this CPU has no bf16"
-    from experiments.hardware import default_precision
+    from experiments.running.hardware import default_precision
 
     if bench_device().type == "cuda" and not torch.cuda.is_bf16_supported():
         return False, "bf16 rows skipped: this GPU has no bf16"
     training = "bf16-mixed" if bench_device().type == "cuda" else default_precision()
     if training.startswith("bf16"):
-        return True, f"bf16 rows run: a training run here uses {training} (experiments.hardware.default_precision)"
+        return True, f"bf16 rows run: a training run here uses {training} (experiments.running.hardware.default_precision)"
     if choice == "bf16":
         return True, (f"bf16 rows run because --precision bf16 asks, although a training run here uses {training}: "
                       "without bf16 instructions torch's fallback GEMM makes them very slow")
     return False, (f"bf16 rows skipped: this CPU has no bf16 instructions, so a training run here uses {training} "
-                   "(experiments.hardware.default_precision) and a bf16 step would take minutes")
+                   "(experiments.running.hardware.default_precision) and a bf16 step would take minutes")
 
 
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from experiments import allocator
+from experiments.running import allocator
 from studies.bench.machine import bf16_rows, synchronize, use_all_cores
 from studies.bench.models import contenders, random_batch, to_device
 from studies.bench.preprocessing import peak_rss_mb
@@ -24,7 +24,7 @@ class Worker:
     would be. In a shared process the models' allocations interact: the allocator state each model leaves
     moved the other's speed by 5-20% either way; switching precision within one process does the same.
     Every worker, ours, HF's and a baseline checkout's alike, starts with the malloc thresholds our training
-    runs set (experiments.allocator): with glibc's defaults HF's step took 140-150k page faults and ran 15-20%
+    runs set (experiments.running.allocator): with glibc's defaults HF's step took 140-150k page faults and ran 15-20%
     slower, ours 5-11k and 3-5% slower, and HF's speed moved by up to 15% between runs."""
 
     def __init__(self, kind: str, which: int, bf16: bool, steps: int, shape: Shape = SMALL, root: Path = ROOT):

@@ -4,7 +4,7 @@
    `--tflops`, prices them for a machine measured elsewhere by their training FLOPs); the rest of a row (held-out
    evaluations, probes, minimal pairs, fine-tuning, an ELECTRA-Small row's early points) is priced as the share
    of the pretraining time it took in the calibration's rows.
-2. Reads the preset's calibration (experiments.noise) and prints, per claim, the pretraining seeds that would
+2. Reads the preset's calibration (experiments.verdicts.noise) and prints, per claim, the pretraining seeds that would
    decide it at the paper's own effect and at the effect measured so far (if the table has rows here), at the
    edge of the 95% interval and at 80% power, with the hours those seeds take on this machine.
 3. Prints what `--hours` decide, or what `--seeds` cost.
@@ -24,10 +24,10 @@ import lightning as L
 import numpy as np
 import torch
 
-from experiments.claims import paper_comparisons
+from experiments.verdicts.claims import paper_comparisons
 from experiments.spec import Experiment
-from experiments.noise import CALIBRATION_FILE, NEAREST_KIND, load_calibration, row_kind
-from experiments.verdicts import POWER, Spread, seeds_to_decide
+from experiments.verdicts.noise import CALIBRATION_FILE, NEAREST_KIND, load_calibration, row_kind
+from experiments.verdicts.judging import POWER, Spread, seeds_to_decide
 
 TIMED_STEPS, WARMUP_STEPS = 3, 2  # steps timed per row, after steps that warm the allocator and caches up
 
@@ -65,7 +65,7 @@ def time_steps(p, precision: str) -> float:
     the row, stepped on repeatedly (the first steps of every new batch shape build kernels, which a whole run
     amortises over its steps)."""
     from datamodules.pretraining import PretrainingDataModule
-    from experiments.runner import build_module
+    from experiments.running.runner import build_module
 
     L.seed_everything(0, verbose=False)
     data = PretrainingDataModule(p.config.data, seed=0)
@@ -98,10 +98,10 @@ def overheads(preset: str, path: Path = CALIBRATION_FILE) -> dict[str, float]:
 def plan_table(experiment: Experiment, preset, hours: float | None, seeds: int | None, tflops: float | None,
                results_dir: Path, calibration_path: Path = CALIBRATION_FILE, log=print) -> dict:
     """Print the plan and return it as data (rows' costs, claims' seeds)."""
-    from experiments.results import load_rows
-    from experiments.verdicts import check_claim
-    from experiments.hardware import default_precision, machine_kind, machine_name
-    from experiments.runner import plan
+    from experiments.reporting.tables import load_rows
+    from experiments.verdicts.judging import check_claim
+    from experiments.running.hardware import default_precision, machine_kind, machine_name
+    from experiments.running.runner import plan
     from experiments.spec import budget_of
 
     plans = plan(experiment, preset, 1, None, None, results_dir)

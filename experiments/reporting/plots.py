@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.durable import write_atomically
+from experiments.running.durable import write_atomically
 
 CURVE_FAMILIES = {  # panel title -> the logged columns it draws (first found per row)
     "held-out MLM loss (an RTD row: its generator's)": ("val/mlm_loss", "val/generator_mlm_loss"),

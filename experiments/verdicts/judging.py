@@ -1,9 +1,9 @@
 """A claim's verdict from measured noise: holds / does not hold / inconclusive, never from a mean alone.
 
-One rule for a claim's noise (docs/verdicts.md): each comparison of a claim (experiments.claims) has one value
+One rule for a claim's noise (docs/verdicts.md): each comparison of a claim (experiments.verdicts.claims) has one value
 per pretraining seed, the quantity it compares (a difference of two rows, a gap within a row, a gap of gaps).
 Its SD is pooled from two measurements of that same quantity's seed-to-seed spread, with their degrees of
-freedom summed: the preset's calibration (`experiments/calibration.json`, `make calibrate`: rows trained with
+freedom summed: the preset's calibration (`experiments/verdicts/calibration.json`, `make calibrate`: rows trained with
 several seeds, per kind of row) and the table's own seeds (n - 1 degrees of freedom). The 95% interval of the
 mean is mean +- t(0.975, df) * SD / sqrt(n). The claim holds when the whole interval is on its side of the
 threshold (within the margin, for an equivalence), does not hold when it is wholly on the other side, and is
@@ -24,8 +24,8 @@ from typing import Callable
 import numpy as np
 
 from datamodules.downstream import task_name
-from experiments.claims import Claim, Comparison, Rows
-from experiments.noise import Calibration, Noise, base_metric, t_quantile
+from experiments.verdicts.claims import Claim, Comparison, Rows
+from experiments.verdicts.noise import Calibration, Noise, base_metric, t_quantile
 
 MAX_SEEDS = 1000  # "more than 1,000 seeds" says all there is to say about an effect that small
 POWER = 0.8  # the chance of deciding a real effect of the given size that the second seed count aims for
@@ -148,7 +148,7 @@ class Judgement:
 
 
 def judge(comparison: Comparison, noise: Noise) -> Judgement:
-    """The comparison's 95% interval (experiments.verdicts' one rule) and its verdict."""
+    """The comparison's 95% interval (experiments.verdicts.judging' one rule) and its verdict."""
     values = comparison.values
     if len(values) == 0:
         return Judgement(comparison, INCONCLUSIVE)
@@ -251,7 +251,7 @@ class ClaimResult:
     verdict: str
     judgements: tuple[Judgement, ...] = ()
     note: str = ""  # not measured: the missing rows; inconclusive by learning: which row did not learn and why
-    kinds: tuple[str, ...] = ()  # the kinds of row it read (experiments.noise.KINDS)
+    kinds: tuple[str, ...] = ()  # the kinds of row it read (experiments.verdicts.noise.KINDS)
     borrowed: str = ""  # the noise it borrowed from another kind of row, if any
 
     @property
@@ -289,10 +289,10 @@ class ClaimResult:
 def check_claim(claim: Claim, rows: dict, order: list[str],
                 noise: Noise | Calibration = Noise("", {}, "not calibrated"),
                 paper: Callable[[str, str], float | None] = lambda row, metric: None) -> ClaimResult:
-    """The claim judged on the rows (experiments.verdicts: one rule for its noise), against the noise of its rows'
+    """The claim judged on the rows (experiments.verdicts.judging: one rule for its noise), against the noise of its rows'
     kinds (a Calibration's) or the one given; `paper(row, metric)` gives the paper's own figures, for the seeds
     its effect would need. Not measured when a row is missing, never a verdict at smoke, inconclusive when a
-    row has not learned (experiments.verdicts.learning_problems: not at all, or not word order)."""
+    row has not learned (experiments.verdicts.judging.learning_problems: not at all, or not word order)."""
     needed = claim.needed(order)
     missing = list(dict.fromkeys(r for r, metric in needed if r not in rows or metric not in rows[r].values))
     if missing:

@@ -3,7 +3,7 @@
 Each claim reads some rows' metrics and reduces to one or more `Comparison`s: per pretraining seed, the value
 of the quantity it compares (a difference between two rows, a gap between two metrics of one row, or the
 difference between two rows' gaps), signed so that positive favours the claim, and the threshold the claim says
-that quantity is above (or, for an equivalence, the margin it stays within). `experiments.verdicts` judges each
+that quantity is above (or, for an equivalence, the margin it stays within). `experiments.verdicts.judging` judges each
 comparison against measured noise; a claim of several comparisons (a ranking) holds when every one holds.
 
 A margin is never silent: a claim with one names where it comes from (`margin_source`), the paper's own figures

@@ -5,7 +5,7 @@
   from its newest loadable checkpoint, with the same data order and random draws, so a killed sweep
   loses at most the work since that checkpoint and its result is the same as an uninterrupted run's.
 - A row being trained by another sweep (its lock is held) is skipped and named at the end; Ctrl-C or
-  SIGTERM stops after the current step with a checkpoint (see experiments.durable).
+  SIGTERM stops after the current step with a checkpoint (see experiments.running.durable).
 - Lightning's Trainer does the training; devices, strategy (DDP, FSDP), nodes and precision pass
   through. The corpus is prepared once (rank 0 of the first process), then read from the cache.
 - Results are written by rank 0 only, atomically; the table is rebuilt from the row files afterwards.
@@ -32,22 +32,22 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from ablations.encoder import Encoder
 from datamodules.errors import UsageError
 from datamodules.pretraining import PretrainingDataModule
-from experiments import allocator, tracking
+from experiments.running import allocator, tracking
 from experiments.evaluations import (cached_task, evaluate_pretrained, evaluation_device, fine_tune_all, learning_figures,
                                     task_data, validated_metrics)
 from experiments.evaluations.early_points import SaveEncoderAt, evaluate_early_points
-from experiments.durable import (AtomicCheckpointIO, Lock, SaveFinalStep, SeedEachBatch, StopOnRequest, StopRequest,
+from experiments.running.durable import (AtomicCheckpointIO, Lock, SaveFinalStep, SeedEachBatch, StopOnRequest, StopRequest,
                                  Stopped, resumable_checkpoint, write_json_atomically)
-from experiments.overrides import conflicts, directory_name
-from experiments.overrides import save as save_overrides
-from experiments.hardware import Hardware, default_precision, machine_kind, machine_name
+from experiments.running.overrides import conflicts, directory_name
+from experiments.running.overrides import save as save_overrides
+from experiments.running.hardware import Hardware, default_precision, machine_kind, machine_name
 from experiments.presets import Preset, configure
-from experiments.progress import minutes
+from experiments.running.progress import minutes
 from experiments.spec import Experiment, Row, RunConfig, budget_of, steps_for
 from lightning_modules.mlm import MLMModule
 from lightning_modules.rtd import RTDModule
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):  # keep the run's own lines readable
     logging.getLogger(_name).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", module="lightning")

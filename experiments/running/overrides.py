@@ -139,6 +139,6 @@ def as_text(overrides: dict) -> list[str]:
 
 def save(directory: Path, overrides: dict) -> None:
     """Beside the table: what its rows were run with, read back when the table is built."""
-    from experiments.durable import write_atomically
+    from experiments.running.durable import write_atomically
 
     write_atomically(directory / "overrides.json", json.dumps(as_text(overrides), indent=1).encode())

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.claims import paper_comparisons
-from experiments.durable import write_atomically
+from experiments.verdicts.claims import paper_comparisons
+from experiments.running.durable import write_atomically
 from experiments.registry import EXPERIMENTS
-from experiments.results import build_table, load_rows
-from experiments.verdicts import check_claim
-from experiments.runner import ROOT
-from experiments.noise import load_calibration
+from experiments.reporting.tables import build_table, load_rows
+from experiments.verdicts.judging import check_claim
+from experiments.running.runner import ROOT
+from experiments.verdicts.noise import load_calibration
 
 REFERENCE = ROOT / "reference"
 BOARD = "BOARD.md"
@@ -36,7 +36,7 @@ README_START, README_END = "<!-- board:start -->", "<!-- board:end -->"
 def publish(preset, results_dir: Path, reference: Path = REFERENCE, log=print) -> list[Path]:
     """Copy the current-configuration rows of every table at `preset` into the reference folders and build each
     table there; returns the tables built."""
-    from experiments.runner import plan
+    from experiments.running.runner import plan
 
     built = []
     for experiment in EXPERIMENTS.values():

@@ -1,10 +1,10 @@
 """Seed-to-seed noise: what a claim's verdict is judged against, measured per kind of row by `make calibrate`.
 
 Rows differ in how much they vary between pretraining seeds, so noise is calibrated per kind of row (`KINDS`),
-one row of each (`CALIBRATION_ROWS`), stored per preset in `experiments/calibration.json`: per metric the SD of
+one row of each (`CALIBRATION_ROWS`), stored per preset in `experiments/verdicts/calibration.json`: per metric the SD of
 the difference between two pretraining seeds of one row, its degrees of freedom, every seed's value (the SD of a
 derived quantity, a gap between two metrics, comes from them), the machine kind it ran on and what a row cost.
-How a verdict uses it: experiments.verdicts and docs/verdicts.md.
+How a verdict uses it: experiments.verdicts.judging and docs/verdicts.md.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from experiments.claims import Quantity
+from experiments.verdicts.claims import Quantity
 
 CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
 MAX_DEGREES = 1000  # an SD recorded without its degrees of freedom (older files) is taken as well known
@@ -57,7 +57,7 @@ class Noise:
     degrees: dict[str, int] = field(default_factory=dict)  # metric -> degrees of freedom of its SD
     # metric -> its value per calibration seed: the SD of a derived quantity (a gap between two metrics) from them
     seed_values: dict[str, list[float]] = field(default_factory=dict)
-    machine: str = ""  # where it was measured: the machine kind and precision (experiments.hardware.machine_kind)
+    machine: str = ""  # where it was measured: the machine kind and precision (experiments.running.hardware.machine_kind)
     borrowed: str = ""  # the claim's kinds that were not calibrated and borrowed this noise
 
     @property
@@ -238,7 +238,7 @@ def describe_calibration(preset: str, entries: dict[str, dict], path: Path = CAL
 def save_calibration(preset: str, kinds: dict[str, dict], path: Path = CALIBRATION_FILE) -> None:
     """Store each kind's figures in the preset's entry, keeping the kinds calibrated before (an older single
     entry is replaced)."""
-    from experiments.durable import write_atomically
+    from experiments.running.durable import write_atomically
 
     calibration = json.loads(path.read_text()) if path.exists() else {}
     entry = calibration.get(preset) or {}

@@ -21,16 +21,16 @@ import torch
 
 from datamodules.downstream import task_name
 from datamodules.errors import UsageError
-from experiments.durable import Lock, write_json_atomically
+from experiments.running.durable import Lock, write_json_atomically
 from experiments.evaluations import autocast_dtype, evaluation_device, probe_state
 from experiments.evaluations.early_points import early_point
 from experiments.evaluations.finetuning import cached_task, fine_tune_all, task_averages, task_data
 from experiments.evaluations.probes import FEATURES, probe_metrics
-from experiments.evaluations.trained import load_trained_row
-from experiments.overrides import directory_name
+from experiments.running.trained import load_trained_row
+from experiments.running.overrides import directory_name
 from experiments.presets import Preset
-from experiments.hardware import Hardware, default_precision
-from experiments.runner import RowPlan, build_module, git_commit, plan, slug
+from experiments.running.hardware import Hardware, default_precision
+from experiments.running.runner import RowPlan, build_module, git_commit, plan, slug
 from experiments.spec import Experiment
 
 
@@ -96,7 +96,7 @@ def reevaluate_row(p: RowPlan, missing: list[str], overrides: dict | None, resul
     module.cpu()
     encoder_config = module.discriminator_config() if rtd else module.encoder.config
 
-    def finished_run(task: str, k: int, at: str = "") -> Path:  # where experiments.runner.run_row records a run
+    def finished_run(task: str, k: int, at: str = "") -> Path:  # where experiments.running.runner.run_row records a run
         return p.work_dir / f"finetune-{config.config_hash()[:12]}{at}" / f"{slug(task)}@ft{k}.json"
 
     with hardware.training(f"re-evaluating {p.row.name}"):

@@ -19,9 +19,9 @@ from experiments.evaluations.word_order import (LEARNED_ADJACENT_MULTIPLE, atten
 def inspect(experiment, preset, row: str, seed: int, overrides: dict | None, results_dir: Path) -> dict:
     """Measure a trained row on its held-out blocks, write `<table>/word-order/<row>__seed<k>.json` and return
     what it holds."""
-    from experiments.durable import write_json_atomically
+    from experiments.running.durable import write_json_atomically
     from experiments.evaluations import word_order_of
-    from experiments.trained import load_trained_row
+    from experiments.running.trained import load_trained_row
 
     p, module, data = load_trained_row(experiment, preset, row, seed, overrides, results_dir)
     data.setup()

@@ -1,5 +1,5 @@
 """A trained row loaded back from its checkpoint, for what runs after its sweep: `python -m experiments
-word-order` (experiments.word_order), `python -m experiments export` and the fine-tuning spread study. It plans
+word-order` (experiments.running.word_order), `python -m experiments export` and the fine-tuning spread study. It plans
 and builds the row as the runner does, so it sits beside the runner, not beneath it in `evaluations/` (which the
 runner imports)."""
 from __future__ import annotations
@@ -10,10 +10,10 @@ import torch
 
 from datamodules.errors import UsageError
 from datamodules.pretraining import PretrainingDataModule
-from experiments.durable import resumable_checkpoint
+from experiments.running.durable import resumable_checkpoint
 from experiments.evaluations import encoder_from_state
 from experiments.presets import Preset
-from experiments.runner import build_module, plan
+from experiments.running.runner import build_module, plan
 from experiments.spec import Experiment
 
 

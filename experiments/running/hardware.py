@@ -18,7 +18,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from datamodules.errors import UsageError
-from experiments.progress import progress_bar
+from experiments.running.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Hardware:
     precision: str | None = None  # None: bf16-mixed where the hardware does bf16, else 32-true
     num_workers: int = 0
     compile: bool = False  # torch.compile the encoders (speed only)
-    keep_freed_memory: bool = True  # glibc's malloc keeps freed blocks for reuse (experiments.allocator)
+    keep_freed_memory: bool = True  # glibc's malloc keeps freed blocks for reuse (experiments.running.allocator)
 
     def trainer_kwargs(self) -> dict:
         devices = int(self.devices) if str(self.devices).isdigit() else self.devices
@@ -72,7 +72,7 @@ class Hardware:
                              f"({type(error).__name__}; traceback in {file.name}). {advice}.") from error
 
     def trainer(self, label: str, callbacks=(), **kwargs) -> L.Trainer:
-        """A Trainer with the suite's defaults and a progress display named `label` (see experiments.progress)."""
+        """A Trainer with the suite's defaults and a progress display named `label` (see experiments.running.progress)."""
         return L.Trainer(**self.trainer_kwargs(), enable_progress_bar=True, enable_model_summary=False,
                          num_sanity_val_steps=0, inference_mode=False, callbacks=[*callbacks, progress_bar(label)],
                          **kwargs)
@@ -105,7 +105,7 @@ def machine_name() -> str:
 
 def machine_kind(precision: str) -> str:
     """The kind of machine a row ran on, as reference results are filed: e.g. cpu-avx512-bf16, cpu-avx2-fp32,
-    gpu-bf16. Rows of one kind take the same code path (experiments.hardware.default_precision, ablations.fast_ops)."""
+    gpu-bf16. Rows of one kind take the same code path (experiments.running.hardware.default_precision, ablations.fast_ops)."""
     short = {"32-true": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}.get(precision, precision)
     if torch.cuda.is_available():
         return f"gpu-{short}"

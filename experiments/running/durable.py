@@ -29,7 +29,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
-from experiments.progress import minutes
+from experiments.running.progress import minutes
 
 # -- whole-file writes -------------------------------------------------------------------------------
 

@@ -17,15 +17,15 @@ import numpy as np
 
 from datamodules.corpus import describe_corpus
 from datamodules.downstream import OFFLINE, task_name
-from experiments.durable import write_atomically
+from experiments.running.durable import write_atomically
 from experiments.evaluations.minimal_pairs import KINDS as PAIR_KINDS
 from experiments.evaluations.finetuning import ORDER_AVERAGE, headline
 from experiments.evaluations.probes import PROBE_FEATURE
 from experiments.evaluations.word_order import LEARNED_ADJACENT_MULTIPLE, word_order_cell
-from experiments.claims import PROBE_AVERAGE
-from experiments.noise import Calibration, load_calibration, row_kind
-from experiments.plots import draw
-from experiments.verdicts import (ELECTRA_REGIME_AUC, check_claim, early_points_in, learning_problems, values_at)
+from experiments.verdicts.claims import PROBE_AVERAGE
+from experiments.verdicts.noise import Calibration, load_calibration, row_kind
+from experiments.reporting.plots import draw
+from experiments.verdicts.judging import (ELECTRA_REGIME_AUC, check_claim, early_points_in, learning_problems, values_at)
 from experiments.spec import DEPARTURES, Experiment, departures
 from lightning_modules.base import describe
 
@@ -45,9 +45,9 @@ class RowSummary:
     optim: dict = field(default_factory=dict)  # the optimiser settings it trained with (its config's `optim`)
     tasks: list[str] = field(default_factory=list)  # the downstream tasks it was fine-tuned on
     corpus: dict = field(default_factory=dict)  # the corpus it was pretrained on (its config's data.corpus)
-    kind: str = "absolute-mlm"  # whose calibrated noise its claims use (experiments.noise.KINDS)
+    kind: str = "absolute-mlm"  # whose calibrated noise its claims use (experiments.verdicts.noise.KINDS)
     departures: dict = field(default_factory=dict)  # the departure switches it trained with (spec.departures)
-    machines: set = field(default_factory=set)  # the machine kinds its seeds ran on (experiments.hardware.machine_kind)
+    machines: set = field(default_factory=set)  # the machine kinds its seeds ran on (experiments.running.hardware.machine_kind)
 
     def mean(self, metric: str) -> float:
         values = self.values.get(metric, [])
