@@ -55,10 +55,10 @@ runpy.run_module("experiments", run_name="__main__", alter_sys=True)
 """
 
 
-def start(results: Path, log: Path, crash_at: str | None = None) -> subprocess.Popen:
+def start(results: Path, log: Path, crash_at: str | None = None, env: dict | None = None) -> subprocess.Popen:
     """The sweep in its own process (and process group); `crash_at` "<what>:<n>" makes it die halfway through the
-    n-th write of <what>."""
-    environment = os.environ | {"WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    n-th write of <what>; `env` adds to its environment."""
+    environment = os.environ | {"WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"} | (env or {})
     command = ["-c", CRASHING_SWEEP, crash_at] if crash_at else ["-m", "experiments"]
     return subprocess.Popen([sys.executable, *command, *SWEEP, "--results-dir", str(results)], cwd=ROOT,
                             env=environment, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -226,7 +226,7 @@ def test_a_sweep_killed_mid_row_is_finished_by_the_next_without_waiting_for_the_
     host, silent for two hours: taken over with a one-line warning naming host, pid and age."""
     expected, hour = reference[0], {"ABLATIONS_LOCK_LEASE": "3600"}
     directory = tmp_path / TABLE
-    first = start(tmp_path, tmp_path / "first.txt", hour)
+    first = start(tmp_path, tmp_path / "first.txt", env=hour)
     while first.poll() is None and not any(directory.glob("work/*/checkpoints/*.ckpt")):
         time.sleep(0.05)
     os.killpg(first.pid, signal.SIGKILL)
@@ -239,7 +239,7 @@ def test_a_sweep_killed_mid_row_is_finished_by_the_next_without_waiting_for_the_
     elsewhere.write_text(json.dumps({"host": "another-machine", "pid": 4242, "started": "earlier",
                                      "heartbeat": time.time() - 7200}))
     log = tmp_path / "second.txt"
-    assert finish(start(tmp_path, log, hour)) == 0, log.read_text()[-3000:]
+    assert finish(start(tmp_path, log, env=hour)) == 0, log.read_text()[-3000:]
     text = log.read_text()
     assert "being trained by another sweep" not in text, text[-3000:]
     [warning] = [line for line in text.splitlines() if "warning: taking over" in line]
