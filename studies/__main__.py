@@ -5,6 +5,8 @@
     python -m studies escape report                                          # studies/plateau/README.md, curves.png
     python -m studies finetune-spread run NAME --row DOC-SENTENCES --preset cpu --runs 5 [--set finetune.*=...]
     python -m studies finetune-spread report                                 # studies/finetune_spread/README.md
+    python -m studies tasks run NAME ROW_FILE ROW_FILE                         # a learned row and a bag of words
+    python -m studies tasks report                                           # studies/tasks/README.md
     python -m studies gpu-check [--out results/gpu-check --steps parity,smoke,bench,medium]    # make gpu-check
     python -m studies gpu-carry [--to .gpu-carry]                            # make gpu-carry
 
@@ -21,6 +23,7 @@ STUDIES = {
     "bench": ("studies.bench", False),
     "escape": ("studies.plateau", True),
     "finetune-spread": ("studies.finetune_spread", True),
+    "tasks": ("studies.tasks", True),
 }
 ALIASES = {"plateau": "escape", "finetune_spread": "finetune-spread"}
 # commands that measure or prepare the suite itself, with their own options (no run / report)

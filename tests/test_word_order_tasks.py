@@ -287,3 +287,24 @@ def test_a_smoke_row_reports_the_word_order_tasks_and_reevaluate_gives_them_to_a
     p.result_path.write_text(json.dumps(other))
     reevaluate(experiment, preset, tmp_path, None, None, Hardware(), lines.append)
     assert "differs in more than its tasks (optim)" in lines[-1] and json.loads(p.result_path.read_text()) == other
+
+
+def test_the_tasks_study_sets_each_score_beside_its_dev_sets_noise():
+    """studies/tasks.py: a difference counts as beyond the noise only when it exceeds both rows' binomial 95%
+    half-widths together; a task a bag of words passes is named so."""
+    from studies.tasks import compare, half_width
+
+    assert half_width(50.0, 10_000) == pytest.approx(0.98, abs=1e-6)  # 196 * sqrt(0.25 / 10,000)
+    probes = {"sentiment": {"dev": 1000}, "topic": {"dev": 400}, "pos": {"dev_tokens": 20_000,
+              "dev_ambiguous_tokens": 5_000}, "bigram_shift": {"dev": 1000}}
+
+    def row(name, adjacent, scores):
+        return {"row": name, "experiment": "t", "metrics": {"adjacent_attention": adjacent, "mlm_loss": 4.4} | scores,
+                "evaluations": {"probes": probes}}
+
+    learned = row("learned", 29.0, {"sentiment": 68.0, "topic": 89.0, "pos_ambiguous": 92.0, "bigram_shift": 69.0})
+    bag = row("bag", 1.2, {"sentiment": 68.5, "topic": 89.5, "pos_ambiguous": 85.0, "bigram_shift": 50.0})
+    lines = {line.split(" |")[0]: line for line in compare([learned, bag]).splitlines()}
+    assert lines["| sentiment (a bag of words passes)"].endswith("| -0.5 | no |")
+    assert lines["| bigram_shift (needs word order)"].endswith("| +19.0 | yes |")
+    assert lines["| pos_ambiguous (needs word order)"].endswith("| +7.0 | yes |")
