@@ -26,10 +26,6 @@ HEX_WORD = re.compile(r"\b[0-9a-f]{7,40}\b")  # a commit hash, short or full, wh
 DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
 LINK_TARGET = re.compile(r"\]\([^)]*\)")
 README_LINES = 150
-# Dated files in docs/ that are not this page's to move yet: docs/tables/ is being replaced by the reference
-# results, and docs/verdicts.md (rewritten with them) links the cpu calibration's printout. Remove each entry
-# when its files are gone.
-DATED_FILES_PENDING = ("docs/tables/",)
 
 
 def prose(text: str) -> str:
@@ -168,8 +164,7 @@ def dates_outside_the_excerpt_header(text: str) -> list[str]:
 
 
 def dated_files(folder: Path) -> list[str]:
-    return sorted(rel(path) for path in folder.rglob("*") if DATE.search(path.name)
-                  and not rel(path).startswith(DATED_FILES_PENDING))
+    return sorted(rel(path) for path in folder.rglob("*") if DATE.search(path.name))
 
 
 def test_the_readme_is_a_page_of_current_facts():
