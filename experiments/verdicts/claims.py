@@ -116,8 +116,8 @@ class Claim:
 
 
 @dataclass(frozen=True)
-class AtLeast(Claim):
-    """Row a's `metric` (b's `metric_b` if given) is no worse than b's by more than `margin`, paired by seed."""
+class _TwoRows(Claim):
+    """A claim on row a's `metric` against row b's (`metric_b` if given), paired by seed."""
 
     a: str = ""
     b: str = ""
@@ -125,21 +125,19 @@ class AtLeast(Claim):
 
     def needed(self, order):
         return [(self.a, self.metric), (self.b, self.metric_b or self.metric)]
+
+
+@dataclass(frozen=True)
+class AtLeast(_TwoRows):
+    """Row a is no worse than row b by more than `margin` (0: at least as good)."""
 
     def comparisons(self, rows, paper):
         return [self._pair(rows, self.a, self.b, self.metric, self.metric_b or self.metric, paper, -self.margin)]
 
 
 @dataclass(frozen=True)
-class Close(Claim):
+class Close(_TwoRows):
     """An equivalence: |a - b| <= margin ("only slight differences", "adds little")."""
-
-    a: str = ""
-    b: str = ""
-    metric_b: str = ""
-
-    def needed(self, order):
-        return [(self.a, self.metric), (self.b, self.metric_b or self.metric)]
 
     def comparisons(self, rows, paper):
         return [self._pair(rows, self.a, self.b, self.metric, self.metric_b or self.metric, paper, 0.0, self.margin)]
