@@ -124,3 +124,15 @@ def test_a_setting_this_machine_cannot_train_with_is_refused_before_training(arg
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     code, stderr = refused_in_process("run", "ablation-nsp", "--preset", "smoke", *args)
     assert code == 2 and message in stderr
+
+
+def test_running_out_of_memory_is_named_as_memory_not_precision():
+    from datamodules.errors import UsageError
+    from experiments.running.hardware import Hardware
+
+    with pytest.raises(UsageError, match="does not fit in this device's memory: lower data.tokens_per_batch"):
+        with Hardware(precision="bf16-mixed").training("pretraining X"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    with pytest.raises(UsageError, match="pretraining X failed under precision bf16-mixed.*--precision 32-true"):
+        with Hardware(precision="bf16-mixed").training("pretraining X"):
+            raise RuntimeError("\"addmm_impl_cpu_\" not implemented for 'BFloat16'")

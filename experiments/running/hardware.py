@@ -66,8 +66,14 @@ class Hardware:
                 file.write(f"{what} under {precision} on {machine_name()}\n\n")
                 traceback.print_exception(error, file=file)
             last_line = (str(error).strip().splitlines() or [type(error).__name__])[-1]
-            advice = (f"run again with --precision {other} (ARGS='--precision {other}' with make)" if other else
-                      "32-true is the most portable precision, so this is a bug: please report it with the traceback")
+            if isinstance(error, torch.OutOfMemoryError):  # the machine's memory, not the precision
+                advice = ("the batch does not fit in this device's memory: lower data.tokens_per_batch and raise "
+                          "gradient_accumulation by the same factor (SET='data.tokens_per_batch=... "
+                          "gradient_accumulation=...'), which keeps the row's batch")
+            elif other:
+                advice = f"run again with --precision {other} (ARGS='--precision {other}' with make)"
+            else:
+                advice = "32-true is the most portable precision, so this is a bug: please report it with the traceback"
             raise UsageError(f"{what} failed under precision {precision} on {machine_name()}: {last_line} "
                              f"({type(error).__name__}; traceback in {file.name}). {advice}.") from error
 
