@@ -2,8 +2,7 @@
 
 Everything goes under one folder (default results/gpu-check/), and each step has its own time cap:
 
-    environment  python, torch, CUDA, the card and its bf16 dense peak, the carry (studies.gpu_carry) and the
-                 versions of what the runs import; always runs
+    environment  python, torch, CUDA, the card, its bf16 peak, the carry (studies.gpu_carry); always runs
     parity       tests/test_encoder_parity.py's CUDA and bf16 tests with pytest (parity.xml, parity.log)
     smoke        one smoke table of each objective under the precision the GPU picks: ablation-nsp (MLM and
                  MLM+NSP) and ablation-embedding-sharing --rows GDES (RTD)
@@ -11,15 +10,13 @@ Everything goes under one folder (default results/gpu-check/), and each step has
                  vocabulary 32K, bf16) at the largest batch that fits both models, halving from --batch on
                  running out of memory: ours against BertForMaskedLM, DebertaV2ForMaskedLM and HF's ELECTRA;
                  tokens/s, the ratio, TFLOP/s, MFU against the card's bf16 dense peak, peak memory (bench.json)
-    medium       ablation-nsp's DOC-SENTENCES row at `medium`, timed; its word order from the row, or from
-                 `python -m experiments word-order` when the cap stopped it while fine-tuning
+    medium       ablation-nsp's DOC-SENTENCES row at `medium`, timed, with its word order
 
 Without a CUDA GPU each GPU step prints one line saying it is skipped and why, and the command exits 0;
 `--force-cpu-smoke` runs the smoke step on the CPU anyway (how the tests exercise it). A step that fails
 makes the exit code 1; one stopped at its cap reports what it finished. summary.md and summary.json say all.
 
-    python -m studies gpu-check [--out results/gpu-check] [--steps parity,smoke,bench,medium]
-                                [--cap bench=240 ...] [--batch 64] [--force-cpu-smoke]
+    python -m studies gpu-check [--out DIR] [--steps parity,smoke,bench,medium] [--cap bench=240] [--batch 64]
 """
 from __future__ import annotations
 

@@ -423,7 +423,7 @@ def test_local_files_in_glue_schema_load_with_the_hub_api(tmp_path):
 
 
 def test_sentence_pairs_are_encoded_with_segments_and_truncated_longest_first(tiny_tokenizer):
-    from datamodules.downstream import encode_examples
+    from datamodules.batching import encode_examples
 
     long_a = "word " * 100
     encoded = encode_examples(tiny_tokenizer, "bpe", [(long_a, "short one.")], max_length=32)[0]
@@ -435,7 +435,7 @@ def test_sentence_pairs_are_encoded_with_segments_and_truncated_longest_first(ti
 
 
 def test_truncation_by_levels_equals_taking_a_token_at_a_time_off_the_longest_segment():
-    from datamodules.downstream import truncated_lengths
+    from datamodules.batching import truncated_lengths
 
     def one_at_a_time(lengths, budget):
         lengths = list(lengths)
@@ -451,7 +451,7 @@ def test_truncation_by_levels_equals_taking_a_token_at_a_time_off_the_longest_se
 
 
 def test_fine_tuning_batches_group_similar_lengths_and_cover_every_example_once():
-    from datamodules.downstream import LengthGroupedBatches
+    from datamodules.batching import LengthGroupedBatches
 
     lengths = np.random.default_rng(1).integers(5, 129, 3000)
     sampler = LengthGroupedBatches(lengths, 32, seed=4)

@@ -8,7 +8,8 @@ import torch
 from ablations.config import EncoderConfig
 from ablations.sharing import GradientDisentangledEmbedding, average_cosine_similarity
 from datamodules.corpus import CorpusConfig
-from datamodules.downstream import FineTuneDataModule, load_sentiment
+from datamodules.downstream import load_sentiment
+from datamodules.batching import FineTuneDataModule
 from datamodules.masking import IGNORE_INDEX, MaskingConfig
 from datamodules.pretraining import PretrainingDataConfig, PretrainingDataModule, collate
 from datamodules.tokenization import TokenizerConfig

@@ -84,7 +84,7 @@ def test_pos_ambiguous_counts_only_the_words_with_several_tags_in_training():
 
 
 def test_a_tagging_example_labels_each_words_first_sub_token_and_marks_the_ambiguous_ones(tiny_tokenizer):
-    from datamodules.downstream import collate_tokens, encode_words
+    from datamodules.batching import collate_tokens, encode_words
     from datamodules.tokenization import CLS_ID, SEP_ID, encode_sentences
 
     sentence = ("Unbelievably", "the", "can", "rusts", ".")
@@ -107,7 +107,7 @@ def test_a_tagging_example_labels_each_words_first_sub_token_and_marks_the_ambig
 
 def test_the_fine_tuned_tagger_reports_accuracy_on_every_token_and_on_the_ambiguous_ones(tiny_tokenizer):
     from datamodules.brown import tagging_scores
-    from datamodules.downstream import collate_tokens, encode_words
+    from datamodules.batching import collate_tokens, encode_words
     from lightning_modules.finetune import FineTuneConfig, FineTuneModule
 
     rng = np.random.default_rng(0)
@@ -138,7 +138,8 @@ def test_the_fine_tuned_tagger_reports_accuracy_on_every_token_and_on_the_ambigu
 
 
 def test_bigram_shift_swaps_two_adjacent_words_in_a_copy_of_each_sentence_and_caps_keep_pairs_whole():
-    from datamodules.downstream import capped, load_bigram_shift
+    from datamodules.downstream import load_bigram_shift
+    from datamodules.batching import capped
 
     task = load_bigram_shift()
     for texts, labels, groups in ((*task.train, task.groups[0]), (*task.validation, task.groups[1])):
@@ -155,7 +156,8 @@ def test_bigram_shift_swaps_two_adjacent_words_in_a_copy_of_each_sentence_and_ca
 
 
 def _bigram_probe(encoder, tokenizer):
-    from datamodules.downstream import FineTuneDataModule, load_bigram_shift
+    from datamodules.downstream import load_bigram_shift
+    from datamodules.batching import FineTuneDataModule
     from experiments.evaluations.probes import probe_metrics
 
     data = FineTuneDataModule(load_bigram_shift(), tokenizer, "bpe", 64, 32, 0, 600, 400)

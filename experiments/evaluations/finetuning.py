@@ -23,7 +23,9 @@ from typing import Callable
 import lightning as L
 import numpy as np
 
-from datamodules.downstream import FineTuneDataModule, TaskSpec, load_task, task_name
+from datamodules.downstream import TaskSpec, load_task, task_name
+
+from datamodules.batching import FineTuneDataModule
 from experiments.running.durable import StopOnRequest, StopRequest, write_json_atomically
 from lightning_modules.finetune import FineTuneModule
 

@@ -36,7 +36,7 @@ import warnings
 import numpy as np
 import torch
 
-from datamodules.downstream import collate_classification, collate_tokens
+from datamodules.batching import collate_classification, collate_tokens
 
 FEATURES = ("first_token", "mean_last_layer", "mean_last_4_layers")
 # The feature the table reports: the steadiest across pretraining seeds where it was measured. On three seeds of
