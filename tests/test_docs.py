@@ -192,3 +192,34 @@ def test_the_current_facts_checks_see_what_they_check():
     assert results_excerpt_header(page) == 4
     assert [problem.split(":")[0] for problem in dates_outside_the_excerpt_header(page)] == ["line 3", "line 8"]
     assert DATE.search("bench/2026-12-04-epyc.json") and not DATE.search("ablation-nsp-cpu-metrics.png")
+
+
+PACKAGES = ("ablations", "datamodules", "lightning_modules", "experiments", "studies")
+# Lower layers never import higher ones: the model and data, then what measures a trained encoder, then claims and
+# their verdicts, then what trains rows, then what reports them (the command line and the tables sit on top).
+# experiments.running.durable (atomic files, locks) is the one utility every layer may use.
+LAYERS = [("ablations", "datamodules", "lightning_modules"), ("experiments.evaluations",), ("experiments.verdicts",),
+          ("experiments.running",), ("experiments.reporting",)]
+SHARED = ("experiments.running.durable",)
+IMPORT = re.compile(r"^\s*(?:from|import)\s+((?:ablations|datamodules|lightning_modules|experiments)[\w.]*)", re.M)
+
+
+def test_no_package_file_is_over_400_lines():
+    long = [(rel(p), n) for package in PACKAGES for p in (ROOT / package).rglob("*.py")
+            if "runs" not in p.parts and (n := len(p.read_text(encoding="utf-8").splitlines())) > 400]
+    assert not long, long
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    def layer(module: str) -> int | None:
+        found = [i for i, names in enumerate(LAYERS) for name in names
+                 if module == name or module.startswith(name + ".")]
+        return found[-1] if found else None
+
+    upward = []
+    for name in (name for names in LAYERS for name in names):
+        for path in (ROOT / name.replace(".", "/")).rglob("*.py"):
+            for imported in IMPORT.findall(path.read_text(encoding="utf-8")):
+                if imported not in SHARED and (above := layer(imported)) is not None and above > layer(name):
+                    upward.append(f"{rel(path)} imports {imported}")
+    assert not upward, upward
