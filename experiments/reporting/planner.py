@@ -152,7 +152,9 @@ def plan_table(experiment: Experiment, preset, hours: float | None, seeds: int |
         log(f"- ({claim.source}) {claim.text}")
         if claim.source == "paper" or paper is not None:  # a proxy's scale is the suite's: the paper has no figure
             log(f"    at the paper's effect: {_say(paper, hours_per_seed)}")
-        if found is not None:
+        if found is not None and found.verdict == "not measured":
+            log(f"    at the measured effect: not measured yet ({found.note})")
+        elif found is not None:
             log(f"    at the measured effect ({found.verdict} now): {_say(at_measured, hours_per_seed)}")
         if noise.borrowed:
             log(f"    noise {noise.borrowed}")
