@@ -7,6 +7,8 @@
     python -m studies finetune-spread report                                 # studies/finetune_spread/README.md
     python -m studies tasks run NAME ROW_FILE ROW_FILE                         # a learned row and a bag of words
     python -m studies tasks report                                           # studies/tasks/README.md
+    python -m studies precision run NAME ROW_FILE                            # one row under each precision
+    python -m studies precision report                                       # studies/precision/README.md
     python -m studies gpu-check [--out results/gpu-check --steps parity,smoke,bench,medium]    # make gpu-check
     python -m studies gpu-carry [--to .gpu-carry]                            # make gpu-carry
 
@@ -24,6 +26,7 @@ STUDIES = {
     "escape": ("studies.plateau", True),
     "finetune-spread": ("studies.finetune_spread", True),
     "tasks": ("studies.tasks", True),
+    "precision": ("studies.precision", True),
 }
 ALIASES = {"plateau": "escape", "finetune_spread": "finetune-spread"}
 # commands that measure or prepare the suite itself, with their own options (no run / report)

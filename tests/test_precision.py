@@ -136,3 +136,23 @@ def test_running_out_of_memory_is_named_as_memory_not_precision():
     with pytest.raises(UsageError, match="pretraining X failed under precision bf16-mixed.*--precision 32-true"):
         with Hardware(precision="bf16-mixed").training("pretraining X"):
             raise RuntimeError("\"addmm_impl_cpu_\" not implemented for 'BFloat16'")
+
+
+def test_the_precision_study_sets_one_row_under_each_precision_beside_the_seed_noise(tmp_path, monkeypatch):
+    from studies import precision
+
+    monkeypatch.setattr(precision, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(precision, "STUDY_DIR", tmp_path)
+    (tmp_path / "runs").mkdir()
+    config = {"objective": "mlm", "encoder": {"attention": "absolute"}}
+    for name, precision_name, loss in (("a", "bf16-mixed", 4.41), ("b", "32-true", 4.45)):
+        (tmp_path / "runs" / f"{name}.json").write_text(json.dumps({
+            "experiment": "ablation-nsp", "row": "DOC-SENTENCES", "seed": 0, "preset": "cpu", "config": config,
+            "metrics": {"mlm_loss": loss, "minimal_pairs": 86.0}, "seconds": {"pretraining": 400.0},
+            "wall_time_s": 500.0, "git_commit": "0" * 40,
+            "hardware": {"precision": precision_name, "machine_kind": "cpu-avx512-x"}}))
+    text = precision.report().read_text()
+    line = next(line for line in text.splitlines() if line.startswith("| mlm_loss"))
+    # 32-true before bf16-mixed (sorted by name), the difference first minus last, beside the calibrated SD
+    assert line.startswith("| mlm_loss | 4.450 | 4.410 | +0.040 | ") and not line.endswith("| - |")
+    assert "`runs/a.json` (commit 00000000)" in text
