@@ -37,7 +37,9 @@ def report() -> Path:
         noise = load_calibration(preset).kinds.get(row_kind(runs[0]["config"]))
         lines += [f"## {experiment} / {row}, seed {seed}, `{preset}`", "",
                   "| figure | " + " | ".join(f"{r['hardware']['precision']} ({r['hardware'].get('machine_kind', '?')})"
-                                            for r in runs) + " | difference | calibrated paired SD |",
+                                            for r in runs)
+                  + f" | difference ({runs[0]['hardware']['precision']} - {runs[-1]['hardware']['precision']}) | "
+                    "calibrated paired SD |",
                   "|---" * (len(runs) + 3) + "|"]
         for figure in FIGURES:
             if not all(figure in r["metrics"] for r in runs):
