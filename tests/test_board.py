@@ -89,3 +89,20 @@ def test_the_planner_times_the_rows_here_and_names_the_seeds_each_claim_needs(tm
     # SD 0.2 on 4 df: t(0.975, 4 + n - 1) * 0.2 / sqrt(n) <= 0.67 first at n = 1 (2.776 * 0.2 = 0.56)
     assert paper["paper"][0] == 1 and paper["paper"][1] >= paper["paper"][0]
     assert any(line.strip().startswith("1 h give") for line in said)
+
+
+def test_the_planner_prices_the_rest_of_a_row_from_the_tables_own_finished_rows(tmp_path):
+    """A finished row's evaluations and fine-tuning took (wall - pretraining) / pretraining of it: that share, not
+    the calibration's (measured before the table's tasks were what they are), prices the rest of its kind's rows."""
+    from experiments.reporting.planner import measured_overheads
+
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    config = {"objective": "mlm", "encoder": {"attention": "absolute"}, "evaluate_at": []}
+    for name, wall in (("a", 700.0), ("b", 800.0)):
+        (rows / f"{name}__seed0.json").write_text(json.dumps({"config": config, "wall_time_s": wall,
+                                                               "seconds": {"pretraining": 400.0}}))
+    early = {**config, "evaluate_at": [0.25]}  # its time holds its early points' pretraining: left out
+    (rows / "c__seed0.json").write_text(json.dumps({"config": early, "wall_time_s": 2000.0,
+                                                     "seconds": {"pretraining": 400.0}}))
+    assert measured_overheads(tmp_path) == {"absolute-mlm": pytest.approx((0.75 + 1.0) / 2)}

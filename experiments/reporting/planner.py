@@ -2,8 +2,9 @@
 
 1. Times a few training steps of each of the table's rows here, in the precision a run would train in (or, with
    `--tflops`, prices them for a machine measured elsewhere by their training FLOPs); the rest of a row (held-out
-   evaluations, probes, minimal pairs, fine-tuning, an ELECTRA-Small row's early points) is priced as the share
-   of the pretraining time it took in the calibration's rows.
+   evaluations, probes, minimal pairs, fine-tuning) is priced as the share of the pretraining time it took in the
+   table's own finished rows here, else in the calibration's rows; an ELECTRA-Small row's early points as the
+   steps they pretrain.
 2. Reads the preset's calibration (experiments.verdicts.noise) and prints, per claim, the pretraining seeds that would
    decide it at the paper's own effect and at the effect measured so far (if the table has rows here), at the
    edge of the 95% interval and at 80% power, with the hours those seeds take on this machine.
@@ -84,6 +85,19 @@ def time_steps(p, precision: str) -> float:
     return statistics.median(clock.times) * p.config.gradient_accumulation
 
 
+def measured_overheads(directory: Path) -> dict[str, float]:
+    """Per kind of row: what the rest of a row (evaluations, fine-tuning) cost as a share of its pretraining, in
+    the finished rows of `directory` (a table's results at one preset; rows with early points left out, whose
+    time holds their points' pretraining too). These rows ran the current tasks, which the calibration's may not."""
+    shares: dict[str, list[float]] = {}
+    for path in sorted((directory / "rows").glob("*.json")):
+        record = json.loads(path.read_text())
+        pretraining = record.get("seconds", {}).get("pretraining")
+        if pretraining and not record["config"].get("evaluate_at"):
+            shares.setdefault(row_kind(record["config"]), []).append((record["wall_time_s"] - pretraining) / pretraining)
+    return {kind: float(np.mean(values)) for kind, values in shares.items()}
+
+
 def overheads(preset: str, path: Path = CALIBRATION_FILE) -> dict[str, float]:
     """Per kind of row: what the rest of a row cost as a share of its pretraining, in the calibration's rows."""
     entry = (json.loads(path.read_text()) if path.exists() else {}).get(preset) or {}
@@ -106,7 +120,8 @@ def plan_table(experiment: Experiment, preset, hours: float | None, seeds: int |
 
     plans = plan(experiment, preset, 1, None, None, results_dir)
     precision = default_precision()
-    shares = overheads(preset.name, calibration_path)
+    # the rest of a row, priced from this table's finished rows where it has some, else from the calibration's
+    shares = overheads(preset.name, calibration_path) | measured_overheads(results_dir / experiment.id / preset.name)
     where = (f"a machine at {tflops:g} TFLOP/s of training (--tflops)" if tflops else
              f"this machine ({machine_name()}, {machine_kind(precision)})")
     log(f"{experiment.id} at {preset.name} on {where}")
