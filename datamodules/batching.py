@@ -162,10 +162,6 @@ def _whole_groups(items: list, texts: list[tuple[str, ...]], groups: np.ndarray,
     return [item for item, group in zip(items, groups.tolist()) if group not in cut]
 
 
-def _tighter(a: int | None, b: int | None) -> int | None:
-    return b if a is None else a if b is None else min(a, b)
-
-
 class FineTuneDataModule(L.LightningDataModule):
     def __init__(self, task: TaskData, tokenizer, tokenizer_kind: str, max_length: int, batch_size: int,
                  seed: int, max_train_examples: int | None = None, max_validation_examples: int | None = None,
@@ -173,10 +169,9 @@ class FineTuneDataModule(L.LightningDataModule):
         super().__init__()
         self.task, self.batch_size, self.seed, self.group_by_length = task, batch_size, seed, group_by_length
         spec = task.spec
-        caps = (_tighter(max_train_examples, spec.max_train_examples),
-                _tighter(max_validation_examples, spec.max_validation_examples))
         splits, kept = [], []
-        for (texts, labels), cap, groups in zip((task.train, task.validation), caps, task.groups or (None, None)):
+        for (texts, labels), cap, groups in zip((task.train, task.validation), (max_train_examples, max_validation_examples),
+                                                task.groups or (None, None)):
             keep = capped(len(texts), cap, groups)
             splits.append(([texts[i] for i in keep], labels[keep]))
             kept.append(keep)

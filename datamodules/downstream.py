@@ -43,9 +43,6 @@ class TaskSpec:
     # `headline` score; `downstream_avg` / `probe_avg` keep averaging the others (sentiment, topic, the user's)
     word_order: bool = False
     headline: str = ""  # the suffix of the score that stands for the task in order_avg ("ambiguous": pos_ambiguous)
-    # the task's own caps on its examples (the preset's caps apply too): what keeps the Brown tasks cheap
-    max_train_examples: int | None = None
-    max_validation_examples: int | None = None
 
 
 GLUE = {
@@ -62,12 +59,10 @@ GLUE = {
 OFFLINE = {
     "sentiment": TaskSpec("sentiment", 2, "accuracy", ("text",)),
     "topic": TaskSpec("topic", 5, "accuracy", ("text",)),
-    # 2,000 training sentences (~37K tagged words) and 1,000 dev ones; the number of tags is set when loaded
-    "pos": TaskSpec("pos", 0, "accuracy", ("words",), kind="tokens", word_order=True, headline="ambiguous",
-                    max_train_examples=2000, max_validation_examples=1000),
-    # 1,000 training pairs and 500 dev pairs (each pair: the sentence and its shifted copy)
-    "bigram_shift": TaskSpec("bigram_shift", 2, "accuracy", ("sentence",), word_order=True,
-                             max_train_examples=2000, max_validation_examples=1000),
+    # capped by FineTuneConfig.word_order_max_*; the number of tags is set when loaded
+    "pos": TaskSpec("pos", 0, "accuracy", ("words",), kind="tokens", word_order=True, headline="ambiguous"),
+    # each pair: the sentence and its shifted copy, kept or dropped together by a cap
+    "bigram_shift": TaskSpec("bigram_shift", 2, "accuracy", ("sentence",), word_order=True),
 }
 GLUE_TEXT_FIELDS = [spec.text_fields for spec in GLUE.values()]
 

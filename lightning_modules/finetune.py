@@ -39,6 +39,11 @@ class FineTuneConfig:
     warmup_fraction: float = 0.1
     max_train_examples: int | None = None  # cap the training set (quick presets)
     max_validation_examples: int | None = None
+    # the word-order tasks' own caps (TaskSpec.word_order: pos, bigram_shift; Brown has 57K sentences), tightened
+    # further by the caps above: 1,500 training sentences keep the two tasks under 15% of a `cpu` row's time (2,000
+    # took 14-17%, issue 47); 1,000 dev sentences (~20K tagged words; 500 bigram-shift pairs) keep their noise small
+    word_order_max_train_examples: int | None = 1500
+    word_order_max_validation_examples: int | None = 1000
     seeds: int = 1  # fine-tuning runs per task, each with its own seed; the row reports their median
     group_by_length: bool = True  # batches of similar lengths (fairseq's batch_by_size); False: uniform shuffling
     sift: bool = False  # DeBERTa's scale-invariant fine-tuning

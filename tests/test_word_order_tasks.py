@@ -13,6 +13,7 @@ import torch
 from ablations.config import EncoderConfig
 from ablations.encoder import Encoder
 from datamodules.errors import UsageError
+from datamodules.downstream import OFFLINE
 
 TINY = dict(vocab_size=600, hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, max_positions=64,
             dropout=0.0, attention_dropout=0.0)
@@ -166,6 +167,19 @@ def _bigram_probe(encoder, tokenizer):
     return probe_metrics(encoder, {"bigram_shift": data})[0]
 
 
+def test_the_word_order_tasks_take_their_own_caps_and_the_presets_tighter_ones():
+    from experiments.evaluations.finetuning import task_caps
+    from lightning_modules.finetune import FineTuneConfig
+
+    cpu = FineTuneConfig(max_train_examples=3000, max_validation_examples=1000)
+    assert task_caps(cpu, OFFLINE["pos"]) == (1500, 1000) == task_caps(cpu, OFFLINE["bigram_shift"])
+    assert task_caps(cpu, OFFLINE["sentiment"]) == (3000, 1000)
+    smoke = FineTuneConfig(max_train_examples=256, max_validation_examples=256)
+    assert task_caps(smoke, OFFLINE["pos"]) == (256, 256)
+    uncapped = FineTuneConfig(word_order_max_train_examples=None, word_order_max_validation_examples=None)
+    assert task_caps(uncapped, OFFLINE["pos"]) == (None, None)
+
+
 def test_bigram_shift_is_exactly_chance_for_an_encoder_that_cannot_see_word_order(tiny_tokenizer):
     torch.manual_seed(0)
     encoder = Encoder(EncoderConfig(**TINY, initializer_range=0.2)).eval()
@@ -283,6 +297,17 @@ def test_a_smoke_row_reports_the_word_order_tasks_and_reevaluate_gives_them_to_a
     assert set(again["seconds"]["fine-tuning"]) == {"sentiment", "topic", *NEW_TASKS}
     reevaluate(experiment, preset, tmp_path, None, None, Hardware(), lines.append)
     assert lines[-1].endswith("has every task, skipped") and json.loads(p.result_path.read_text()) == again
+
+    # a row whose word-order tasks ran at other caps gets those two again, and keeps every other figure
+    recapped = json.loads(json.dumps(again))
+    recapped["config"]["finetune"]["word_order_max_train_examples"] = 2000
+    recapped["config_hash"] = "caps-of-2000"
+    p.result_path.write_text(json.dumps(recapped))
+    reevaluate(experiment, preset, tmp_path, None, None, Hardware(), lines.append)
+    third = json.loads(p.result_path.read_text())
+    assert third["reevaluated"]["tasks"] == list(NEW_TASKS) and p.is_done()
+    assert third["reevaluated"]["earlier"]["tasks"] == list(NEW_TASKS)
+    assert {k: third["metrics"][k] for k in old["metrics"]} == old["metrics"]
 
     other = json.loads(json.dumps(old))  # a row that differs in more than its tasks needs training again
     other["config"]["optim"]["peak_lr"] = 1.0

@@ -36,12 +36,24 @@ def cached_task(spec: str):
     return load_task(spec)
 
 
+def task_caps(ft, spec: TaskSpec) -> tuple[int | None, int | None]:
+    """A task's (training, dev) caps: the fine-tuning caps, and a word-order task's own tighter ones."""
+    if not spec.word_order:
+        return ft.max_train_examples, ft.max_validation_examples
+    return (_tighter(ft.max_train_examples, ft.word_order_max_train_examples),
+            _tighter(ft.max_validation_examples, ft.word_order_max_validation_examples))
+
+
+def _tighter(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
 def task_data(config, tokenized, seed: int) -> dict[str, FineTuneDataModule]:
-    """Each of the row's tasks, encoded with its tokenizer at the fine-tuning caps and length, by name."""
+    """Each of the row's tasks, encoded with its tokenizer at its caps and the fine-tuning length, by name."""
     ft = config.finetune
     return {task_name(spec): FineTuneDataModule(cached_task(spec), tokenized.tokenizer, tokenized.config.kind,
-                                                ft.max_length, ft.batch_size, seed, ft.max_train_examples,
-                                                ft.max_validation_examples, ft.group_by_length)
+                                                ft.max_length, ft.batch_size, seed,
+                                                *task_caps(ft, cached_task(spec).spec), ft.group_by_length)
             for spec in config.tasks}
 
 

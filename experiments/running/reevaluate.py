@@ -1,9 +1,10 @@
 """`python -m experiments reevaluate <experiment>`: finished rows get the tasks their config has gained since
 they were trained (issue 47's pos and bigram_shift), from their saved pretrained encoder, without pretraining.
 
-A row file is re-evaluated when its config is the current one but for tasks it lacks: its pretraining
+A row file is re-evaluated when its config is the current one but for tasks it lacks, or for the word-order
+tasks' caps (`finetune.word_order_max_*`, then those tasks are evaluated again): its pretraining
 checkpoint (`<results>/<experiment>/<preset>/work/pretrain-<pretraining hash>__seed<k>/checkpoints/last.ckpt`,
-kept by the runner) is loaded, only the missing tasks are probed and fine-tuned (and at each early point of a
+kept by the runner) is loaded, only those tasks are probed and fine-tuned (and at each early point of a
 row that has them), and the row file is rewritten atomically with the metrics merged, the averages recomputed
 over every task, the current config and config hash, and `"reevaluated": {"tasks", "git_commit", "seconds"}`.
 A fine-tuning run finished before an interruption is not run again (the runner's records). A row whose config
@@ -38,20 +39,31 @@ def _normalised(config: dict) -> dict:
     return json.loads(json.dumps(config, default=str))  # tuples as lists, as a row file stores them
 
 
-def missing_tasks(p: RowPlan, record: dict) -> tuple[list[str], str | None]:
-    """(the tasks the row lacks, None), or ([], why it cannot be re-evaluated); ([], None) when it is current."""
+# the fine-tuning fields that only the word-order tasks read: a row that differs in them gets those tasks again
+WORD_ORDER_FIELDS = ("word_order_max_train_examples", "word_order_max_validation_examples")
+
+
+def _without_word_order_caps(config: dict) -> dict:
+    return config | {"finetune": {k: v for k, v in config.get("finetune", {}).items() if k not in WORD_ORDER_FIELDS}}
+
+
+def tasks_to_evaluate(p: RowPlan, record: dict) -> tuple[list[str], str | None]:
+    """(the tasks to evaluate: those the row lacks, and its word-order tasks if their caps changed, None), or
+    ([], why it cannot be re-evaluated); ([], None) when it is current."""
     if record.get("config_hash") == p.config.config_hash():
         return [], None
-    had = list(record.get("config", {}).get("tasks", []))
-    missing = [t for t in p.config.tasks if t not in had]
+    old = record.get("config", {})
+    had = list(old.get("tasks", []))
     current = _normalised(p.config.to_dict() | {"tasks": had})
-    if current != record.get("config"):
-        fields = sorted(k for k in current.keys() | record.get("config", {}).keys()
-                        if current.get(k) != record.get("config", {}).get(k))
+    if _without_word_order_caps(current) != _without_word_order_caps(old):
+        fields = sorted(k for k in current.keys() | old.keys()
+                        if _without_word_order_caps(current).get(k) != _without_word_order_caps(old).get(k))
         return [], f"its config differs in more than its tasks ({', '.join(fields)}): it needs training again"
-    if not missing:
+    caps_changed = any(old.get("finetune", {}).get(f) != current["finetune"][f] for f in WORD_ORDER_FIELDS)
+    redo = [t for t in p.config.tasks if t not in had or caps_changed and cached_task(t).spec.word_order]
+    if not redo:
         return [], "its tasks are not a subset of the current ones: it needs training again"
-    return missing, None
+    return redo, None
 
 
 def _recomputed(metrics: dict[str, float], specs: dict, at: str = "") -> dict[str, float]:
@@ -79,14 +91,14 @@ def _early_encoder(p: RowPlan, fraction: float, vocab_size: int) -> dict:
     return module.encoder_state()
 
 
-def reevaluate_row(p: RowPlan, missing: list[str], overrides: dict | None, results_dir: Path, hardware: Hardware,
+def reevaluate_row(p: RowPlan, tasks_to_run: list[str], overrides: dict | None, results_dir: Path, hardware: Hardware,
                    log=print) -> dict:
-    """Probe and fine-tune the row's saved encoder on `missing`; rewrite its row file; return the new record."""
+    """Probe and fine-tune the row's saved encoder on `tasks_to_run`; rewrite its row file; return the new record."""
     started = time.time()
     record = json.loads(p.result_path.read_text())
     config, rtd = p.config, p.config.objective == "rtd"
     _, module, data = load_trained_row(p.experiment, p.preset, p.row.name, p.seed, overrides, results_dir)
-    only = dataclasses.replace(config, tasks=tuple(missing))
+    only = dataclasses.replace(config, tasks=tuple(tasks_to_run))
     tasks = task_data(only, data.load(), p.seed)
     precision = hardware.precision or default_precision()
     device = evaluation_device(hardware.accelerator)
@@ -119,8 +131,8 @@ def reevaluate_row(p: RowPlan, missing: list[str], overrides: dict | None, resul
     record.setdefault("seconds", {}).setdefault("fine-tuning", {}).update(seconds)
     record.setdefault("evaluations", {}).setdefault("probes", {}).update(probe_details)
     earlier = record.get("reevaluated")
-    record["reevaluated"] = {"tasks": missing, "git_commit": git_commit(), "seconds": round(time.time() - started, 1),
-                             "precision": precision} | ({"earlier": earlier} if earlier else {})
+    record["reevaluated"] = {"tasks": tasks_to_run, "git_commit": git_commit(),
+                             "seconds": round(time.time() - started, 1), "precision": precision} | ({"earlier": earlier} if earlier else {})
     write_json_atomically(p.result_path, record)
     return record
 
@@ -148,8 +160,8 @@ def reevaluate(experiment: Experiment, preset: Preset, results_dir: Path, rows: 
         if (p.row.name, p.seed) not in records:
             continue
         prefix = f"[{experiment.id}/{preset.name}] {p.row.name} seed {p.seed}"
-        missing, problem = missing_tasks(p, records[(p.row.name, p.seed)])
-        if problem or not missing:
+        tasks_to_run, problem = tasks_to_evaluate(p, records[(p.row.name, p.seed)])
+        if problem or not tasks_to_run:
             log(f"{prefix}: {problem or 'has every task, skipped'}")
             continue
         lock = Lock(p.result_path.with_suffix(".lock"))
@@ -157,8 +169,8 @@ def reevaluate(experiment: Experiment, preset: Preset, results_dir: Path, rows: 
             log(f"{prefix}: being trained by another sweep ({lock.describe()}), skipped")
             continue
         try:
-            log(f"{prefix}: re-evaluating on {', '.join(missing)}")
-            result = reevaluate_row(p, missing, overrides, results_dir, Hardware() if hardware is None else hardware, log)
+            log(f"{prefix}: re-evaluating on {', '.join(tasks_to_run)}")
+            result = reevaluate_row(p, tasks_to_run, overrides, results_dir, Hardware() if hardware is None else hardware, log)
             log(f"{prefix}: done in {result['reevaluated']['seconds']} s")
         except UsageError as error:
             log(f"{prefix}: {error}")
