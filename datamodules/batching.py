@@ -169,9 +169,8 @@ class FineTuneDataModule(L.LightningDataModule):
         super().__init__()
         self.task, self.batch_size, self.seed, self.group_by_length = task, batch_size, seed, group_by_length
         spec = task.spec
-        splits, kept = [], []
-        for (texts, labels), cap, groups in zip((task.train, task.validation), (max_train_examples, max_validation_examples),
-                                                task.groups or (None, None)):
+        splits, kept, caps = [], [], (max_train_examples, max_validation_examples)
+        for (texts, labels), cap, groups in zip((task.train, task.validation), caps, task.groups or (None, None)):
             keep = capped(len(texts), cap, groups)
             splits.append(([texts[i] for i in keep], labels[keep]))
             kept.append(keep)

@@ -118,9 +118,9 @@ def word_order_cell(values: dict[str, list[float]]) -> str:
     return f"bag of words ({multiple})"
 
 
-def word_order_problem(values: dict[str, list[float]]) -> str | None:
+def word_order_problem(values: dict[str, list[float]], brief: bool = False) -> str | None:
     """Why a row is still a bag of words (in any of its seeds), or None when it learned word order or did not
-    measure it."""
+    measure it; `brief`: only which of the two it is (a claim's line names it, the table gives the figures)."""
     seeds = _per_seed(values)
     if seeds is None or all(s[0] for s in seeds):
         return None
@@ -128,7 +128,8 @@ def word_order_problem(values: dict[str, list[float]]) -> str | None:
     where = "" if len(unlearned) == len(seeds) else f" in {len(unlearned)} of {len(seeds)} seeds"
     adjacent, mlm, threshold = (float(np.mean([s[i] for s in unlearned])) for i in (1, 2, 3))
     local = all(s[1] >= LEARNED_ADJACENT_MULTIPLE for s in unlearned)
-    # short: a claim's verdict line repeats it for each row it involves that has not learned
+    if brief:
+        return f"{'not yet word order' if local else 'still a bag of words'}{where}"
     return (f"{'not yet word order' if local else 'still a bag of words'}{where}: most local head {adjacent:.1f}x "
             f"({'>=' if local else '<'} {LEARNED_ADJACENT_MULTIPLE:g}x), held-out MLM loss {mlm:.3f} "
             f"({'<=' if mlm <= threshold else '>'} {threshold:.3f}, the count models' midpoint)")

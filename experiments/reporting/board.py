@@ -22,7 +22,7 @@ import numpy as np
 from experiments.verdicts.claims import paper_comparisons
 from experiments.running.durable import write_atomically
 from experiments.registry import EXPERIMENTS
-from experiments.reporting.tables import build_table, load_rows
+from experiments.reporting.tables import build_table, claim_source, load_rows
 from experiments.verdicts.judging import check_claim
 from experiments.running.runner import ROOT
 from experiments.verdicts.noise import load_calibration
@@ -108,7 +108,8 @@ def _section(preset: str, machine: str, folder: Path) -> tuple[list[str], Counte
         for claim in experiment.checked_claims:
             result = check_claim(claim, rows, order, noise, experiment.paper_value)
             counts[result.verdict] += 1
-            by_paper.setdefault(paper_name(experiment), []).append(_claim_line(experiment, claim, result, order))
+            by_paper.setdefault(paper_name(experiment), []).append(
+                _claim_line(experiment, claim, result, order, claim_source(claim, rows, order)))
         times.append((experiment, rows, [float(np.mean(s.wall_time_s)) for s in rows.values()]))
     lines = [f"## `{preset}` on {machine}", "",
              "**" + ", ".join(f"{counts[v]} {v}" for v in VERDICTS) + f"** (of {sum(counts.values())} claims). "
@@ -137,7 +138,7 @@ def _section(preset: str, machine: str, folder: Path) -> tuple[list[str], Counte
     return lines, counts
 
 
-def _claim_line(experiment, claim, result, order: list[str]) -> str:
+def _claim_line(experiment, claim, result, order: list[str], source: str) -> str:
     paper = "; ".join(f"{c.label} {c.paper:+.2f}" for c in paper_comparisons(claim, experiment.paper_value, order)
                       if c.paper is not None) or "-"
     if result.judgements and result.verdict != "not measured":
@@ -147,7 +148,7 @@ def _claim_line(experiment, claim, result, order: list[str]) -> str:
         ours = result.text() or "-"
     learned = "-" if result.verdict == "not measured" else "yes" if result.learned else "no: " + result.note
     text = claim.text.replace("|", "\\|")
-    return (f"| {experiment.id} | ({claim.source}) {text} | {paper} | {ours.replace('|', '/')} | "
+    return (f"| {experiment.id} | ({source}) {text} | {paper} | {ours.replace('|', '/')} | "
             f"**{result.verdict}** | {learned.replace('|', '/')} |")
 
 

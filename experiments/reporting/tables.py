@@ -134,6 +134,22 @@ def _cell(summary: RowSummary | None, metric: str) -> str:
     return f"{mean:.{digits}f} +- {std:.{digits}f}" if several else f"{mean:.{digits}f}"
 
 
+def departures_used(rows: dict, order: list[str]) -> dict[str, list[str]]:
+    """Each departure switch the rows turned on ("path=value") and the rows that did."""
+    return {f"{path}={value}": [name for name in order if name in rows and rows[name].departures.get(path) == value]
+            for s in rows.values() for path, value in s.departures.items()}
+
+
+def regime_departures(rows: dict, order: list[str]) -> list[str]:
+    """The departures that change how every row learns: they make every claim of the table the suite's proxy."""
+    return sorted(d for d in departures_used(rows, order) if DEPARTURES[d.split("=")[0]])
+
+
+def claim_source(claim, rows: dict, order: list[str]) -> str:
+    """"paper" or "proxy", as the table and the board mark a claim."""
+    return "proxy" if regime_departures(rows, order) else claim.source
+
+
 def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
     """Write table.md / table.csv / table.json and the plots; return the table as data."""
     rows = load_rows(experiment, directory)
@@ -152,10 +168,7 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
         table.append(cells)
     noise = load_calibration(preset)
     verdicts = [check_claim(c, rows, order, noise, experiment.paper_value) for c in experiment.checked_claims]
-    used = {f"{path}={value}": [name for name in order if name in rows and rows[name].departures.get(path) == value]
-            for s in rows.values() for path, value in s.departures.items()}
-    # a departure that changes how every row learns makes every claim of the table the suite's proxy
-    regime = sorted(d for d in used if DEPARTURES[d.split("=")[0]])
+    used = departures_used(rows, order)
     unlearned = {name: problems for name, s in rows.items()
                  if (problems := learning_problems(s.values, [task_name(t) for t in s.tasks]))}
     # an early point (ELECTRA Table 1's shorter runs) is a model of its own: whether it had learned, too
@@ -186,7 +199,7 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
                                       f"precisions." if measured_on and machines and
                                       not all(any(m in n for n in measured_on) for m in machines) else ""),
                "header": header, "rows": table, "budget": experiment.budget,
-               "claims": [result.to_json() | ({"source": "proxy"} if regime else {}) for result in verdicts],
+               "claims": [result.to_json() | {"source": claim_source(result.claim, rows, order)} for result in verdicts],
                "departures": used,
                "majority_baselines": majority, "optimisers": optimisers, "plots": plots,
                "noise": noise.source, "did_not_learn": unlearned, "early_points": early,

@@ -179,11 +179,12 @@ def combine(steps: list[str]) -> str:
     return FAILS if FAILS in steps else INCONCLUSIVE
 
 
-def learning_problems(values: dict[str, list[float]], tasks: list[str]) -> list[str]:
+def learning_problems(values: dict[str, list[float]], tasks: list[str], brief: bool = False) -> list[str]:
     """Why a row has not learned what the claims are about, from its metrics (a check whose metric is missing
     is skipped): it did not learn at all, or it has not learned word order (experiments.evaluations.word_order),
     or a task's fine-tuned score is no better than its majority class. (A linear probe at its majority class
-    is a measurement of the frozen features, not a sign that fine-tuning failed: the table shows both.)"""
+    is a measurement of the frozen features, not a sign that fine-tuning failed: the table shows both.) `brief`:
+    word order without its figures, as a claim's line gives it."""
     from experiments.evaluations.word_order import word_order_problem
 
     mean = {k: float(np.mean(v)) for k, v in values.items() if v}
@@ -193,7 +194,7 @@ def learning_problems(values: dict[str, list[float]], tasks: list[str]) -> list[
                         f"{mean['mlm_unigram_acc']:.3f}")
     if "disc_auc" in mean and mean["disc_auc"] <= MIN_DISCRIMINATOR_AUC:
         problems.append(f"discriminator AUC {mean['disc_auc']:.3f} <= {MIN_DISCRIMINATOR_AUC}")
-    if (word_order := word_order_problem(values)) is not None:
+    if (word_order := word_order_problem(values, brief)) is not None:
         problems.append(word_order)
     for task in tasks:
         if task in mean and f"{task}_majority" in mean and mean[task] <= mean[f"{task}_majority"]:
@@ -228,12 +229,12 @@ def early_points_in(values: dict[str, list[float]]) -> list[str]:
     return sorted({p for k in values if (p := early_point_of(k))}, key=float)
 
 
-def learning_problems_of(values: dict[str, list[float]], tasks: list[str], metric: str) -> list[str]:
+def learning_problems_of(values: dict[str, list[float]], tasks: list[str], metric: str, brief: bool = False) -> list[str]:
     """`learning_problems` of the model `metric` was measured on: the row's own, or its early point's (a claim
     on `downstream_avg@0.25` is about the run of a quarter of the steps, which may not have learned yet)."""
     if (point := early_point_of(metric)) is None:
-        return learning_problems(values, tasks)
-    problems = learning_problems(values_at(values, point), tasks)
+        return learning_problems(values, tasks, brief)
+    problems = learning_problems(values_at(values, point), tasks, brief)
     return [f"at {point} of training: {problems[0]}", *problems[1:]] if problems else []
 
 
@@ -305,7 +306,7 @@ def check_claim(claim: Claim, rows: dict, order: list[str],
     # each model the claim reads: a row's own, or its early point's for an `@<fraction>` metric
     unlearned = list(dict.fromkeys(
         f"{r} did not learn ({'; '.join(p)})" for r, metric in sorted(set(needed))
-        if (p := learning_problems_of(rows[r].values, [task_name(t) for t in rows[r].tasks], metric))))
+        if (p := learning_problems_of(rows[r].values, [task_name(t) for t in rows[r].tasks], metric, brief=True))))
     verdict = combine([j.verdict for j in judgements])
     if unlearned:
         return ClaimResult(claim, INCONCLUSIVE, judgements, "; ".join(unlearned), kinds, kind_noise.borrowed)
