@@ -74,6 +74,13 @@ def test_the_planner_says_plainly_when_a_preset_has_no_calibration(tmp_path):
                tmp_path / "none.json", log=said.append)
     assert any("`smoke` has no calibration, so no claim's seeds can be named" in line for line in said)
     assert any(line.strip().startswith("the table, one seed:") for line in said)
+    assert any("not measured on that machine" in line for line in said)  # --tflops: the rest of a row is a guess
+    assert not any("every row trains with" in line for line in said)
+    # cpu's rows carry the relative bias, a departure in how every row learns: its claims are proxies
+    said = []
+    plan_table(EXPERIMENTS["ablation-masking"], PRESETS["cpu"], 1.0, None, 1.0, tmp_path, tmp_path / "none.json",
+               log=said.append)
+    assert any("every row trains with encoder.relative_bias" in line for line in said)
 
 
 @pytest.mark.slow(seconds=15)
@@ -95,6 +102,7 @@ def test_the_planner_times_the_rows_here_and_names_the_seeds_each_claim_needs(tm
     # SD 0.2 on 4 df: t(0.975, 4 + n - 1) * 0.2 / sqrt(n) <= 0.67 first at n = 1 (2.776 * 0.2 = 0.56)
     assert paper["paper"][0] == 1 and paper["paper"][1] >= paper["paper"][0]
     assert any(line.strip().startswith("1 h give") for line in said)
+    assert [claim["source"] for claim in found["claims"]] == [c.source for c in EXPERIMENTS["ablation-masking"].checked_claims]
 
 
 def test_the_planner_prices_the_rest_of_a_row_from_the_tables_own_finished_rows(tmp_path):

@@ -116,7 +116,7 @@ def plan_table(experiment: Experiment, preset, hours: float | None, seeds: int |
     from experiments.verdicts.judging import check_claim
     from experiments.running.hardware import default_precision, machine_kind, machine_name
     from experiments.running.runner import plan
-    from experiments.spec import budget_of
+    from experiments.spec import DEPARTURES, budget_of, departures
 
     plans = plan(experiment, preset, 1, None, None, results_dir)
     precision = default_precision()
@@ -142,6 +142,13 @@ def plan_table(experiment: Experiment, preset, hours: float | None, seeds: int |
         rest = "" if c.overhead is not None else "  (pretraining only: no calibrated cost for the rest)"
         log(f"  {c.name:28} {c.kind:18} {c.step_s * 1000:6.0f}ms {c.steps:6d} {c.seconds / 60:8.1f} min{rest}")
     log(f"  the table, one seed: {table_s / 3600:.2f} h")
+    if tflops:
+        log("  (the rest of a row, evaluations and fine-tuning, is priced at the share of its pretraining it takes here: "
+            "not measured on that machine)")
+    # a departure that changes how every row learns makes every claim the suite's proxy, as the table will mark it
+    regime = sorted({path for p in plans for path in departures(p.config.to_dict()) if DEPARTURES[path]})
+    if regime:
+        log(f"  every row trains with {', '.join(regime)} (docs/faithfulness.md): every claim is the suite's proxy")
 
     calibration = load_calibration(preset.name, calibration_path)
     if not calibration.kinds:
@@ -162,9 +169,10 @@ def plan_table(experiment: Experiment, preset, hours: float | None, seeds: int |
         found = check_claim(claim, measured, order, noise, experiment.paper_value) if measured else None
         at_measured = _slowest([j.seeds_measured for j in found.judgements]) if found and found.judgements else None
         hours_per_seed = sum(cost_of[r] for r in rows_read) / 3600
-        claims.append({"claim": claim.text, "source": claim.source, "paper": paper, "measured": at_measured,
+        source = "proxy" if regime else claim.source
+        claims.append({"claim": claim.text, "source": source, "paper": paper, "measured": at_measured,
                        "hours_per_seed": hours_per_seed, "borrowed": noise.borrowed})
-        log(f"- ({claim.source}) {claim.text}")
+        log(f"- ({source}) {claim.text}")
         if claim.source == "paper" or paper is not None:  # a proxy's scale is the suite's: the paper has no figure
             log(f"    at the paper's effect: {_say(paper, hours_per_seed)}")
         if found is not None and found.verdict == "not measured":
