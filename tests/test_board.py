@@ -59,7 +59,7 @@ def test_publish_copies_the_current_rows_into_one_folder_per_preset_and_machine_
     assert any("full-sentences__seed0.json: left out" in line for line in said)
     assert list(table.glob("work/*/log-*/metrics.csv"))  # the curves' source travels with the row
     header = (table / "table.md").read_text().splitlines()[2]
-    assert machine in header and record["git_commit"][:8] in header
+    assert machine in header and record["git_commit"][:8] in header and record["hardware"]["precision"] in header
     text = board.board(reference)
     assert f"## `smoke` on {machine}" in text and "| ablation-nsp | 1 of 4 | 1 |" in text
     assert "| ablation-nsp | (paper) DOC-SENTENCES >= FULL-SENTENCES on the downstream average | DOC-SENTENCES - " \

@@ -307,6 +307,9 @@ def test_a_smoke_row_reports_the_word_order_tasks_and_reevaluate_gives_them_to_a
     third = json.loads(p.result_path.read_text())
     assert third["reevaluated"]["tasks"] == list(NEW_TASKS) and p.is_done()
     assert third["reevaluated"]["earlier"]["tasks"] == list(NEW_TASKS)
+    from experiments.reporting.tables import load_rows  # a table names the commits that evaluated its rows later
+    commits = load_rows(experiment, p.result_path.parent.parent)["DOC-SENTENCES"].commits
+    assert any(c.endswith(" (re-evaluated)") and c.startswith(third["reevaluated"]["git_commit"][:8]) for c in commits)
     assert {k: third["metrics"][k] for k in old["metrics"]} == old["metrics"]
 
     other = json.loads(json.dumps(old))  # a row that differs in more than its tasks needs training again

@@ -48,6 +48,7 @@ class RowSummary:
     kind: str = "absolute-mlm"  # whose calibrated noise its claims use (experiments.verdicts.noise.KINDS)
     departures: dict = field(default_factory=dict)  # the departure switches it trained with (spec.departures)
     machines: set = field(default_factory=set)  # the machine kinds its seeds ran on (experiments.running.hardware.machine_kind)
+    precisions: set = field(default_factory=set)  # the precisions its seeds trained in
 
     def mean(self, metric: str) -> float:
         values = self.values.get(metric, [])
@@ -79,11 +80,19 @@ def load_rows(experiment: Experiment, directory: Path) -> dict[str, RowSummary]:
         summary.departures = departures(record["config"])
         summary.wall_time_s.append(record["wall_time_s"])
         hardware = record.get("hardware", {})
-        summary.machines.add(hardware.get("machine_kind") or f"precision {hardware.get('precision', 'unknown')}")
+        summary.machines.add(hardware.get("machine_kind") or "unknown machine")
+        summary.precisions.add(hardware.get("precision") or "unknown precision")
         summary.curves.append(directory / record["curves"])
-        commit = record["git_commit"]
-        summary.commits.add(commit[:8] + ("-dirty" if commit.endswith("-dirty") else ""))
+        summary.commits.add(_short(record["git_commit"]))
+        later = record.get("reevaluated")
+        while later:  # tasks evaluated later from its saved encoder, the latest first
+            summary.commits.add(f"{_short(later['git_commit'])} (re-evaluated)")
+            later = later.get("earlier")
     return {row.name: found[row.name] for row in experiment.rows if row.name in found}  # the paper's row order
+
+
+def _short(commit: str) -> str:
+    return commit[:8] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
 def _early_point_cell(values: dict[str, list[float]]) -> str:
@@ -188,12 +197,13 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
     majority = {k: float(np.mean(v)) for s in rows.values() for k, v in s.values.items() if k.endswith("_majority")}
     commits = sorted({c for s in rows.values() for c in s.commits})
     machines = sorted({m for s in rows.values() for m in s.machines})
+    precisions = sorted({p for s in rows.values() for p in s.precisions})
     measured_on = sorted({n.machine for n in noise.kinds.values() if n.machine}) if isinstance(noise, Calibration) else []
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     plots = draw(experiment, rows, directory, metrics, majority, set(unlearned), preset,
                  [result.to_json() for result in verdicts])
     payload = {"experiment": experiment.id, "title": experiment.title, "paper": experiment.paper, "preset": preset,
-               "built": stamp, "commits": commits, "machines": machines,
+               "built": stamp, "commits": commits, "machines": machines, "precisions": precisions,
                "noise_machine_note": (f"The noise was measured on {'; '.join(measured_on)}; these rows ran on "
                                       f"{', '.join(machines)}. Seed-to-seed noise can differ between machines and "
                                       f"precisions." if measured_on and machines and
@@ -245,7 +255,8 @@ def design_limits(rows: dict[str, RowSummary]) -> list[str]:
 def render_markdown(experiment: Experiment, payload: dict) -> str:
     out = io.StringIO()
     out.write(f"# {experiment.title}\n\n{experiment.paper}. Preset `{payload['preset']}`, built {payload['built']}, "
-              f"commit {', '.join(payload['commits']) or '-'}, machine {', '.join(payload.get('machines', [])) or '-'}. "
+              f"commit {', '.join(payload['commits']) or '-'}, machine {', '.join(payload.get('machines', [])) or '-'}, "
+              f"precision {', '.join(payload.get('precisions', [])) or '-'}. "
               f"Rows get equal training "
               f"{'FLOPs' if experiment.budget == 'flops' else 'tokens'}; values are mean +- std over seeds.\n\n")
     if payload.get("corpus"):
