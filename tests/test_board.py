@@ -1,5 +1,6 @@
 """The shipped reference results, the board of claims generated from them, and the planner."""
 import json
+import os
 
 import pytest
 
@@ -64,6 +65,14 @@ def test_publish_copies_the_current_rows_into_one_folder_per_preset_and_machine_
     assert f"## `smoke` on {machine}" in text and "| ablation-nsp | 1 of 4 | 1 |" in text
     assert "| ablation-nsp | (paper) DOC-SENTENCES >= FULL-SENTENCES on the downstream average | DOC-SENTENCES - " \
            "FULL-SENTENCES +0.36 | missing rows: FULL-SENTENCES | **not measured** | - |" in text
+    # the row recorded the machine's load while it ran; one that shared the machine is named beside its time
+    assert set(record["load"]) == {"mean", "max", "cpus"} and record["load"]["cpus"] == os.cpu_count()
+    assert "shared the machine)" not in text or record["load"]["mean"] > os.cpu_count() + 0.5
+    row = table / "rows" / "doc-sentences__seed0.json"
+    row.write_text(json.dumps(record | {"load": {"mean": os.cpu_count() + 2.0, "max": 9.0, "cpus": os.cpu_count()}}))
+    assert "min (1 shared the machine) |" in board.board(reference)
+    row.write_text(json.dumps(record | {"load": {"mean": os.cpu_count() - 0.5, "max": 3.0, "cpus": os.cpu_count()}}))
+    assert "shared the machine) |" not in board.board(reference)
 
 
 def test_the_planner_says_plainly_when_a_preset_has_no_calibration(tmp_path):

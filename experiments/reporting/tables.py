@@ -26,6 +26,7 @@ from experiments.verdicts.claims import PROBE_AVERAGE
 from experiments.verdicts.noise import Calibration, load_calibration, row_kind
 from experiments.reporting.plots import draw
 from experiments.verdicts.judging import (ELECTRA_REGIME_AUC, check_claim, early_points_in, learning_problems, values_at)
+from experiments.running.hardware import shared_machine
 from experiments.spec import DEPARTURES, Experiment, departures
 from lightning_modules.base import describe
 
@@ -49,6 +50,7 @@ class RowSummary:
     departures: dict = field(default_factory=dict)  # the departure switches it trained with (spec.departures)
     machines: set = field(default_factory=set)  # the machine kinds its seeds ran on (experiments.running.hardware.machine_kind)
     precisions: set = field(default_factory=set)  # the precisions its seeds trained in
+    shared_seeds: int = 0  # seeds whose run shared the machine with other work (their time is not the machine's)
 
     def mean(self, metric: str) -> float:
         values = self.values.get(metric, [])
@@ -79,6 +81,7 @@ def load_rows(experiment: Experiment, directory: Path) -> dict[str, RowSummary]:
         summary.kind = row_kind(record["config"])
         summary.departures = departures(record["config"])
         summary.wall_time_s.append(record["wall_time_s"])
+        summary.shared_seeds += shared_machine(record.get("load"))
         hardware = record.get("hardware", {})
         summary.machines.add(hardware.get("machine_kind") or "unknown machine")
         summary.precisions.add(hardware.get("precision") or "unknown precision")

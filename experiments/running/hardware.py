@@ -6,8 +6,10 @@
 """
 from __future__ import annotations
 
+import os
 import platform
 import tempfile
+import threading
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -117,3 +119,38 @@ def machine_kind(precision: str) -> str:
         return f"gpu-{short}"
     capability = torch.backends.cpu.get_cpu_capability().lower()
     return f"cpu-{'avx512' if capability.startswith('avx512') else capability}-{short}"
+
+
+class LoadSampler:
+    """The machine's 1-minute load average, sampled every `every` seconds while a row runs: a row whose time was
+    shared with other work (load above the CPU count) says so, since its time is then not this machine's."""
+
+    def __init__(self, every: float = 30.0):
+        self.every, self.samples = every, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.samples.append(os.getloadavg()[0])
+            if self._stop.wait(self.every):
+                return
+
+    def start(self) -> "LoadSampler":
+        if hasattr(os, "getloadavg"):  # not on Windows: the row records no load
+            self._thread.start()
+        return self
+
+    def stop(self) -> dict:
+        """{"mean", "max", "cpus"} of the samples, or {} without any."""
+        self._stop.set()
+        if not self.samples:
+            return {}
+        return {"mean": round(sum(self.samples) / len(self.samples), 2), "max": round(max(self.samples), 2),
+                "cpus": os.cpu_count()}
+
+
+def shared_machine(load: dict | None) -> bool:
+    """Whether a row's recorded load says other work shared its CPUs: a mean load above the CPU count by more
+    than half a core (the row's own threads make up to the CPU count)."""
+    return bool(load) and load["mean"] > load["cpus"] + 0.5

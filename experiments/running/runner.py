@@ -40,7 +40,7 @@ from experiments.running.durable import (AtomicCheckpointIO, Lock, SaveFinalStep
                                  Stopped, resumable_checkpoint, write_json_atomically)
 from experiments.running.overrides import conflicts, directory_name
 from experiments.running.overrides import save as save_overrides
-from experiments.running.hardware import Hardware, default_precision, machine_kind, machine_name
+from experiments.running.hardware import Hardware, LoadSampler, default_precision, machine_kind, machine_name
 from experiments.presets import Preset, configure
 from experiments.running.progress import minutes
 from experiments.spec import Experiment, Row, RunConfig, budget_of, steps_for
@@ -219,7 +219,7 @@ def check_budget(module, planned_tokens: int, name: str) -> None:
 def run_row(p: RowPlan, hardware: Hardware) -> dict:
     """Pretrain (resuming if interrupted), evaluate the encoder (held-out figures, word order, minimal pairs,
     linear probes, fine-tuning; experiments.evaluations), write the row JSON."""
-    start = time.time()
+    start, load = time.time(), LoadSampler().start()
     commit = git_commit()
     config, work = p.config, p.work_dir
     wandb_logger = tracking.logger_for(p)
@@ -261,6 +261,7 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
         "train_flops": budget_of(config, p.steps, "flops"), "budget_rule": p.experiment.budget,
         "early_points": early_points,
         "wall_time_s": round(time.time() - start, 1), "git_commit": commit,  # this session's (a resumed row's last)
+        "load": load.stop(),  # this session's load average: above the CPU count, other work shared the machine
         # pretraining, each evaluation, and each fine-tuning run by task: what a row's time is spent on
         "seconds": seconds,
         "evaluations": evaluation.details,  # word order per layer, the minimal pairs and probes measured on
