@@ -17,7 +17,8 @@ def test_the_committed_board_is_what_the_committed_row_files_give():
     text = board.board(board.REFERENCE)
     assert text == (board.REFERENCE / board.BOARD).read_text()
     readme = (ROOT / "README.md").read_text()
-    assert board.readme_with_counts(readme, text) == readme and board.README_START in readme
+    assert board.readme_with_results(readme, text) == readme and board.README_START in readme
+    assert board.EXCERPT.search(readme), "the README's results excerpt is rebuilt from a reference table"
 
 
 def test_the_board_lists_every_claim_of_every_table_once_per_reference_folder():

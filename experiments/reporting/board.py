@@ -31,6 +31,8 @@ REFERENCE = ROOT / "reference"
 BOARD = "BOARD.md"
 VERDICTS = ("holds", "does not hold", "inconclusive", "not measured")
 README_START, README_END = "<!-- board:start -->", "<!-- board:end -->"
+# the README's results excerpt: some columns of one reference table, rebuilt from its table.json with the board
+EXCERPT = re.compile(r"(<!-- excerpt:start (?P<folder>\S+) columns=(?P<columns>[^>]+?) -->\n).*?(<!-- excerpt:end -->)", re.S)
 
 
 def publish(preset, results_dir: Path, reference: Path = REFERENCE, log=print) -> list[Path]:
@@ -163,8 +165,30 @@ def write_board(reference: Path = REFERENCE, readme: Path = ROOT / "README.md") 
     reference.mkdir(parents=True, exist_ok=True)
     write_atomically(path, text.encode())
     if readme.exists():
-        write_atomically(readme, readme_with_counts(readme.read_text(), text).encode())
+        write_atomically(readme, readme_with_results(readme.read_text(), text, readme.parent).encode())
     return path
+
+
+def excerpt(folder: Path, columns: list[str]) -> str:
+    """Some columns of a built table (its table.json), as a Markdown blockquote: its title, preset, build time
+    and machine, then the rows."""
+    payload = json.loads((folder / "table.json").read_text())
+    header = payload["header"]
+    if missing := [c for c in columns if c not in header]:
+        raise ValueError(f"the README's excerpt of {folder} asks for columns the table lacks: {', '.join(missing)}")
+    at = [header.index(c) for c in columns]
+    lines = [f"> {payload['title']}. Preset `{payload['preset']}`, built {payload['built']}, machine "
+             f"{', '.join(payload['machines'])}, precision {', '.join(payload.get('precisions', []))}.", ">",
+             "> | " + " | ".join(columns) + " |", "> |" + "---|" * len(columns)]
+    lines += ["> | " + " | ".join(row[i] for i in at) + " |" for row in payload["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def readme_with_results(readme: str, board_text: str, root: Path = ROOT) -> str:
+    """The README with its results excerpt rebuilt from its table, then its counts block from the board."""
+    readme = EXCERPT.sub(lambda m: m.group(1) + excerpt(root / m.group("folder"), m.group("columns").split(","))
+                         + m.group(4), readme)
+    return readme_with_counts(readme, board_text)
 
 
 def readme_with_counts(readme: str, board_text: str) -> str:
