@@ -113,6 +113,23 @@ def test_the_planner_times_the_rows_here_and_names_the_seeds_each_claim_needs(tm
     assert paper["paper"][0] == 1 and paper["paper"][1] >= paper["paper"][0]
     assert any(line.strip().startswith("1 h give") for line in said)
     assert [claim["source"] for claim in found["claims"]] == [c.source for c in EXPERIMENTS["ablation-masking"].checked_claims]
+    assert any("timed steps only" in line for line in said)
+
+    # a finished row here whose pretraining took 10 s a step: every row's step is priced at that row's ratio
+    from experiments.running.hardware import default_precision, machine_kind
+    from experiments.running.runner import plan
+
+    p = plan(EXPERIMENTS["ablation-masking"], PRESETS["smoke"], 1, ["static"], None, tmp_path)[0]
+    p.result_path.parent.mkdir(parents=True)
+    p.result_path.write_text(json.dumps({
+        "config_hash": p.config.config_hash(), "config": {"evaluate_at": []}, "steps": p.steps, "wall_time_s": 20.0 * p.steps,
+        "seconds": {"pretraining": 10.0 * p.steps}, "hardware": {"machine_kind": machine_kind(default_precision())}}))
+    said = []
+    again = plan_table(EXPERIMENTS["ablation-masking"], PRESETS["smoke"], 1.0, None, None, tmp_path, calibration,
+                       log=said.append)
+    static, dynamic = again["rows"]
+    assert static["step_s"] == pytest.approx(10.0) and dynamic["step_s"] > 1.0  # both at the finished row's ratio
+    assert any("finished row of this table on this kind of machine" in line for line in said)
 
 
 def test_the_planner_prices_the_rest_of_a_row_from_the_tables_own_finished_rows(tmp_path):

@@ -1,7 +1,8 @@
 """`python -m experiments plan <table>`: before a run, what a budget of hours can decide on this machine.
 
 1. Times a few training steps of each of the table's rows here, in the precision a run would train in (or, with
-   `--tflops`, prices them for a machine measured elsewhere by their training FLOPs); the rest of a row (held-out
+   `--tflops`, prices them for a machine measured elsewhere by their training FLOPs), scaled by what a finished
+   row's pretraining took per step on this kind of machine beyond its timed step; the rest of a row (held-out
    evaluations, probes, minimal pairs, fine-tuning) is priced as the share of the pretraining time it took in the
    table's own finished rows here, else in the calibration's rows; an ELECTRA-Small row's early points as the
    steps they pretrain.
@@ -27,6 +28,7 @@ import torch
 
 from experiments.verdicts.claims import paper_comparisons
 from experiments.spec import Experiment
+from experiments.running.hardware import shared_machine
 from experiments.verdicts.noise import CALIBRATION_FILE, NEAREST_KIND, load_calibration, row_kind
 from experiments.verdicts.judging import POWER, Spread, seeds_to_decide
 
@@ -85,6 +87,19 @@ def time_steps(p, precision: str) -> float:
     return statistics.median(clock.times) * p.config.gradient_accumulation
 
 
+def finished_step_s(p, kind: str) -> float | None:
+    """Pretraining seconds per optimizer step of the row's finished run, if it ran on this kind of machine, alone,
+    with the current config; None otherwise."""
+    if not p.result_path.exists():
+        return None
+    record = json.loads(p.result_path.read_text())
+    pretraining = record.get("seconds", {}).get("pretraining")
+    if (record.get("config_hash") != p.config.config_hash() or not pretraining or record["config"].get("evaluate_at")
+            or record.get("hardware", {}).get("machine_kind") != kind or shared_machine(record.get("load"))):
+        return None
+    return pretraining / record["steps"]
+
+
 def measured_overheads(directory: Path) -> dict[str, float]:
     """Per kind of row: what the rest of a row (evaluations, fine-tuning) cost as a share of its pretraining, in
     the finished rows of `directory` (a table's results at one preset; rows with early points left out, whose
@@ -125,17 +140,24 @@ def plan_table(experiment: Experiment, preset, hours: float | None, seeds: int |
     where = (f"a machine at {tflops:g} TFLOP/s of training (--tflops)" if tflops else
              f"this machine ({machine_name()}, {machine_kind(precision)})")
     log(f"{experiment.id} at {preset.name} on {where}")
-    costs = []
+    costs, ratios = [], []
     for p in plans:
         kind = row_kind(p.config.to_dict())
         if tflops:
             step_s = budget_of(p.config, 1, "flops") / (tflops * 1e12)
         else:
             step_s = time_steps(p, precision)
+            if (finished := finished_step_s(p, machine_kind(precision))) is not None:
+                ratios.append(finished / step_s)
         share = shares.get(kind, shares.get(NEAREST_KIND.get(kind, "")))
         early = sum(p.config.evaluate_at) if p.config.early_points == "own-schedule" else 0.0
         # the early points are shorter runs of their own, each evaluated as the row is
         costs.append(RowCost(p.row.name, kind, step_s, round(p.steps * (1 + early)), share))
+    # a run's pretraining is more than its steps (held-out evaluations, checkpoints, logging): priced by the
+    # ratio of a finished row's pretraining seconds per step to the same row's timed step, on this kind of machine
+    pretraining_factor = float(np.mean(ratios)) if ratios else 1.0
+    for c in costs:
+        c.step_s *= pretraining_factor
     table_s = sum(c.seconds for c in costs)
     log(f"  {'row':28} {'kind':18} {'step':>8} {'steps':>6} {'one seed':>10}")
     for c in costs:
@@ -145,6 +167,13 @@ def plan_table(experiment: Experiment, preset, hours: float | None, seeds: int |
     if tflops:
         log("  (the rest of a row, evaluations and fine-tuning, is priced at the share of its pretraining it takes here: "
             "not measured on that machine)")
+    elif ratios:
+        log(f"  (a step here is priced at {pretraining_factor:.2f}x its timed step: the pretraining seconds per step of "
+            f"{len(ratios)} finished row{'s' * (len(ratios) != 1)} of this table on this kind of machine, with their "
+            f"held-out evaluations and checkpoints)")
+    else:
+        log("  (timed steps only: the held-out evaluations and checkpoints during pretraining are not counted until "
+            "a row of this table finishes on this kind of machine)")
     # a departure that changes how every row learns makes every claim the suite's proxy, as the table will mark it
     regime = sorted({path for p in plans for path in departures(p.config.to_dict()) if DEPARTURES[path]})
     if regime:
