@@ -138,10 +138,10 @@ class Judgement:
 
     def settle_text(self) -> str:
         def count(pair: tuple[int | None, int | None]) -> str:
-            return (f"{pair[0]} seeds ({pair[1]} for {POWER:.0%} power)" if pair[1] is not None
-                    else f"{pair[0]} seeds (more than {MAX_SEEDS:,} for {POWER:.0%} power)" if pair[0] is not None
+            return (f"about {pair[0]} seeds ({pair[1]} for {POWER:.0%} power)" if pair[1] is not None
+                    else f"about {pair[0]} seeds (more than {MAX_SEEDS:,} for {POWER:.0%} power)" if pair[0] is not None
                     else f"more than {MAX_SEEDS:,} seeds")
-        out = f"deciding it takes about {count(self.seeds_measured)} at the measured {self.mean:+.2f}"
+        out = f"deciding it takes {count(self.seeds_measured)} at the measured {self.mean:+.2f}"
         if self.comparison.paper is not None:
             out += f", {count(self.seeds_paper)} at the paper's {self.comparison.paper:+.2f}"
         return out
