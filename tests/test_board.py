@@ -74,6 +74,8 @@ def test_publish_copies_the_current_rows_into_one_folder_per_preset_and_machine_
     assert "min (1 shared the machine) |" in board.board(reference)
     row.write_text(json.dumps(record | {"load": {"mean": os.cpu_count() - 0.5, "max": 3.0, "cpus": os.cpu_count()}}))
     assert "shared the machine) |" not in board.board(reference)
+    row.write_text(json.dumps({k: v for k, v in record.items() if k != "load"}))  # trained before rows recorded it
+    assert "min (1 without a load record) |" in board.board(reference)
 
 
 def test_the_planner_says_plainly_when_a_preset_has_no_calibration(tmp_path):

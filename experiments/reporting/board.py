@@ -131,16 +131,20 @@ def _section(preset: str, machine: str, folder: Path) -> tuple[list[str], Counte
         whole = per_row * len(experiment.rows)
         done += whole
         seeds = sorted({len(s.seeds) for s in rows.values()})
-        shared = sum(s.shared_seeds for s in rows.values())
+        caveats = [f"{n} {what}" for n, what in
+                   ((sum(s.shared_seeds for s in rows.values()), "shared the machine"),
+                    (sum(s.unrecorded_load_seeds for s in rows.values()), "without a load record")) if n]
+        caveat = f" ({', '.join(caveats)})" if caveats else ""
         lines.append(f"| {experiment.id} | {len(rows)} of {len(experiment.rows)} | {'-'.join(map(str, seeds))} | "
-                     f"{per_row / 60:.1f} min{f' ({shared} shared the machine)' if shared else ''} | "
+                     f"{per_row / 60:.1f} min{caveat} | "
                      f"{whole / 3600:.2f} h{'' if len(rows) == len(experiment.rows) else ' (est.)'} |")
     missing = [e.id for e, rows, _ in times if not rows]
     lines += ["", f"`make ablations` at `{preset}` on {machine}: {'at least ' if missing else ''}{done / 3600:.1f} h "
               f"at one seed" + (f" ({len(missing)} table{'s' * (len(missing) != 1)} not run yet)" if missing else "")
               + ". A table's time with fewer rows run is estimated from the mean of those that ran. A row that "
               "shared the machine (its load average above the CPU count: other work ran beside it) took longer than "
-              "this machine alone would.", ""]
+              "this machine alone would; one without a load record was trained before rows recorded it, so whether "
+              "other work ran beside it is unknown.", ""]
     return lines, counts
 
 

@@ -51,6 +51,7 @@ class RowSummary:
     machines: set = field(default_factory=set)  # the machine kinds its seeds ran on (experiments.running.hardware.machine_kind)
     precisions: set = field(default_factory=set)  # the precisions its seeds trained in
     shared_seeds: int = 0  # seeds whose run shared the machine with other work (their time is not the machine's)
+    unrecorded_load_seeds: int = 0  # seeds trained before rows recorded their load (whether they shared is unknown)
 
     def mean(self, metric: str) -> float:
         values = self.values.get(metric, [])
@@ -82,6 +83,7 @@ def load_rows(experiment: Experiment, directory: Path) -> dict[str, RowSummary]:
         summary.departures = departures(record["config"])
         summary.wall_time_s.append(record["wall_time_s"])
         summary.shared_seeds += shared_machine(record.get("load"))
+        summary.unrecorded_load_seeds += "load" not in record
         hardware = record.get("hardware", {})
         summary.machines.add(hardware.get("machine_kind") or "unknown machine")
         summary.precisions.add(hardware.get("precision") or "unknown precision")
