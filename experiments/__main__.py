@@ -219,7 +219,7 @@ def calibrate(preset, seeds: int, results_dir: Path, output: Path | None, kinds:
     from experiments.presets import configure
     from experiments.registry import get_experiment
     from experiments.reporting.tables import load_rows
-    from experiments.running.hardware import Hardware, default_precision, machine_kind
+    from experiments.running.hardware import Hardware, default_precision, machine_kind, row_seconds
     from experiments.running.runner import git_commit, plan, run
     from experiments.verdicts.noise import CALIBRATION_FILE, CALIBRATION_ROWS, calibration_entry, describe_calibration, save_calibration
 
@@ -239,7 +239,7 @@ def calibrate(preset, seeds: int, results_dir: Path, output: Path | None, kinds:
         results = {p.seed: json.loads(p.result_path.read_text()) for p in plan(experiment, preset, seeds, [row], None, results_dir)}
         finetune_seeds = configure(experiment.base, preset, {}).finetune.seeds
         entries[kind] = calibration_entry(f"{experiment_id}/{row}", values, results, finetune_seeds, git_commit(), hardware,
-                                          machine_kind(default_precision()))
+                                          machine_kind(default_precision()), [row_seconds(r) for r in results.values()])
         entries[kind]["finetune_cost"] = {f"seed {seed}": finetune_cost(result) for seed, result in results.items()}
     path = output or CALIBRATION_FILE
     save_calibration(preset.name, entries, path)
@@ -256,10 +256,12 @@ def calibrate(preset, seeds: int, results_dir: Path, output: Path | None, kinds:
 def finetune_cost(result: dict) -> dict | None:
     """How much a row's K fine-tuning seeds add: its time with every seed over its time with seed 1 alone
     (everything else + each task's first run), from the seconds the row recorded."""
+    from experiments.running.hardware import row_seconds
+
     seconds = result.get("seconds")
     if not seconds or "fine-tuning" not in seconds:
         return None
-    runs, every_seed = seconds["fine-tuning"], result["wall_time_s"]
+    runs, every_seed = seconds["fine-tuning"], row_seconds(result)
     one_seed = every_seed - sum(sum(times[1:]) for times in runs.values())
     return {"ratio": round(every_seed / one_seed, 3), "row_s": every_seed, "pretraining_s": seconds["pretraining"],
             "finetune_s": runs}

@@ -74,6 +74,7 @@ class ObjectiveModule(L.LightningModule):
         self.tokens_seen = 0  # non-pad tokens of every training batch; saved in checkpoints
         self.padded_tokens_seen = 0  # the same with padding: what the budget counts, checked against the plan
         self.earlier_fit_seconds = 0.0  # time spent in `fit` by finished or earlier sessions (checkpointed)
+        self.resumed_fit_seconds = 0.0  # the part of it that the checkpoint this session resumed from had trained
         self._fit_started = None
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -146,4 +147,4 @@ class ObjectiveModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
         self.padded_tokens_seen = checkpoint.get("padded_tokens_seen", 0)
-        self.earlier_fit_seconds = checkpoint.get("fit_seconds", 0.0)
+        self.earlier_fit_seconds = self.resumed_fit_seconds = checkpoint.get("fit_seconds", 0.0)

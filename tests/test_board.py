@@ -76,6 +76,10 @@ def test_publish_copies_the_current_rows_into_one_folder_per_preset_and_machine_
     assert "shared the machine) |" not in board.board(reference)
     row.write_text(json.dumps({k: v for k, v in record.items() if k != "load"}))  # trained before rows recorded it
     assert "min (1 without a load record) |" in board.board(reference)
+    # a resumed row's time counts its earlier sessions' pretraining
+    alone = {"mean": os.cpu_count() - 0.5, "max": 3.0, "cpus": os.cpu_count()}
+    row.write_text(json.dumps(record | {"load": alone, "wall_time_s": 600.0, "resumed_pretraining_s": 300.0}))
+    assert "| ablation-nsp | 1 of 4 | 1 | 15.0 min | 1.00 h (est.) |" in board.board(reference)
 
 
 def test_the_planner_says_plainly_when_a_preset_has_no_calibration(tmp_path):

@@ -247,6 +247,9 @@ def test_a_sweep_killed_mid_row_is_finished_by_the_next_without_waiting_for_the_
                         rf"heartbeat was 1[23]\d\.\d min ago \(lease 60\.0 min\); its row resumes here", warning), warning
     work = {name: directory / json.loads((directory / "rows" / name).read_text())["curves"] for name in ROWS}
     assert [len(list(work[name].glob("log-*"))) for name in ROWS] == [2, 1]  # the killed row resumed its work
+    # and its time counts the pretraining of the session killed, up to its checkpoint
+    resumed = [json.loads((directory / "rows" / name).read_text())["resumed_pretraining_s"] for name in ROWS]
+    assert resumed[0] > 0 and resumed[1] == 0, resumed
     assert table_of(tmp_path) == expected
     assert not list(directory.rglob("*.lock"))
 

@@ -216,6 +216,7 @@ def test_a_resumed_run_counts_the_training_time_of_its_earlier_sessions(data, tm
     resumed_trainer = trainer(6)
     resumed_trainer.fit(resumed, data, ckpt_path=str(tmp_path / "step3.ckpt"), weights_only=False)
     assert saved < resumed.fit_seconds < saved + 600
+    assert resumed.resumed_fit_seconds == saved  # what the row adds to its last session's time
     resumed_trainer.save_checkpoint(tmp_path / "step6.ckpt")
     assert torch.load(tmp_path / "step6.ckpt", weights_only=False)["fit_seconds"] == resumed.fit_seconds  # stopped
 

@@ -112,7 +112,7 @@ def _section(preset: str, machine: str, folder: Path) -> tuple[list[str], Counte
             counts[result.verdict] += 1
             by_paper.setdefault(paper_name(experiment), []).append(
                 _claim_line(experiment, claim, result, order, claim_source(claim, rows, order)))
-        times.append((experiment, rows, [float(np.mean(s.wall_time_s)) for s in rows.values()]))
+        times.append((experiment, rows, [s.machine_seconds() for s in rows.values()]))
     lines = [f"## `{preset}` on {machine}", "",
              "**" + ", ".join(f"{counts[v]} {v}" for v in VERDICTS) + f"** (of {sum(counts.values())} claims). "
              f"Noise: {noise.source}.", ""]
@@ -123,28 +123,28 @@ def _section(preset: str, machine: str, folder: Path) -> tuple[list[str], Counte
     lines += [f"### Time at `{preset}` on {machine}", "",
               "| table | rows run | seeds | time per row (mean) | the table, one seed |", "|---|---|---|---|---|"]
     done = 0.0
-    for experiment, rows, seconds in times:
+    for experiment, rows, row_times in times:
         if not rows:
             lines.append(f"| {experiment.id} | 0 of {len(experiment.rows)} | - | - | not run |")
             continue
-        per_row = float(np.mean(seconds))
+        per_row = float(np.mean([seconds for seconds, _ in row_times]))
         whole = per_row * len(experiment.rows)
         done += whole
         seeds = sorted({len(s.seeds) for s in rows.values()})
-        caveats = [f"{n} {what}" for n, what in
-                   ((sum(s.shared_seeds for s in rows.values()), "shared the machine"),
-                    (sum(s.unrecorded_load_seeds for s in rows.values()), "without a load record")) if n]
-        caveat = f" ({', '.join(caveats)})" if caveats else ""
+        caveats = sum((row_caveats for _, row_caveats in row_times), Counter())
+        caveat = f" ({', '.join(f'{n} {what}' for what, n in caveats.items() if n)})" if +caveats else ""
         lines.append(f"| {experiment.id} | {len(rows)} of {len(experiment.rows)} | {'-'.join(map(str, seeds))} | "
                      f"{per_row / 60:.1f} min{caveat} | "
                      f"{whole / 3600:.2f} h{'' if len(rows) == len(experiment.rows) else ' (est.)'} |")
     missing = [e.id for e, rows, _ in times if not rows]
     lines += ["", f"`make ablations` at `{preset}` on {machine}: {'at least ' if missing else ''}{done / 3600:.1f} h "
               f"at one seed" + (f" ({len(missing)} table{'s' * (len(missing) != 1)} not run yet)" if missing else "")
-              + ". A table's time with fewer rows run is estimated from the mean of those that ran. A row that "
-              "shared the machine (its load average above the CPU count: other work ran beside it) took longer than "
-              "this machine alone would; one without a load record was trained before rows recorded it, so whether "
-              "other work ran beside it is unknown.", ""]
+              + ". A row's time is the mean of its seeds that ran alone (their load average at most the CPU count), "
+              "a resumed seed's earlier sessions included; a table's with fewer rows run is estimated from the mean of "
+              "those that ran. A row none of whose seeds ran alone is named beside the time: one that shared the "
+              "machine took longer than this machine alone would; one without a load record was trained before rows "
+              "recorded it, so whether other work ran beside it is unknown; a resumed one whose earlier sessions' time "
+              "was not recorded shows its last session's alone.", ""]
     return lines, counts
 
 

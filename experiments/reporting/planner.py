@@ -28,7 +28,7 @@ import torch
 
 from experiments.verdicts.claims import paper_comparisons
 from experiments.spec import Experiment
-from experiments.running.hardware import shared_machine
+from experiments.running.hardware import row_seconds, shared_machine
 from experiments.verdicts.noise import CALIBRATION_FILE, NEAREST_KIND, load_calibration, row_kind
 from experiments.verdicts.judging import POWER, Spread, seeds_to_decide
 
@@ -108,8 +108,8 @@ def measured_overheads(directory: Path) -> dict[str, float]:
     for path in sorted((directory / "rows").glob("*.json")):
         record = json.loads(path.read_text())
         pretraining = record.get("seconds", {}).get("pretraining")
-        if pretraining and not record["config"].get("evaluate_at"):
-            shares.setdefault(row_kind(record["config"]), []).append((record["wall_time_s"] - pretraining) / pretraining)
+        if pretraining and not record["config"].get("evaluate_at") and not shared_machine(record.get("load")):
+            shares.setdefault(row_kind(record["config"]), []).append((row_seconds(record) - pretraining) / pretraining)
     return {kind: float(np.mean(values)) for kind, values in shares.items()}
 
 

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +27,7 @@ from experiments.verdicts.claims import PROBE_AVERAGE
 from experiments.verdicts.noise import Calibration, load_calibration, row_kind
 from experiments.reporting.plots import draw
 from experiments.verdicts.judging import (ELECTRA_REGIME_AUC, check_claim, early_points_in, learning_problems, values_at)
-from experiments.running.hardware import shared_machine
+from experiments.running.hardware import ran_alone, row_seconds, shared_machine
 from experiments.spec import DEPARTURES, Experiment, departures
 from lightning_modules.base import describe
 
@@ -39,7 +40,7 @@ class RowSummary:
     tokens_seen: list[int]
     padded_tokens: list[int]
     train_flops: list[float]
-    wall_time_s: list[float]
+    row_seconds: list[float]  # each seed's whole time (a resumed row's earlier sessions included)
     curves: list[Path]
     commits: set[str]
     steps: list[int] = field(default_factory=list)  # optimizer steps trained, per seed
@@ -50,8 +51,21 @@ class RowSummary:
     departures: dict = field(default_factory=dict)  # the departure switches it trained with (spec.departures)
     machines: set = field(default_factory=set)  # the machine kinds its seeds ran on (experiments.running.hardware.machine_kind)
     precisions: set = field(default_factory=set)  # the precisions its seeds trained in
+    ran_alone: list[bool] = field(default_factory=list)  # per seed: its time is this machine's alone
     shared_seeds: int = 0  # seeds whose run shared the machine with other work (their time is not the machine's)
     unrecorded_load_seeds: int = 0  # seeds trained before rows recorded their load (whether they shared is unknown)
+    unrecorded_resume_seeds: int = 0  # seeds resumed before rows recorded their earlier sessions' time (too short)
+
+    def machine_seconds(self) -> tuple[float, Counter]:
+        """The row's time on its machine: the mean of the seeds that ran alone, or of all seeds, with what
+        makes it uncertain (seeds that shared the machine, have no load record, or lost an earlier session's time),
+        when none did."""
+        alone = [t for t, ran in zip(self.row_seconds, self.ran_alone) if ran]
+        if alone:
+            return float(np.mean(alone)), Counter()
+        return float(np.mean(self.row_seconds)), Counter({
+            "shared the machine": self.shared_seeds, "without a load record": self.unrecorded_load_seeds,
+            "resumed, earlier sessions' time not recorded": self.unrecorded_resume_seeds})
 
     def mean(self, metric: str) -> float:
         values = self.values.get(metric, [])
@@ -81,7 +95,11 @@ def load_rows(experiment: Experiment, directory: Path) -> dict[str, RowSummary]:
         summary.corpus = record["config"]["data"]["corpus"]
         summary.kind = row_kind(record["config"])
         summary.departures = departures(record["config"])
-        summary.wall_time_s.append(record["wall_time_s"])
+        summary.row_seconds.append(row_seconds(record))
+        # one pretraining log per session: a row resumed before it recorded its earlier sessions' time is too short
+        lost_time = "resumed_pretraining_s" not in record and len(list((directory / record["curves"]).glob("log-*"))) > 1
+        summary.unrecorded_resume_seeds += lost_time
+        summary.ran_alone.append(ran_alone(record) and not lost_time)
         summary.shared_seeds += shared_machine(record.get("load"))
         summary.unrecorded_load_seeds += "load" not in record
         hardware = record.get("hardware", {})

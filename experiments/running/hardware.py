@@ -154,3 +154,15 @@ def shared_machine(load: dict | None) -> bool:
     """Whether a row's recorded load says other work shared its CPUs: a mean load above the CPU count by more
     than half a core (the row's own threads make up to the CPU count)."""
     return bool(load) and load["mean"] > load["cpus"] + 0.5
+
+
+def row_seconds(record: dict) -> float:
+    """A finished row's whole time: its last session's, plus the pretraining its earlier sessions did up to the
+    checkpoint it resumed from (the steps a kill lost after that checkpoint are left out: an uninterrupted row
+    would not have trained them twice)."""
+    return record["wall_time_s"] + record.get("resumed_pretraining_s", 0.0)
+
+
+def ran_alone(record: dict) -> bool:
+    """Whether a row's time is this machine's: its load was recorded, and nothing else shared its CPUs."""
+    return bool(record.get("load")) and not shared_machine(record["load"])

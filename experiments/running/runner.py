@@ -261,6 +261,9 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
         "train_flops": budget_of(config, p.steps, "flops"), "budget_rule": p.experiment.budget,
         "early_points": early_points,
         "wall_time_s": round(time.time() - start, 1), "git_commit": commit,  # this session's (a resumed row's last)
+        # the pretraining time of a resumed row's earlier sessions, up to the checkpoint it resumed from (0 if it
+        # ran in one go): the row's whole time is the two summed (experiments.running.hardware.row_seconds)
+        "resumed_pretraining_s": round(module.resumed_fit_seconds, 1),
         "load": load.stop(),  # this session's load average: above the CPU count, other work shared the machine
         # pretraining, each evaluation, and each fine-tuning run by task: what a row's time is spent on
         "seconds": seconds,

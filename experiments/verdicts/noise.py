@@ -186,9 +186,10 @@ def paired_sd(values_by_row: dict[str, dict[str, list[float]]]) -> tuple[dict[st
 
 
 def calibration_entry(row: str, values: dict[str, list[float]], results: dict[int, dict], finetune_seeds: int,
-                      commit: str, hardware: str, machine_kind: str = "") -> dict:
+                      commit: str, hardware: str, machine_kind: str = "", row_seconds: list[float] = ()) -> dict:
     """One kind's entry of calibration.json from its calibration row: `values` (metric -> one value per
-    pretraining seed) and its row files by seed (their seconds: what each part of a row cost)."""
+    pretraining seed), its row files by seed (their seconds: what each part of a row cost) and each seed's whole
+    time (experiments.running.hardware.row_seconds)."""
     import time
 
     sd, degrees = paired_sd({row: values})
@@ -200,7 +201,7 @@ def calibration_entry(row: str, values: dict[str, list[float]], results: dict[in
             # every metric's value per seed: the SD of a quantity derived from several (a gap) comes from them
             "seed_values": {metric: [round(v, 6) for v in seeds] for metric, seeds in values.items()
                             if len(seeds) == len(results)},
-            "row_seconds": [r.get("wall_time_s") for r in results.values()],
+            "row_seconds": list(row_seconds),
             "seconds": {part: times for part, times in seconds.items() if None not in times}}
 
 
