@@ -717,3 +717,26 @@ def test_the_escape_study_says_where_a_discriminator_reached_electras_regime_and
     assert collapsed["regime"] is None and collapsed["collapsed"]["step"] == 2
     mlm_only = summary({**header, "points": [{**point(1, None, 5.0)}]})
     assert mlm_only["regime"] is None and mlm_only["collapsed"] is None
+
+
+@pytest.mark.slow(seconds=45)
+def test_a_row_whose_pretraining_another_table_finished_copies_it_and_gives_the_same_figures(tmp_path):
+    """The text-encoding table's BPE row is the NSP table's FULL-SENTENCES configuration: once NSP has trained it,
+    the BPE row starts from a copy of its work directory, trains no step, and reports the same figures."""
+    nsp = cli("run", "ablation-nsp", "--preset", "smoke", "--rows", "FULL-SENTENCES", "--results-dir", str(tmp_path))
+    assert nsp.returncode == 0, nsp.stderr[-3000:]
+    bpe = cli("run", "ablation-text-encoding", "--preset", "smoke", "--rows", "byte-level BPE",
+              "--results-dir", str(tmp_path))
+    assert bpe.returncode == 0, bpe.stderr[-3000:]
+    assert "pretraining byte-level BPE: copied from ablation-nsp/FULL-SENTENCES seed 0" in bpe.stdout, bpe.stdout
+    assert "pretraining byte-level BPE: step" not in bpe.stdout + bpe.stderr  # no step trained again
+    [donor] = (tmp_path / "ablation-nsp" / "smoke" / "rows").glob("full-sentences__seed0.json")
+    [copy] = (tmp_path / "ablation-text-encoding" / "smoke" / "rows").glob("*__seed0.json")
+    donor, copy = json.loads(donor.read_text()), json.loads(copy.read_text())
+    assert donor["pretraining_borrowed_from"] is None
+    assert copy["pretraining_borrowed_from"] == {"experiment": "ablation-nsp", "row": "FULL-SENTENCES", "seed": 0,
+                                                 "git_commit": donor["git_commit"]}
+    shared = set(donor["metrics"]) & set(copy["metrics"])
+    assert len(shared) > 20 and {m: copy["metrics"][m] for m in shared} == {m: donor["metrics"][m] for m in shared}
+    # its time counts the pretraining it copied (up to the final checkpoint), as a row that trained it would
+    assert 0.5 * donor["seconds"]["pretraining"] < copy["resumed_pretraining_s"] <= donor["seconds"]["pretraining"]

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -201,6 +202,36 @@ def pretrain(p: RowPlan, config: RunConfig, steps: int, work: Path, hardware: Ha
     return module, data, trainer
 
 
+BORROWED = "borrowed-from.json"  # in a work directory copied from another table's row: which one
+
+
+def borrow_pretraining(p: RowPlan, results_dir: Path, log=print) -> None:
+    """Start a row whose pretraining another table has already finished (the same pretraining hash at this preset
+    and seed: ELECTRA's efficiency row is the sharing table's 1/4-width generator) from a copy of that row's work
+    directory instead of training it again: its final checkpoint, so the fit trains nothing, its curves, and any
+    fine-tuning runs of the same configuration. Training is deterministic per seed (the text-encoding table's BPE
+    row, the NSP table's FULL-SENTENCES configuration trained again, agreed with it to every digit shown), so the
+    copy is what training here would write; the row names where its pretraining came from."""
+    if p.work_dir.exists():
+        return  # this row's own work, or an earlier copy, comes first
+    for path in sorted(results_dir.glob(f"*/{p.preset.name}/rows/*__seed{p.seed}.json")):
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+        donor = path.parent.parent / f"work/{p.work_dir.name}"
+        if path == p.result_path or record.get("curves") != f"work/{p.work_dir.name}" or not donor.is_dir():
+            continue
+        staging = p.work_dir.with_name(p.work_dir.name + ".copying")  # renamed when whole: a kill leaves no half
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(donor, staging, ignore=shutil.ignore_patterns("*.lock", "*.copying"))
+        write_json_atomically(staging / BORROWED, {key: record[key] for key in ("experiment", "row", "seed", "git_commit")})
+        staging.rename(p.work_dir)
+        log(f"  pretraining {p.row.name}: copied from {record['experiment']}/{record['row']} seed {p.seed}, "
+            f"which trained the same pretraining configuration; not trained again")
+        return
+
+
 # Token-budget batches carry 98.5-99.2% of their planned padded tokens (measured on every format at smoke and
 # small: batches are packed by length, one partial batch per epoch); a row far below that did not train its plan.
 MIN_BUDGET_FILL = 0.9
@@ -264,6 +295,8 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
         # the pretraining time of a resumed row's earlier sessions, up to the checkpoint it resumed from (0 if it
         # ran in one go): the row's whole time is the two summed (experiments.running.hardware.row_seconds)
         "resumed_pretraining_s": round(module.resumed_fit_seconds, 1),
+        # the row of another table whose finished pretraining this one copied (runner.borrow_pretraining), or None
+        "pretraining_borrowed_from": json.loads((work / BORROWED).read_text()) if (work / BORROWED).exists() else None,
         "load": load.stop(),  # this session's load average: above the CPU count, other work shared the machine
         # pretraining, each evaluation, and each fine-tuning run by task: what a row's time is spent on
         "seconds": seconds,
@@ -315,6 +348,9 @@ def run(experiment: Experiment, preset: Preset, seeds: int, rows: list[str] | No
             if p.is_done():  # finished by another sweep between the check above and the lock
                 log(f"{prefix}: done, skipped")
                 continue
+            # before Lightning starts any other rank; under torchrun the ranks start together and each trains
+            if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+                borrow_pretraining(p, results_dir, log)
             left = to_train[to_train.index(p):] if p in to_train else [p]
             # the finished rows' seconds per unit of planned work, times the work left (rows differ in it)
             eta = sum(durations) / sum(done_work) * sum(map(planned_work, left)) if durations else None
