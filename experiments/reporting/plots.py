@@ -118,7 +118,7 @@ def _metrics(plt, rows, ordered, colours, shown, claims, majority, unlearned, ti
         span = (max(values) - min(values) or abs(max(values)) * 0.05 or 1.0) if values else 1.0
         if chance is not None and values and min(values) - 3 * span <= chance[0] <= max(values) + 3 * span:
             values.append(chance[0])  # near the rows: drawn, and the axis takes it in
-            span = max(values) - min(values)
+            span = max(values) - min(values) or span  # a row at chance exactly keeps the span above
         if chance is not None:
             axis.axhline(chance[0], color="grey", linestyle="--", linewidth=1, label=f"{chance[1]} {chance[0]:.3g}")
             axis.legend(fontsize=6, loc="best")
