@@ -719,6 +719,18 @@ def test_the_escape_study_says_where_a_discriminator_reached_electras_regime_and
     assert mlm_only["regime"] is None and mlm_only["collapsed"] is None
 
 
+def test_the_table_eta_learns_only_from_rows_that_trained_their_pretraining():
+    from experiments.running.runner import table_eta
+
+    trained = {"wall_time_s": 100.0, "resumed_pretraining_s": 0.0, "pretraining_borrowed_from": None}
+    borrowed = {"wall_time_s": 5.0, "resumed_pretraining_s": 90.0, "pretraining_borrowed_from": {"row": "X"}}
+    resumed = {"wall_time_s": 30.0, "resumed_pretraining_s": 70.0, "pretraining_borrowed_from": None}
+    assert table_eta([], 2.0) is None and table_eta([(borrowed, 1.0)], 2.0) is None  # nothing trained yet
+    assert table_eta([(trained, 1.0), (borrowed, 1.0)], 2.0) == 200.0  # a copied row's few seconds do not count
+    assert table_eta([(trained, 1.0), (resumed, 1.0)], 3.0) == 300.0  # a resumed row counts its earlier fit
+    assert table_eta([(trained, 2.0)], 3.0) == 150.0  # rows differ in planned work
+
+
 @pytest.mark.slow(seconds=45)
 def test_a_row_whose_pretraining_another_table_finished_copies_it_and_gives_the_same_figures(tmp_path):
     """The text-encoding table's BPE row is the NSP table's FULL-SENTENCES configuration: once NSP has trained it,

@@ -311,6 +311,17 @@ def run_row(p: RowPlan, hardware: Hardware) -> dict:
     return result
 
 
+def table_eta(finished: list[tuple[dict, float]], work_left: float) -> float | None:
+    """The seconds the table's rows left will take: the finished rows' seconds per unit of planned work (rows differ
+    in it), times the work left; None before a row has trained. Only rows that trained their pretraining count: a
+    borrowed one (`borrow_pretraining`) trained no step, and a resumed one adds its earlier sessions' fit."""
+    trained = [(r["wall_time_s"] + r.get("resumed_pretraining_s", 0.0), work) for r, work in finished
+               if not r.get("pretraining_borrowed_from")]
+    if not trained:
+        return None
+    return sum(seconds for seconds, _ in trained) / sum(work for _, work in trained) * work_left
+
+
 def planned_work(p: RowPlan) -> float:
     """A row's training FLOPs with its own-schedule early points: what the table's ETA scales by, since the rows
     of a table differ in it (ELECTRA-Small's early points add 94% to its pretraining; equal-FLOPs steps)."""
@@ -330,7 +341,7 @@ def run(experiment: Experiment, preset: Preset, seeds: int, rows: list[str] | No
     if overrides and plans and is_global_zero():
         save_overrides(plans[0].directory, overrides)
     StopRequest.install()
-    elsewhere, durations, done_work = [], [], []
+    elsewhere, finished = [], []  # finished: (row record, its planned work) for the ETA
     to_train = [p for p in plans if not p.is_done()]
     for p in plans:
         prefix = f"[{experiment.id}/{preset.name}] {p.row.name} seed {p.seed}"
@@ -352,8 +363,7 @@ def run(experiment: Experiment, preset: Preset, seeds: int, rows: list[str] | No
             if int(os.environ.get("WORLD_SIZE", "1")) == 1:
                 borrow_pretraining(p, results_dir, log)
             left = to_train[to_train.index(p):] if p in to_train else [p]
-            # the finished rows' seconds per unit of planned work, times the work left (rows differ in it)
-            eta = sum(durations) / sum(done_work) * sum(map(planned_work, left)) if durations else None
+            eta = table_eta(finished, sum(map(planned_work, left)))
             eta = f", ETA for the table {minutes(eta)}" if eta is not None else ""
             log(f"{prefix}: {p.steps} steps, {p.steps * p.config.tokens_per_step:,} tokens "
                 f"(row {len(to_train) - len(left) + 1} of {len(to_train)}{eta})")
@@ -361,8 +371,7 @@ def run(experiment: Experiment, preset: Preset, seeds: int, rows: list[str] | No
                 result = run_row(p, hardware)
             except SIGTERMException:  # Lightning's own SIGTERM handling (after StopOnRequest saved a checkpoint)
                 raise Stopped(signal.SIGTERM) from None
-            durations.append(result["wall_time_s"])
-            done_work.append(planned_work(p))
+            finished.append((result, planned_work(p)))
             log(f"{prefix}: finished in {result['wall_time_s']} s")
         finally:
             work_lock.release()
