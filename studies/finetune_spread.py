@@ -1,7 +1,7 @@
 """How far a task's fine-tuning score moves with the fine-tuning seed alone, under each fine-tuning setting.
 
     python -m studies.finetune_spread run NAME --experiment ablation-nsp --row DOC-SENTENCES --preset cpu \
-        --runs 5 [--set finetune.peak_lr=2e-4 ...]
+        --runs 5 [--set finetune.peak_lr=2e-4 ...] [--only bigram_shift]
     python -m studies.finetune_spread report      # studies/finetune_spread/README.md
 
 `run` loads one trained row's encoder (train it first with its table's `make` target at that preset),
@@ -30,6 +30,7 @@ def current_command(command: str) -> str:
 
 
 def run(args) -> None:
+    from datamodules.downstream import task_name
     from datamodules.errors import UsageError
     from experiments.evaluations.finetuning import fine_tune_all, task_data
     from experiments.running.trained import load_trained_row
@@ -52,6 +53,12 @@ def run(args) -> None:
     experiment, preset = get_experiment(args.experiment), get_preset(args.preset)
     p, module, data = load_trained_row(experiment, preset, args.row, args.seed, table_overrides, args.results_dir)
     config = apply_changes(p.config, changes | {"finetune.seeds": args.runs})
+    if args.only:  # a subset of the row's tasks: the others are not fine-tuned
+        by_name = {task_name(spec): spec for spec in config.tasks}
+        wanted = split_tasks(args.only)
+        if unknown := [name for name in wanted if name not in by_name]:
+            raise UsageError(f"--only {', '.join(unknown)}: not a task of {args.row} (its tasks: {', '.join(by_name)})")
+        config = dataclasses.replace(config, tasks=tuple(by_name[name] for name in wanted))
     encoder_config = module.discriminator_config() if config.objective == "rtd" else module.encoder.config
     # the finished runs, in the trained encoder's work folder, by settings (not by name: the same settings under
     # another name reuse them)
@@ -78,7 +85,8 @@ def run(args) -> None:
              "--runs", str(args.runs), *(["--seed", str(args.seed)] if args.seed else []),
              *(f"--set {text}" for text in as_text(changes)),
              *(f"--table-set {text}" for text in args.table_set),
-             *([f"--corpus {args.corpus}"] if args.corpus else []), *([f"--tasks {args.tasks}"] if args.tasks else [])]),
+             *([f"--corpus {args.corpus}"] if args.corpus else []), *([f"--tasks {args.tasks}"] if args.tasks else []),
+             *([f"--only {args.only}"] if args.only else [])]),
     }
     (args.dir / "runs").mkdir(parents=True, exist_ok=True)
     (args.dir / "runs" / f"{args.name}.json").write_text(json.dumps(result, indent=1))
@@ -135,6 +143,8 @@ def main(argv=None) -> None:
                        help="an override the row's table was run with (--set of `python -m experiments run`)")
     start.add_argument("--corpus", default=None, help="the corpus the row's table was run with, if not the default")
     start.add_argument("--tasks", default=None, help="the tasks the row's table was run with, if not the default")
+    start.add_argument("--only", default=None, metavar="TASK[,TASK]",
+                       help="fine-tune only these of the row's tasks (default: all of them)")
     start.add_argument("--results-dir", type=Path, default=Path("results"))
     report_command = commands.add_parser("report", help="the table of every setting")
     for command in (start, report_command):

@@ -212,6 +212,12 @@ def test_the_fine_tuning_spread_study_reruns_a_trained_rows_fine_tuning_and_repo
     with pytest.raises(SystemExit) as refused:
         main(["run", "wrong", "--set", "optim.peak_lr=1e-3", *study])
     assert refused.value.code == 2
+    with pytest.raises(SystemExit) as refused:  # --only names a task the row does not have
+        main(["run", "wrong", "--only", "bigram_shift", *study])
+    assert refused.value.code == 2
+    main(["run", "only", "--runs", "2", "--set", "finetune.peak_lr=5e-4", "--only", "reviews", *study])
+    only = json.loads((tmp_path / "runs" / "only.json").read_text())
+    assert only["runs"] == written["runs"] and only["command"].endswith("--only reviews")  # the same runs, reused
 
 
 def test_calibrate_refuses_one_seed_and_reports_what_the_fine_tuning_seeds_cost():
