@@ -177,7 +177,7 @@ class Experiment:
     def checked_claims(self) -> tuple[Claim, ...]:
         """The claims a table checks: the declared ones, and for each claim on the downstream average its
         `(proxy)` twins on the measures precise enough to decide something at small scale (experiments.verdicts.claims.
-        twins: the linear probes, the minimal pairs, the held-out MLM loss); none for a claim whose rows share
+        twins: the linear probes, and for MLM rows the minimal pairs and the held-out MLM loss); none for a claim whose rows share
         their pretraining (SiFT's rows differ in fine-tuning only, so their frozen encoders are the same), and
         none that repeats a declared claim."""
         declared = {(type(c), _measure(c.metric), tuple(c.read_rows([r.name for r in self.rows]))) for c in self.claims}
@@ -186,7 +186,7 @@ class Experiment:
             names = claim.read_rows([r.name for r in self.rows])
             if not self._pretrained_apart(names):
                 continue
-            for twin in twins(claim, mlm_twin=self._mlm_comparable(names)):
+            for twin in twins(claim, mlm_rows=self._mlm_rows(names), mlm_twin=self._mlm_comparable(names)):
                 if (type(twin), _measure(twin.metric), tuple(twin.read_rows([r.name for r in self.rows]))) not in declared:
                     found.append(twin)
         return self.claims + tuple(found)
@@ -197,10 +197,14 @@ class Experiment:
                        for name in names}
         return len(pretraining) > 1
 
+    def _mlm_rows(self, names: list[str]) -> bool:
+        """Every row is an MLM row: the model that scores its minimal pairs is the encoder it fine-tunes."""
+        return all(self.row(name).changes.get("objective", self.base.objective) == "mlm" for name in names)
+
     def _mlm_comparable(self, names: list[str]) -> bool:
         """Every row is an MLM row with the table's tokenizer: their held-out MLM losses are on one scale."""
-        return all(self.row(name).changes.get("objective", self.base.objective) == "mlm"
-                   and not any(k.startswith("data.tokenizer") for k in self.row(name).changes) for name in names)
+        return self._mlm_rows(names) and not any(k.startswith("data.tokenizer") for name in names
+                                                 for k in self.row(name).changes)
 
     def paper_value(self, row: str, metric: str) -> float | None:
         """The paper's figure for `row` on the scale of `metric`, where it reports one (experiments.verdicts.claims)."""

@@ -255,12 +255,15 @@ HELDOUT_MLM_MEASURES = ("the pretraining objective on the same held-out blocks f
                         "model text, not how well they transfer to tasks")
 
 
-def twins(claim: Claim, mlm_twin: bool) -> list[Claim]:
+def twins(claim: Claim, mlm_rows: bool, mlm_twin: bool) -> list[Claim]:
     """The proxy twins of a claim on the downstream average: on the fine-tuned tasks that need word order
     (`order_avg`; the offline downstream average's sentiment and topic are passed by a bag of words), and on the
-    measures precise enough at small scale to decide something: the linear probes' average, the minimal pairs,
-    and (`mlm_twin`: every row it reads is an MLM row with the same tokenizer, so their losses are on one scale)
-    the held-out MLM loss. An early point's claim (downstream_avg@0.25) has a probe twin only."""
+    measures precise enough at small scale to decide something: the linear probes' average, and where every row
+    it reads is an MLM row (`mlm_rows`) the minimal pairs and (`mlm_twin`: with the same tokenizer, so their
+    losses are on one scale) the held-out MLM loss. An RTD row scores minimal pairs and held-out MLM through its
+    generator, a smaller model than the discriminator the claim is about, so on those two measures an RTD row
+    would lose to an MLM row, or a larger generator win, by construction. An early point's claim
+    (downstream_avg@0.25) has a probe twin only."""
     if not claim.metric.startswith(DOWNSTREAM_AVERAGE):
         return []
     def text(measure: str) -> str:
@@ -270,8 +273,9 @@ def twins(claim: Claim, mlm_twin: bool) -> list[Claim]:
     found = [claim.on_metric(PROBE_AVERAGE, text("linear-probe average"), PROBE_MEASURES)]
     if "@" not in claim.metric:
         found.append(claim.on_metric(ORDER_AVERAGE, text("word-order tasks' average"), ORDER_MEASURES))
-        found.append(claim.on_metric(MINIMAL_PAIRS, text("minimal pairs"), MINIMAL_PAIRS_MEASURES))
-        if mlm_twin:
+        if mlm_rows:
+            found.append(claim.on_metric(MINIMAL_PAIRS, text("minimal pairs"), MINIMAL_PAIRS_MEASURES))
+        if mlm_rows and mlm_twin:
             # a loss has its own scale: a margin in downstream points means nothing there
             loss = text("held-out MLM loss") + (", without the margin" if claim.margin else "")
             found.append(dataclasses.replace(claim.on_metric(HELDOUT_MLM, loss, HELDOUT_MLM_MEASURES), margin=0.0,
