@@ -316,8 +316,8 @@ def render_markdown(experiment: Experiment, payload: dict) -> str:
                   f"set, scored on the same dev sets as fine-tuning (the majority baselines above apply).\n")
     if payload.get("minimal_pairs"):
         out.write("\nMinimal pairs (x100, 50 = chance): the share of held-out sentences whose pseudo-log-likelihood "
-                  "(PLL-word-l2r; an RTD row's from its generator, the part of it that predicts tokens) is above their variant's, by kind (two adjacent words swapped; one word replaced by "
-                  "one as frequent): " + "; ".join(f"{row}: " + ", ".join(f"{kind} {share:.1f}" for kind, share in kinds.items())
+                  "(PLL-word-l2r; an RTD row's from its generator, the part of it that predicts tokens) is above "
+                  "their variant's, by kind (two adjacent words swapped; one word replaced by one as frequent): " + "; ".join(f"{row}: " + ", ".join(f"{kind} {share:.1f}" for kind, share in kinds.items())
                                                     for row, kinds in payload["minimal_pairs"].items()) + ".\n")
     if payload.get("early_points"):
         out.write("\nEarly points (the row at a fraction of its steps), what each had learned: " + "; ".join(
