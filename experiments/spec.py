@@ -198,8 +198,17 @@ class Experiment:
         return len(pretraining) > 1
 
     def _mlm_rows(self, names: list[str]) -> bool:
-        """Every row is an MLM row: the model that scores its minimal pairs is the encoder it fine-tunes."""
-        return all(self.row(name).changes.get("objective", self.base.objective) == "mlm" for name in names)
+        """Every row is an MLM row scored by the same kind of head: the model that scores the minimal pairs and the
+        held-out MLM is the encoder the rows fine-tune, not an RTD row's generator, and not an Enhanced Mask
+        Decoder that one row has and another lacks (DeBERTa against -EMD: the EMD's extra layer would win there by
+        construction, and fine-tuning drops it)."""
+        return (all(self.row(name).changes.get("objective", self.base.objective) == "mlm" for name in names)
+                and len({self._decodes_with_emd(name) for name in names}) == 1)
+
+    def _decodes_with_emd(self, name: str) -> bool:
+        changes, encoder = self.row(name).changes, self.base.encoder
+        return (changes.get("encoder.attention", encoder.attention) == "disentangled"
+                and changes.get("encoder.emd", encoder.emd))  # EncoderConfig.uses_emd
 
     def _mlm_comparable(self, names: list[str]) -> bool:
         """Every row is an MLM row with the table's tokenizer: their held-out MLM losses are on one scale."""

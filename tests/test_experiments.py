@@ -339,13 +339,17 @@ def test_every_claim_on_the_downstream_average_has_proxy_twins_on_the_low_noise_
                     and t.text.split(" (")[0].split(" on the ")[0] == claim.text.split(" (")[0].split(" on the ")[0]]
             metrics = {t.metric.split("@")[0] for t in mine}
             assert "probe_avg" in metrics, (experiment.id, claim.text)
-            mlm_only = all(experiment.row(r).changes.get("objective", experiment.base.objective) == "mlm" for r in rows)
+            mlm_only = (all(experiment.row(r).changes.get("objective", experiment.base.objective) == "mlm" for r in rows)
+                        and len({experiment._decodes_with_emd(r) for r in rows}) == 1)
             if "@" not in claim.metric and mlm_only:
                 assert "minimal_pairs" in metrics or any(c.metric == "minimal_pairs" for c in experiment.claims)
             if not mlm_only:
                 assert not metrics & {"minimal_pairs", "mlm_loss"}, (experiment.id, claim.text)
     sift = EXPERIMENTS["ablation-sift"]  # its rows share their pretraining: their probes are the same encoder's
     assert sift.checked_claims == sift.claims
+    deberta = EXPERIMENTS["ablation-deberta"]  # the EMD's extra layer scores DeBERTa's pairs, not -EMD's or ReImp's
+    assert [c.text for c in deberta.checked_claims if c.metric == "minimal_pairs"] == [
+        "Each component helps: DeBERTa >= -C2P (minimal pairs)", "Each component helps: DeBERTa >= -P2C (minimal pairs)"]
     text_encoding = EXPERIMENTS["ablation-text-encoding"]  # two tokenizers: their MLM losses are not on one scale
     assert not [c for c in text_encoding.checked_claims if c.metric == "mlm_loss"]
     electra = EXPERIMENTS["ablation-electra-efficiency"]  # RTD rows: their MLM loss is a generator's

@@ -262,7 +262,8 @@ def twins(claim: Claim, mlm_rows: bool, mlm_twin: bool) -> list[Claim]:
     it reads is an MLM row (`mlm_rows`) the minimal pairs and (`mlm_twin`: with the same tokenizer, so their
     losses are on one scale) the held-out MLM loss. An RTD row scores minimal pairs and held-out MLM through its
     generator, a smaller model than the discriminator the claim is about, so on those two measures an RTD row
-    would lose to an MLM row, or a larger generator win, by construction. An early point's claim
+    would lose to an MLM row, or a larger generator win, by construction; the same holds for rows of which one
+    decodes with DeBERTa's Enhanced Mask Decoder and the other does not. An early point's claim
     (downstream_avg@0.25) has a probe twin only."""
     if not claim.metric.startswith(DOWNSTREAM_AVERAGE):
         return []
