@@ -80,6 +80,15 @@ def test_publish_copies_the_current_rows_into_one_folder_per_preset_and_machine_
     alone = {"mean": os.cpu_count() - 0.5, "max": 3.0, "cpus": os.cpu_count()}
     row.write_text(json.dumps(record | {"load": alone, "wall_time_s": 600.0, "resumed_pretraining_s": 300.0}))
     assert "| ablation-nsp | 1 of 4 | 1 | 15.0 min | 1.00 h (est.) |" in board.board(reference)
+    # publishing again keeps a table's build time while its rows give the same table, and renews it when they do not
+    payload = json.loads((table / "table.json").read_text())
+    (table / "table.json").write_text(json.dumps(payload | {"built": "2000-01-01 00:00 UTC"}))
+    board.publish(PRESETS["smoke"], results, reference, log=said.append)
+    assert "built 2000-01-01 00:00 UTC" in (table / "table.md").read_text()
+    source_row = results / "ablation-nsp" / "smoke" / "rows" / "doc-sentences__seed0.json"
+    source_row.write_text(json.dumps(record | {"git_commit": "0123456789abcdef"}))  # now from another commit
+    board.publish(PRESETS["smoke"], results, reference, log=said.append)
+    assert "built 2000-01-01" not in (table / "table.md").read_text()
 
 
 def test_the_planner_says_plainly_when_a_preset_has_no_calibration(tmp_path):

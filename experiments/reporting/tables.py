@@ -250,6 +250,11 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
                "corpus": sorted({describe_corpus(s.corpus) for s in rows.values()}),
                "overrides": json.loads((directory / "overrides.json").read_text())
                if (directory / "overrides.json").exists() else []}
+    previous = directory / "table.json"
+    if previous.exists():  # a table whose rows and verdicts did not change keeps its build time: no churn in its files
+        earlier = json.loads(previous.read_text())
+        if {**earlier, "built": stamp} == json.loads(json.dumps(payload)):
+            payload["built"] = earlier["built"]
     directory.mkdir(parents=True, exist_ok=True)
     # each file whole or not at all: a sweep killed here, or a second sweep rebuilding beside it, corrupts nothing
     write_atomically(directory / "table.json", json.dumps(payload, indent=2).encode())
