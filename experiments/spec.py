@@ -177,7 +177,8 @@ class Experiment:
     def checked_claims(self) -> tuple[Claim, ...]:
         """The claims a table checks: the declared ones, and for each claim on the downstream average its
         `(proxy)` twins on the measures precise enough to decide something at small scale (experiments.verdicts.claims.
-        twins: the linear probes, and for MLM rows the minimal pairs and the held-out MLM loss); none for a claim whose rows share
+        twins: the linear probes, the word-order tasks, for MLM rows the minimal pairs and the held-out MLM loss, for
+        ELECTRA discriminators their AUC on one corruption task); none for a claim whose rows share
         their pretraining (SiFT's rows differ in fine-tuning only, so their frozen encoders are the same), and
         none that repeats a declared claim."""
         declared = {(type(c), _measure(c.metric), tuple(c.read_rows([r.name for r in self.rows]))) for c in self.claims}
@@ -186,7 +187,8 @@ class Experiment:
             names = claim.read_rows([r.name for r in self.rows])
             if not self._pretrained_apart(names):
                 continue
-            for twin in twins(claim, mlm_rows=self._mlm_rows(names), mlm_twin=self._mlm_comparable(names)):
+            for twin in twins(claim, mlm_rows=self._mlm_rows(names), mlm_twin=self._mlm_comparable(names),
+                              discriminator_rows=self._discriminator_rows(names)):
                 if (type(twin), _measure(twin.metric), tuple(twin.read_rows([r.name for r in self.rows]))) not in declared:
                     found.append(twin)
         return self.claims + tuple(found)
@@ -204,6 +206,17 @@ class Experiment:
         construction, and fine-tuning drops it)."""
         return (all(self.row(name).changes.get("objective", self.base.objective) == "mlm" for name in names)
                 and len({self._decodes_with_emd(name) for name in names}) == 1)
+
+    def _discriminator_rows(self, names: list[str]) -> bool:
+        """Every row is a full ELECTRA discriminator (RTD on every token; ELECTRA 15%'s learns at the masked
+        positions only, and the AUC reads every token, so it would lose by construction) trained against
+        generators of one width (a discriminator trained against a weaker generator meets replacements more like
+        the bigram model's, so across widths the measure would favour the smaller generator)."""
+        def setting(name: str, key: str):
+            return self.row(name).changes.get(f"rtd.{key}", getattr(self.base.rtd, key))
+        return (all(self.row(name).changes.get("objective", self.base.objective) == "rtd"
+                    and setting(name, "variant") == "electra" for name in names)
+                and len({setting(name, "generator_width") for name in names}) == 1)
 
     def _decodes_with_emd(self, name: str) -> bool:
         changes, encoder = self.row(name).changes, self.base.encoder

@@ -358,6 +358,15 @@ def test_every_claim_on_the_downstream_average_has_proxy_twins_on_the_low_noise_
     assert len(nsp) == 3 and all(c.margin == 0 for c in nsp)  # a margin in downstream points is not a loss's
     early = [t for t in EXPERIMENTS["ablation-electra-small"].checked_claims if t.metric == "probe_avg@0.25"]
     assert len(early) == 1 and early[0].metric_b == "probe_avg"
+    # full ELECTRA discriminators against generators of one size are compared on their own corruption-task AUC;
+    # not an MLM row (ELECTRA-Small vs BERT-Small), not ELECTRA 15% (it learns at masked positions only), not
+    # across generator widths, and no equivalence twin (no margin on the AUC's scale)
+    on_auc = {e.id: [c.text for c in e.checked_claims if c.metric == "disc_auc_bigram"] for e in EXPERIMENTS.values()}
+    assert {k: v for k, v in on_auc.items() if v} == {
+        "ablation-embedding-sharing": ["Downstream order GDES >= ES >= NES (average) (discriminator's AUC on bigram "
+                                       "corruptions)"],
+        "ablation-electra-sharing": ["Tying token embeddings helps: tie token embeddings >= no tying (discriminator's "
+                                     "AUC on bigram corruptions)"]}
 
 
 def test_calibration_reports_the_detectable_effect_per_kind_and_the_steadiest_probe_feature(tmp_path):
@@ -805,3 +814,11 @@ def test_a_row_whose_pretraining_another_table_finished_copies_it_and_gives_the_
     assert len(shared) > 20 and {m: copy["metrics"][m] for m in shared} == {m: donor["metrics"][m] for m in shared}
     # its time counts the pretraining it copied (up to the final checkpoint), as a row that trained it would
     assert 0.5 * donor["seconds"]["pretraining"] < copy["resumed_pretraining_s"] <= donor["seconds"]["pretraining"]
+
+
+def test_effects_on_a_zero_to_one_measure_print_three_decimals():
+    """An AUC or a cosine moves by hundredths: at two decimals an effect of 0.003 would print as -0.00."""
+    from experiments.verdicts.judging import signed
+
+    assert signed(-0.0031, "disc_auc_bigram") == "-0.003" and signed(0.19, "cosine_generator") == "+0.190"
+    assert signed(1.234, "downstream_avg") == "+1.23" and signed(-0.004, "mlm_loss") == "-0.00"

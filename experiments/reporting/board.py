@@ -23,7 +23,7 @@ from experiments.verdicts.claims import paper_comparisons
 from experiments.running.durable import write_atomically
 from experiments.registry import EXPERIMENTS
 from experiments.reporting.tables import build_table, claim_source, load_rows
-from experiments.verdicts.judging import check_claim
+from experiments.verdicts.judging import check_claim, signed
 from experiments.running.runner import ROOT
 from experiments.verdicts.noise import load_calibration
 
@@ -149,10 +149,11 @@ def _section(preset: str, machine: str, folder: Path) -> tuple[list[str], Counte
 
 
 def _claim_line(experiment, claim, result, order: list[str], source: str) -> str:
-    paper = "; ".join(f"{c.label} {c.paper:+.2f}" for c in paper_comparisons(claim, experiment.paper_value, order)
+    paper = "; ".join(f"{c.label} {signed(c.paper, c.quantity.metric)}" for c in paper_comparisons(claim, experiment.paper_value, order)
                       if c.paper is not None) or "-"
     if result.judgements and result.verdict != "not measured":
-        ours = "; ".join(f"{j.comparison.label} {j.mean:+.2f}" + (f" [{j.low:+.2f}, {j.high:+.2f}]" if j.low is not None else "")
+        ours = "; ".join(f"{j.comparison.label} {j.signed(j.mean)}" + (f" [{j.signed(j.low)}, {j.signed(j.high)}]"
+                                                                        if j.low is not None else "")
                          + f", {j.n} seed{'s' * (j.n != 1)}" for j in result.judgements if j.mean is not None)
     else:
         ours = result.text() or "-"

@@ -19,6 +19,7 @@ import numpy as np
 
 DOWNSTREAM_AVERAGE, PROBE_AVERAGE = "downstream_avg", "probe_avg"
 HELDOUT_MLM, MINIMAL_PAIRS, ORDER_AVERAGE = "mlm_loss", "minimal_pairs", "order_avg"
+DISCRIMINATOR_AUC = "disc_auc_bigram"  # experiments.evaluations.bigram_task_auc
 # the paper's columns that are not downstream scores (they never enter the paper's downstream average)
 NOT_DOWNSTREAM = ("ppl", "peak lr")
 
@@ -253,9 +254,12 @@ ORDER_MEASURES = ("fine-tuned tasks that a bag of words cannot pass, the mean of
                   "offline tasks come to the paper's GLUE and SQuAD, which need word order too")
 HELDOUT_MLM_MEASURES = ("the pretraining objective on the same held-out blocks for every row: how well the rows "
                         "model text, not how well they transfer to tasks")
+DISCRIMINATOR_MEASURES = ("the discriminator's AUC at telling held-out tokens from replacements drawn by one fixed "
+                          "bigram model, the same corruptions for every row: RTD's own task, measured on the "
+                          "model the claim fine-tunes, with no fine-tuning noise; not a downstream task")
 
 
-def twins(claim: Claim, mlm_rows: bool, mlm_twin: bool) -> list[Claim]:
+def twins(claim: Claim, mlm_rows: bool, mlm_twin: bool, discriminator_rows: bool = False) -> list[Claim]:
     """The proxy twins of a claim on the downstream average: on the fine-tuned tasks that need word order
     (`order_avg`; the offline downstream average's sentiment and topic are passed by a bag of words), and on the
     measures precise enough at small scale to decide something: the linear probes' average, and where every row
@@ -263,8 +267,11 @@ def twins(claim: Claim, mlm_rows: bool, mlm_twin: bool) -> list[Claim]:
     losses are on one scale) the held-out MLM loss. An RTD row scores minimal pairs and held-out MLM through its
     generator, a smaller model than the discriminator the claim is about, so on those two measures an RTD row
     would lose to an MLM row, or a larger generator win, by construction; the same holds for rows of which one
-    decodes with DeBERTa's Enhanced Mask Decoder and the other does not. An early point's claim
-    (downstream_avg@0.25) has a probe twin only."""
+    decodes with DeBERTa's Enhanced Mask Decoder and the other does not. Where every row is a full ELECTRA
+    discriminator trained against generators of one size (`discriminator_rows`), the discriminators' AUC on one
+    fixed corruption task stands in for those two, measured on the model the claim is about; it has no
+    equivalence twin (the paper gives no margin on its scale). An early point's claim (downstream_avg@0.25) has a
+    probe twin only."""
     if not claim.metric.startswith(DOWNSTREAM_AVERAGE):
         return []
     def text(measure: str) -> str:
@@ -281,6 +288,10 @@ def twins(claim: Claim, mlm_rows: bool, mlm_twin: bool) -> list[Claim]:
             loss = text("held-out MLM loss") + (", without the margin" if claim.margin else "")
             found.append(dataclasses.replace(claim.on_metric(HELDOUT_MLM, loss, HELDOUT_MLM_MEASURES), margin=0.0,
                                              margin_source=""))
+        if discriminator_rows and not isinstance(claim, Close):
+            auc = text("discriminator's AUC on bigram corruptions") + (", without the margin" if claim.margin else "")
+            found.append(dataclasses.replace(claim.on_metric(DISCRIMINATOR_AUC, auc, DISCRIMINATOR_MEASURES),
+                                             margin=0.0, margin_source=""))
     return found
 
 

@@ -49,6 +49,12 @@ class Spread:
     source: str
 
 
+def signed(value: float, metric: str) -> str:
+    """An effect as the tables print it: two decimals, three on the measures whose whole range is 0 to 1 (an AUC,
+    a cosine), where the effects are hundredths."""
+    return f"{value:+.{3 if any(unit in metric for unit in ('auc', 'cosine')) else 2}f}"
+
+
 def spread(comparison: Comparison, noise: Noise) -> Spread | None:
     """The calibration's SD of the comparison's quantity pooled with the table's own seeds' SD of it, degrees of
     freedom summed; either alone where the other is missing; None with neither (one seed, nothing calibrated)."""
@@ -117,20 +123,24 @@ class Judgement:
     def n(self) -> int:
         return len(self.comparison.values)
 
+    def signed(self, value: float) -> str:
+        return signed(value, self.comparison.quantity.metric)
+
     @property
     def rules_out(self) -> str:
         """The effects the 95% interval excludes, said as a sentence (empty without an interval)."""
         if self.low is None:
             return ""
-        return f"rules out {self.comparison.label} below {self.low:+.2f} or above {self.high:+.2f}"
+        f = self.signed
+        return f"rules out {self.comparison.label} below {f(self.low)} or above {f(self.high)}"
 
     def text(self) -> str:
-        c, seeds = self.comparison, f"{self.n} seed{'s' * (self.n != 1)}"
+        c, seeds, f = self.comparison, f"{self.n} seed{'s' * (self.n != 1)}", self.signed
         if self.mean is None:
             return f"{c.label}: no seed in common"
         if self.low is None:
-            return f"{c.label}: {self.mean:+.2f} over {seeds}, no interval: {self.why}"
-        out = (f"{c.label}: {self.mean:+.2f}, 95% interval [{self.low:+.2f}, {self.high:+.2f}], {seeds}, SD "
+            return f"{c.label}: {f(self.mean)} over {seeds}, no interval: {self.why}"
+        out = (f"{c.label}: {f(self.mean)}, 95% interval [{f(self.low)}, {f(self.high)}], {seeds}, SD "
                f"{self.spread.sd:.3g} from {self.spread.source}; {self.rules_out}")
         if self.verdict == INCONCLUSIVE:
             out += "; " + self.settle_text()
@@ -141,9 +151,9 @@ class Judgement:
             return (f"about {pair[0]} seeds ({pair[1]} for {POWER:.0%} power)" if pair[1] is not None
                     else f"about {pair[0]} seeds (more than {MAX_SEEDS:,} for {POWER:.0%} power)" if pair[0] is not None
                     else f"more than {MAX_SEEDS:,} seeds")
-        out = f"deciding it takes {count(self.seeds_measured)} at the measured {self.mean:+.2f}"
+        out = f"deciding it takes {count(self.seeds_measured)} at the measured {self.signed(self.mean)}"
         if self.comparison.paper is not None:
-            out += f", {count(self.seeds_paper)} at the paper's {self.comparison.paper:+.2f}"
+            out += f", {count(self.seeds_paper)} at the paper's {self.signed(self.comparison.paper)}"
         return out
 
 
@@ -290,7 +300,7 @@ class ClaimResult:
         if self.verdict == "not measured":
             return self.note
         if self.verdict == SMOKE_VERDICT:
-            return "; ".join(f"{j.comparison.label}: {j.mean:+.2f} over {j.n} seed{'s' * (j.n != 1)}"
+            return "; ".join(f"{j.comparison.label}: {j.signed(j.mean)} over {j.n} seed{'s' * (j.n != 1)}"
                              for j in self.judgements if j.mean is not None) or "no seed in common"
         several = len(self.judgements) > 1
         measured = "; ".join(j.text() + (f" ({j.verdict})" if several else "") for j in self.judgements)
