@@ -38,6 +38,9 @@ def test_the_board_lists_every_claim_of_every_table_once_per_reference_folder():
             for claim in json.loads(table.read_text())["claims"]:
                 said = claim["claim"].replace("|", chr(92) + "|")
                 assert any(f"| {table.parent.name} | ({claim['source']}) {said} |" in line for line in claim_lines)
+    # the claims the rows settle are listed first, one line each
+    decided = [line for line in text.splitlines() if line.startswith(("- **holds**", "- **does not hold**"))]
+    assert len(decided) == sum(line.endswith(("| **holds** | yes |", "| **does not hold** | yes |")) for line in claim_lines)
     first = next(line for line in text.splitlines() if line.startswith("**"))
     assert first.endswith(f"(of {claims * sections} claims)")
     assert sum(int(part.split()[0]) for part in first.strip("*").split("**")[0].split(", ")) == claims * sections

@@ -30,6 +30,7 @@ from experiments.verdicts.noise import load_calibration
 REFERENCE = ROOT / "reference"
 BOARD = "BOARD.md"
 VERDICTS = ("holds", "does not hold", "inconclusive", "not measured")
+DECIDED = VERDICTS[:2]  # the verdicts that settle a claim
 README_START, README_END = "<!-- board:start -->", "<!-- board:end -->"
 # the README's results excerpt: some columns of one reference table, rebuilt from its table.json with the board
 EXCERPT = re.compile(r"(<!-- excerpt:start (?P<folder>\S+) columns=(?P<columns>[^>]+?) -->\n).*?(<!-- excerpt:end -->)", re.S)
@@ -103,19 +104,25 @@ def board(reference: Path = REFERENCE) -> str:
 
 def _section(preset: str, machine: str, folder: Path) -> tuple[list[str], Counter]:
     noise = load_calibration(preset)
-    counts, by_paper, times = Counter(), {}, []
+    counts, by_paper, times, decided = Counter(), {}, [], []
     for experiment in EXPERIMENTS.values():
         order = [r.name for r in experiment.rows]
         rows = load_rows(experiment, folder / experiment.id) if (folder / experiment.id / "rows").is_dir() else {}
         for claim in experiment.checked_claims:
             result = check_claim(claim, rows, order, noise, experiment.paper_value)
             counts[result.verdict] += 1
-            by_paper.setdefault(paper_name(experiment), []).append(
-                _claim_line(experiment, claim, result, order, claim_source(claim, rows, order)))
+            source = claim_source(claim, rows, order)
+            by_paper.setdefault(paper_name(experiment), []).append(_claim_line(experiment, claim, result, order, source))
+            if result.verdict in DECIDED:
+                decided.append(f"- **{result.verdict}**: {paper_name(experiment)}, {experiment.id}: ({source}) "
+                               f"{claim.text}: {_effects(result)}")
         times.append((experiment, rows, [s.machine_seconds() for s in rows.values()]))
     lines = [f"## `{preset}` on {machine}", "",
              "**" + ", ".join(f"{counts[v]} {v}" for v in VERDICTS) + f"** (of {sum(counts.values())} claims). "
              f"Noise: {noise.source}.", ""]
+    if decided:  # the few claims these rows settle, before the many they leave open
+        lines += ["What these rows decide, each claim with its effect, 95% interval and seeds (the rest below):", "",
+                  *decided, ""]
     for paper, claim_lines in by_paper.items():
         lines += [f"### {paper}", "",
                   "| table | claim | paper's effect | ours: effect, 95% interval, seeds | verdict | rows learned it |",
@@ -148,15 +155,19 @@ def _section(preset: str, machine: str, folder: Path) -> tuple[list[str], Counte
     return lines, counts
 
 
+def _effects(result) -> str:
+    """Our side of a claim: each comparison's effect, 95% interval and seeds (or why there is none)."""
+    if result.judgements and result.verdict != "not measured":
+        return "; ".join(f"{j.comparison.label} {j.signed(j.mean)}" + (f" [{j.signed(j.low)}, {j.signed(j.high)}]"
+                                                                       if j.low is not None else "")
+                         + f", {j.n} seed{'s' * (j.n != 1)}" for j in result.judgements if j.mean is not None)
+    return result.text() or "-"
+
+
 def _claim_line(experiment, claim, result, order: list[str], source: str) -> str:
     paper = "; ".join(f"{c.label} {signed(c.paper, c.quantity.metric)}" for c in paper_comparisons(claim, experiment.paper_value, order)
                       if c.paper is not None) or "-"
-    if result.judgements and result.verdict != "not measured":
-        ours = "; ".join(f"{j.comparison.label} {j.signed(j.mean)}" + (f" [{j.signed(j.low)}, {j.signed(j.high)}]"
-                                                                        if j.low is not None else "")
-                         + f", {j.n} seed{'s' * (j.n != 1)}" for j in result.judgements if j.mean is not None)
-    else:
-        ours = result.text() or "-"
+    ours = _effects(result)
     learned = "-" if result.verdict == "not measured" else "yes" if result.learned else "no: " + result.note
     text = claim.text.replace("|", "\\|")
     return (f"| {experiment.id} | ({source}) {text} | {paper} | {ours.replace('|', '/')} | "
@@ -199,8 +210,8 @@ def readme_with_results(readme: str, board_text: str, root: Path = ROOT) -> str:
 def readme_with_counts(readme: str, board_text: str) -> str:
     """The README with its results block (between the board markers) made from the board's counts."""
     counts = next(line for line in board_text.splitlines() if line.startswith("**"))
-    block = (f"{README_START}\n{counts}: the [results board](reference/BOARD.md) lists every claim with the paper's "
-             f"effect beside ours.\n{README_END}")
+    block = (f"{README_START}\n{counts}: the [results board](reference/BOARD.md) lists first the claims the "
+             f"reference rows decide, then every claim with the paper's effect beside ours.\n{README_END}")
     if README_START not in readme:
         return readme
     before, rest = readme.split(README_START, 1)
