@@ -112,7 +112,8 @@ def _section(preset: str, machine: str, folder: Path) -> tuple[list[str], Counte
             result = check_claim(claim, rows, order, noise, experiment.paper_value)
             counts[result.verdict] += 1
             source = claim_source(claim, rows, order)
-            by_paper.setdefault(paper_name(experiment), []).append(_claim_line(experiment, claim, result, order, source))
+            line = _claim_line(experiment, claim, result, order, source)
+            by_paper.setdefault(paper_name(experiment), []).append(line)
             if result.verdict in DECIDED:
                 decided.append(f"- **{result.verdict}**: {paper_name(experiment)}, {experiment.id}: ({source}) "
                                f"{claim.text}: {_effects(result)}")
@@ -165,8 +166,8 @@ def _effects(result) -> str:
 
 
 def _claim_line(experiment, claim, result, order: list[str], source: str) -> str:
-    paper = "; ".join(f"{c.label} {signed(c.paper, c.quantity.metric)}" for c in paper_comparisons(claim, experiment.paper_value, order)
-                      if c.paper is not None) or "-"
+    paper = "; ".join(f"{c.label} {signed(c.paper, c.quantity.metric)}"
+                      for c in paper_comparisons(claim, experiment.paper_value, order) if c.paper is not None) or "-"
     ours = _effects(result)
     learned = "-" if result.verdict == "not measured" else "yes" if result.learned else "no: " + result.note
     text = claim.text.replace("|", "\\|")
