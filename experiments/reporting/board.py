@@ -152,7 +152,9 @@ def _section(preset: str, machine: str, folder: Path) -> tuple[list[str], Counte
               "those that ran. A row none of whose seeds ran alone is named beside the time: one that shared the "
               "machine took longer than this machine alone would; one without a load record was trained before rows "
               "recorded it, so whether other work ran beside it is unknown; a resumed one whose earlier sessions' time "
-              "was not recorded shows its last session's alone.", ""]
+              "was not recorded shows its last session's alone. A row that copied another table's finished "
+              "pretraining counts its evaluations and fine-tuning alone, as in `make ablations`, which trains that "
+              "pretraining once; run alone, its table takes one pretraining longer.", ""]
     return lines, counts
 
 

@@ -56,15 +56,20 @@ class RowSummary:
     shared_seeds: int = 0  # seeds whose run shared the machine with other work (their time is not the machine's)
     unrecorded_load_seeds: int = 0  # seeds trained before rows recorded their load (whether they shared is unknown)
     unrecorded_resume_seeds: int = 0  # seeds resumed before rows recorded their earlier sessions' time (too short)
+    borrowed: list[bool] = field(default_factory=list)  # per seed: it copied another table's finished pretraining
 
     def machine_seconds(self) -> tuple[float, Counter]:
         """The row's time on its machine: the mean of the seeds that ran alone, or of all seeds, with what
         makes it uncertain (seeds that shared the machine, have no load record, or lost an earlier session's time),
         when none did."""
-        alone = [t for t, ran in zip(self.row_seconds, self.ran_alone) if ran]
+        alone = [i for i, ran in enumerate(self.ran_alone) if ran]
+        counted = alone or list(range(len(self.row_seconds)))
+        # a copied pretraining is trained once by `make ablations`, in the table it was copied from
+        copied = Counter({"copied another table's pretraining": int(any(self.borrowed[i] for i in counted))})
+        seconds = float(np.mean([self.row_seconds[i] for i in counted]))
         if alone:
-            return float(np.mean(alone)), Counter()
-        return float(np.mean(self.row_seconds)), Counter({
+            return seconds, copied
+        return seconds, copied + Counter({
             "shared the machine": self.shared_seeds, "without a load record": self.unrecorded_load_seeds,
             "resumed, earlier sessions' time not recorded": self.unrecorded_resume_seeds})
 
@@ -97,6 +102,7 @@ def load_rows(experiment: Experiment, directory: Path) -> dict[str, RowSummary]:
         summary.kind = row_kind(record["config"])
         summary.departures = departures(record["config"])
         summary.row_seconds.append(row_seconds(record))
+        summary.borrowed.append(bool(record.get("pretraining_borrowed_from")))
         # one pretraining log per session: a row resumed before it recorded its earlier sessions' time is too short
         lost_time = "resumed_pretraining_s" not in record and len(list((directory / record["curves"]).glob("log-*"))) > 1
         summary.unrecorded_resume_seeds += lost_time
