@@ -130,6 +130,8 @@ def word_order_problem(values: dict[str, list[float]], brief: bool = False) -> s
     local = all(s[1] >= LEARNED_ADJACENT_MULTIPLE for s in unlearned)
     if brief:
         return f"{'not yet word order' if local else 'still a bag of words'}{where}"
+    # an RTD row's attention is its discriminator's, its MLM loss its generator's: one can learn without the other
+    loss = "held-out MLM loss" if values.get("mlm_loss") else "its generator's held-out MLM loss"
     return (f"{'not yet word order' if local else 'still a bag of words'}{where}: most local head {adjacent:.1f}x "
-            f"({'>=' if local else '<'} {LEARNED_ADJACENT_MULTIPLE:g}x), held-out MLM loss {mlm:.3f} "
+            f"({'>=' if local else '<'} {LEARNED_ADJACENT_MULTIPLE:g}x), {loss} {mlm:.3f} "
             f"({'<=' if mlm <= threshold else '>'} {threshold:.3f}, the count models' midpoint)")
