@@ -83,10 +83,13 @@ def test_publish_copies_the_current_rows_into_one_folder_per_preset_and_machine_
     alone = {"mean": os.cpu_count() - 0.5, "max": 3.0, "cpus": os.cpu_count()}
     row.write_text(json.dumps(record | {"load": alone, "wall_time_s": 600.0, "resumed_pretraining_s": 300.0}))
     assert "| ablation-nsp | 1 of 4 | 1 | 15.0 min | 1.00 h (est.) |" in board.board(reference)
-    # a row that copied another table's pretraining is named: its time leaves that pretraining out
-    row.write_text(json.dumps(record | {"load": alone, "wall_time_s": 120.0,
+    # a row that copied another table's pretraining is named: its time counts that pretraining, as its table run
+    # alone would, and `make ablations` counts it once (the table that trained it is not run here: 40 - 8 min)
+    row.write_text(json.dumps(record | {"load": alone, "wall_time_s": 120.0, "resumed_pretraining_s": 480.0,
                                         "pretraining_borrowed_from": {"experiment": "ablation-sift"}}))
-    assert "| ablation-nsp | 1 of 4 | 1 | 2.0 min (1 copied another table's pretraining) |" in board.board(reference)
+    text = board.board(reference)
+    assert "| ablation-nsp | 1 of 4 | 1 | 10.0 min (1 copied another table's pretraining) | 0.67 h (est.) |" in text
+    assert "`make ablations` at `smoke` on " + machine + ": at least 0.5 h at one seed" in text
     row.write_text(json.dumps(record | {"load": alone, "wall_time_s": 600.0, "resumed_pretraining_s": 300.0}))
     # publishing again keeps a table's build time while its rows give the same table, and renews it when they do not
     payload = json.loads((table / "table.json").read_text())

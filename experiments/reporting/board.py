@@ -117,7 +117,8 @@ def _section(preset: str, machine: str, folder: Path) -> tuple[list[str], Counte
             if result.verdict in DECIDED:
                 decided.append(f"- **{result.verdict}**: {paper_name(experiment)}, {experiment.id}: ({source}) "
                                f"{claim.text}: {_effects(result)}")
-        times.append((experiment, rows, [s.machine_seconds() for s in rows.values()]))
+        times.append((experiment, rows, [s.machine_seconds() for s in rows.values()],
+                      sum(s.copied_pretraining_seconds() for s in rows.values())))
     lines = [f"## `{preset}` on {machine}", "",
              "**" + ", ".join(f"{counts[v]} {v}" for v in VERDICTS) + f"** (of {sum(counts.values())} claims). "
              f"Noise: {noise.source}.", ""]
@@ -131,20 +132,20 @@ def _section(preset: str, machine: str, folder: Path) -> tuple[list[str], Counte
     lines += [f"### Time at `{preset}` on {machine}", "",
               "| table | rows run | seeds | time per row (mean) | the table, one seed |", "|---|---|---|---|---|"]
     done = 0.0
-    for experiment, rows, row_times in times:
+    for experiment, rows, row_times, copied in times:
         if not rows:
             lines.append(f"| {experiment.id} | 0 of {len(experiment.rows)} | - | - | not run |")
             continue
         per_row = float(np.mean([seconds for seconds, _ in row_times]))
         whole = per_row * len(experiment.rows)
-        done += whole
+        done += whole - copied  # a pretraining two tables share, `make ablations` trains once
         seeds = sorted({len(s.seeds) for s in rows.values()})
         caveats = sum((row_caveats for _, row_caveats in row_times), Counter())
         caveat = f" ({', '.join(f'{n} {what}' for what, n in caveats.items() if n)})" if +caveats else ""
         lines.append(f"| {experiment.id} | {len(rows)} of {len(experiment.rows)} | {'-'.join(map(str, seeds))} | "
                      f"{per_row / 60:.1f} min{caveat} | "
                      f"{whole / 3600:.2f} h{'' if len(rows) == len(experiment.rows) else ' (est.)'} |")
-    missing = [e.id for e, rows, _ in times if not rows]
+    missing = [e.id for e, rows, _, _ in times if not rows]
     lines += ["", f"`make ablations` at `{preset}` on {machine}: {'at least ' if missing else ''}{done / 3600:.1f} h "
               f"at one seed" + (f" ({len(missing)} table{'s' * (len(missing) != 1)} not run yet)" if missing else "")
               + ". A row's time is the mean of its seeds that ran alone (their load average at most the CPU count), "
@@ -153,8 +154,8 @@ def _section(preset: str, machine: str, folder: Path) -> tuple[list[str], Counte
               "machine took longer than this machine alone would; one without a load record was trained before rows "
               "recorded it, so whether other work ran beside it is unknown; a resumed one whose earlier sessions' time "
               "was not recorded shows its last session's alone. A row that copied another table's finished "
-              "pretraining counts its evaluations and fine-tuning alone, as in `make ablations`, which trains that "
-              "pretraining once; run alone, its table takes one pretraining longer.", ""]
+              "pretraining counts that pretraining's time, as its table run alone would spend it; `make ablations` "
+              "trains it once, and its total counts it once.", ""]
     return lines, counts
 
 

@@ -28,7 +28,7 @@ from experiments.verdicts.noise import Calibration, load_calibration, row_kind
 from experiments.reporting.plots import draw
 from experiments.verdicts.judging import (ELECTRA_REGIME_AUC, check_claim, early_points_in, failed_fine_tuning,
                                           learning_problems, values_at)
-from experiments.running.hardware import ran_alone, row_seconds, shared_machine
+from experiments.running.hardware import copied_pretraining_seconds, ran_alone, row_seconds, shared_machine
 from experiments.spec import DEPARTURES, Experiment, departures
 from lightning_modules.base import describe
 
@@ -56,22 +56,25 @@ class RowSummary:
     shared_seeds: int = 0  # seeds whose run shared the machine with other work (their time is not the machine's)
     unrecorded_load_seeds: int = 0  # seeds trained before rows recorded their load (whether they shared is unknown)
     unrecorded_resume_seeds: int = 0  # seeds resumed before rows recorded their earlier sessions' time (too short)
-    borrowed: list[bool] = field(default_factory=list)  # per seed: it copied another table's finished pretraining
+    copied_seconds: list[float] = field(default_factory=list)  # per seed: a copied pretraining's time (in its own)
 
     def machine_seconds(self) -> tuple[float, Counter]:
-        """The row's time on its machine: the mean of the seeds that ran alone, or of all seeds, with what
-        makes it uncertain (seeds that shared the machine, have no load record, or lost an earlier session's time),
-        when none did."""
-        alone = [i for i, ran in enumerate(self.ran_alone) if ran]
-        counted = alone or list(range(len(self.row_seconds)))
-        # a copied pretraining is trained once by `make ablations`, in the table it was copied from
-        copied = Counter({"copied another table's pretraining": int(any(self.borrowed[i] for i in counted))})
-        seconds = float(np.mean([self.row_seconds[i] for i in counted]))
-        if alone:
+        """The row's time on its machine, as its table run alone spends it (a copied pretraining's time included):
+        the mean of the seeds that ran alone, or of all seeds, with what makes it uncertain (seeds that shared the
+        machine, have no load record, or lost an earlier session's time), when none did."""
+        seconds = float(np.mean([self.row_seconds[i] for i in self._counted()]))
+        copied = Counter({"copied another table's pretraining": int(self.copied_pretraining_seconds() > 0)})
+        if any(self.ran_alone):
             return seconds, copied
         return seconds, copied + Counter({
             "shared the machine": self.shared_seeds, "without a load record": self.unrecorded_load_seeds,
             "resumed, earlier sessions' time not recorded": self.unrecorded_resume_seeds})
+
+    def copied_pretraining_seconds(self) -> float:  # the part of that time `make ablations` spends in another table
+        return float(np.mean([self.copied_seconds[i] for i in self._counted()]))
+
+    def _counted(self) -> list[int]:  # the seeds a row's time is taken from: those that ran alone, else all
+        return [i for i, ran in enumerate(self.ran_alone) if ran] or list(range(len(self.row_seconds)))
 
     def mean(self, metric: str) -> float:
         values = self.values.get(metric, [])
@@ -102,7 +105,7 @@ def load_rows(experiment: Experiment, directory: Path) -> dict[str, RowSummary]:
         summary.kind = row_kind(record["config"])
         summary.departures = departures(record["config"])
         summary.row_seconds.append(row_seconds(record))
-        summary.borrowed.append(bool(record.get("pretraining_borrowed_from")))
+        summary.copied_seconds.append(copied_pretraining_seconds(record))
         # one pretraining log per session: a row resumed before it recorded its earlier sessions' time is too short
         lost_time = "resumed_pretraining_s" not in record and len(list((directory / record["curves"]).glob("log-*"))) > 1
         summary.unrecorded_resume_seeds += lost_time

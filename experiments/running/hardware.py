@@ -163,6 +163,12 @@ def row_seconds(record: dict) -> float:
     return record["wall_time_s"] + record.get("resumed_pretraining_s", 0.0)
 
 
+def copied_pretraining_seconds(record: dict) -> float:
+    """The part of `row_seconds` that another table's finished pretraining took, where the row copied it
+    (runner.borrow_pretraining): its table run alone spends it, `make ablations` trains it once."""
+    return record.get("resumed_pretraining_s", 0.0) if record.get("pretraining_borrowed_from") else 0.0
+
+
 def ran_alone(record: dict) -> bool:
     """Whether a row's time is this machine's: its load was recorded, and nothing else shared its CPUs."""
     return bool(record.get("load")) and not shared_machine(record["load"])
