@@ -173,3 +173,20 @@ def test_the_planner_prices_the_rest_of_a_row_from_the_tables_own_finished_rows(
     (rows / "c__seed0.json").write_text(json.dumps({"config": early, "wall_time_s": 2000.0,
                                                      "seconds": {"pretraining": 400.0}}))
     assert measured_overheads(tmp_path) == {"absolute-mlm": pytest.approx((0.75 + 1.0) / 2)}
+
+
+def test_a_pretraining_two_rows_of_a_table_share_counts_in_the_time_of_the_row_that_trained_it():
+    """ELECTRA sharing's "tie token embeddings" and "generator 1 width" are one pretraining, one work directory: the
+    row that finds it finished resumes it and trains nothing, so its time leaves that pretraining to the other."""
+    from experiments.running.hardware import copied_pretraining_seconds, shared_pretraining_seconds
+
+    def row(name, seed, pretraining, resumed, **more):
+        return {"row": name, "seed": seed, "curves": f"work/pretrain-abc__seed{seed}", "resumed_pretraining_s": resumed,
+                "seconds": {"pretraining": pretraining}} | more
+
+    trained, shared, other_seed = row("tie", 0, 600.0, 0.0), row("generator 1", 0, 2.0, 600.0), row("tie", 1, 5.0, 600.0)
+    table = [trained, shared, other_seed]
+    assert [shared_pretraining_seconds(r, table) for r in table] == [0.0, 600.0, 0.0]
+    # a pretraining copied from another table stays in the row's time (its table alone trains it), named apart
+    copied = row("ES", 0, 1.0, 900.0, pretraining_borrowed_from={"experiment": "ablation-electra-efficiency"})
+    assert shared_pretraining_seconds(copied, [copied]) == 0.0 and copied_pretraining_seconds(copied) == 900.0

@@ -28,7 +28,8 @@ from experiments.verdicts.noise import Calibration, load_calibration, row_kind
 from experiments.reporting.plots import draw
 from experiments.verdicts.judging import (ELECTRA_REGIME_AUC, check_claim, early_points_in, failed_fine_tuning,
                                           learning_problems, values_at)
-from experiments.running.hardware import copied_pretraining_seconds, ran_alone, row_seconds, shared_machine
+from experiments.running.hardware import (copied_pretraining_seconds, ran_alone, row_seconds, shared_machine,
+                                          shared_pretraining_seconds)
 from experiments.spec import DEPARTURES, Experiment, departures
 from lightning_modules.base import describe
 
@@ -41,7 +42,7 @@ class RowSummary:
     tokens_seen: list[int]
     padded_tokens: list[int]
     train_flops: list[float]
-    row_seconds: list[float]  # each seed's whole time (a resumed row's earlier sessions included)
+    row_seconds: list[float]  # each seed's whole time (earlier sessions in, another row's shared pretraining out)
     curves: list[Path]
     commits: set[str]
     steps: list[int] = field(default_factory=list)  # optimizer steps trained, per seed
@@ -87,10 +88,9 @@ class RowSummary:
 
 def load_rows(experiment: Experiment, directory: Path) -> dict[str, RowSummary]:
     found: dict[str, RowSummary] = {}
-    for path in sorted((directory / "rows").glob("*.json")):
-        record = json.loads(path.read_text())
-        if record.get("experiment") != experiment.id:
-            continue
+    table = [r for path in sorted((directory / "rows").glob("*.json")) if (r := json.loads(path.read_text()))
+             and r.get("experiment") == experiment.id]
+    for record in table:
         summary = found.setdefault(record["row"], RowSummary(record["row"], [], {}, [], [], [], [], [], set()))
         summary.seeds.append(record["seed"])
         for metric, value in record["metrics"].items():
@@ -104,7 +104,7 @@ def load_rows(experiment: Experiment, directory: Path) -> dict[str, RowSummary]:
         summary.corpus = record["config"]["data"]["corpus"]
         summary.kind = row_kind(record["config"])
         summary.departures = departures(record["config"])
-        summary.row_seconds.append(row_seconds(record))
+        summary.row_seconds.append(row_seconds(record) - shared_pretraining_seconds(record, table))
         summary.copied_seconds.append(copied_pretraining_seconds(record))
         # one pretraining log per session: a row resumed before it recorded its earlier sessions' time is too short
         lost_time = "resumed_pretraining_s" not in record and len(list((directory / record["curves"]).glob("log-*"))) > 1

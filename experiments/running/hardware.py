@@ -169,6 +169,16 @@ def copied_pretraining_seconds(record: dict) -> float:
     return record.get("resumed_pretraining_s", 0.0) if record.get("pretraining_borrowed_from") else 0.0
 
 
+def shared_pretraining_seconds(record: dict, table: list[dict]) -> float:
+    """The part of `row_seconds` that a row of its own table spent on the same pretraining (the same work
+    directory: ELECTRA sharing's "tie token embeddings" and "generator 1 width"), where that row trained it (spent
+    longer pretraining): the table trains it once, so it is that row's time, not this one's."""
+    def key(row: dict) -> tuple:  # which pretraining, then who spent longer training it
+        return row["seed"], row.get("curves"), row.get("seconds", {}).get("pretraining", 0.0), row["row"]
+    trained_by_other = any(key(other)[:2] == key(record)[:2] and key(other)[2:] > key(record)[2:] for other in table)
+    return record.get("resumed_pretraining_s", 0.0) if trained_by_other else 0.0
+
+
 def ran_alone(record: dict) -> bool:
     """Whether a row's time is this machine's: its load was recorded, and nothing else shared its CPUs."""
     return bool(record.get("load")) and not shared_machine(record["load"])
