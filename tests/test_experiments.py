@@ -435,6 +435,20 @@ def test_the_table_names_a_failed_fine_tuning_run_apart_from_a_row_that_did_not_
     assert "**ELECTRA-Small's fine-tuning failed**: bigram_shift 50.0 <= its majority class 50.0." in markdown
 
 
+def test_electra_15_is_judged_at_its_masked_positions_where_it_is_trained():
+    """ELECTRA 15%'s discriminator has a loss at the masked positions only; over every token its AUC stays near
+    0.5 (at cpu 0.522, at its masked positions 0.751), so its learning check reads `disc_auc_masked`."""
+    from experiments.verdicts.judging import detection_auc, learning_problems
+
+    electra_15 = {"disc_auc": [0.522], "disc_auc_masked": [0.751]}
+    assert detection_auc(electra_15) == (0.751, "at its masked positions ")
+    assert learning_problems(electra_15) == []
+    assert learning_problems({"disc_auc": [0.522]}) == ["discriminator AUC 0.522 <= 0.6"]  # any other RTD row
+    assert learning_problems({"disc_auc": [0.9], "disc_auc_masked": [0.55]}) == [
+        "discriminator AUC at its masked positions 0.550 <= 0.6"]
+    assert detection_auc({"mlm_acc": [0.3]}) is None
+
+
 def test_a_row_that_did_not_learn_decides_nothing():
     def row(name, score, auc):
         return RowSummary(name, [0, 1, 2], {"score": score, "disc_auc": auc, "sentiment": score,
@@ -692,6 +706,8 @@ def test_every_experiment_and_row_smoke_runs(tmp_path):
     electra_15 = json.loads((tmp_path / "ablation-electra-efficiency" / "smoke" / "rows" / "electra-15__seed0.json").read_text())
     replace_mlm = json.loads((tmp_path / "ablation-electra-efficiency" / "smoke" / "rows" / "replace-mlm__seed0.json").read_text())
     assert "disc_auc_bigram" in electra_15["metrics"] and "disc_auc_bigram" not in replace_mlm["metrics"]  # no RTD head
+    electra = json.loads((tmp_path / "ablation-electra-efficiency" / "smoke" / "rows" / "electra__seed0.json").read_text())
+    assert 0.0 <= electra_15["metrics"]["disc_auc_masked"] <= 1.0 and "disc_auc_masked" not in electra["metrics"]
     efficiency = json.loads((tmp_path / "ablation-electra-efficiency" / "smoke" / "table.json").read_text())
     steps = {row[0]: int(row[efficiency["header"].index("steps")].replace(",", "")) for row in efficiency["rows"]}
     assert steps["All-Tokens MLM"] < steps["ELECTRA"] < steps["BERT"]  # equal FLOPs, dearer steps: fewer of them

@@ -296,7 +296,7 @@ def test_a_smoke_row_reports_the_word_order_tasks_and_reevaluate_gives_them_to_a
     assert {k: again["metrics"][k] for k in old["metrics"]} == old["metrics"]  # the old figures stay as they were
     assert set(again["seconds"]["fine-tuning"]) == {"sentiment", "topic", *NEW_TASKS}
     reevaluate(experiment, preset, tmp_path, None, None, Hardware(), lines.append)
-    assert lines[-1].endswith("has every task, skipped") and json.loads(p.result_path.read_text()) == again
+    assert lines[-1].endswith("has every task and measure, skipped") and json.loads(p.result_path.read_text()) == again
 
     # a row whose word-order tasks ran at other caps gets those two again, and keeps every other figure
     recapped = json.loads(json.dumps(again))
@@ -317,6 +317,35 @@ def test_a_smoke_row_reports_the_word_order_tasks_and_reevaluate_gives_them_to_a
     p.result_path.write_text(json.dumps(other))
     reevaluate(experiment, preset, tmp_path, None, None, Hardware(), lines.append)
     assert "differs in more than its tasks (optim)" in lines[-1] and json.loads(p.result_path.read_text()) == other
+
+
+@pytest.mark.slow(seconds=30)
+def test_reevaluate_gives_a_row_a_held_out_measure_its_module_logs_since_it_was_trained(tmp_path):
+    """ELECTRA 15%'s AUC at its masked positions came after its row at cpu was trained: one validation pass of
+    the saved checkpoint measures it again, equal to what the row measured when it trained, and nothing else moves."""
+    from experiments.running.reevaluate import reevaluate
+    from experiments.presets import PRESETS
+    from experiments.registry import get_experiment
+    from experiments.running.hardware import Hardware
+    from experiments.running.runner import plan, run
+
+    experiment, preset = get_experiment("ablation-electra-efficiency"), PRESETS["smoke"]
+    run(experiment, preset, 1, ["ELECTRA 15%"], None, Hardware(), tmp_path)
+    p, = plan(experiment, preset, 1, ["ELECTRA 15%"], None, tmp_path)
+    fresh = json.loads(p.result_path.read_text())
+    old = json.loads(json.dumps(fresh))
+    del old["metrics"]["disc_auc_masked"]
+    p.result_path.write_text(json.dumps(old))
+
+    lines = []
+    reevaluate(experiment, preset, tmp_path, None, None, Hardware(), lines.append)
+    again = json.loads(p.result_path.read_text())
+    assert "re-evaluating on disc_auc_masked" in lines[0]
+    assert again["reevaluated"]["heldout"] == ["disc_auc_masked"] and again["reevaluated"]["tasks"] == []
+    assert again["metrics"]["disc_auc_masked"] == pytest.approx(fresh["metrics"]["disc_auc_masked"], abs=1e-6)
+    assert {k: again["metrics"][k] for k in old["metrics"]} == old["metrics"]
+    reevaluate(experiment, preset, tmp_path, None, None, Hardware(), lines.append)
+    assert lines[-1].endswith("has every task and measure, skipped")
 
 
 def test_the_tasks_study_sets_each_score_beside_its_dev_sets_noise():

@@ -26,8 +26,8 @@ from experiments.evaluations.word_order import LEARNED_ADJACENT_MULTIPLE, word_o
 from experiments.verdicts.claims import PROBE_AVERAGE
 from experiments.verdicts.noise import Calibration, load_calibration, row_kind
 from experiments.reporting.plots import draw
-from experiments.verdicts.judging import (ELECTRA_REGIME_AUC, check_claim, early_points_in, failed_fine_tuning,
-                                          learning_problems, values_at)
+from experiments.verdicts.judging import (ELECTRA_REGIME_AUC, check_claim, detection_auc, early_points_in,
+                                          failed_fine_tuning, learning_problems, values_at)
 from experiments.running.hardware import (copied_pretraining_seconds, ran_alone, row_seconds, shared_machine,
                                           shared_pretraining_seconds)
 from experiments.spec import DEPARTURES, Experiment, departures
@@ -223,8 +223,8 @@ def build_table(experiment: Experiment, preset: str, directory: Path) -> dict:
     unlearned |= {f"{name} at {point} of training": problems for name, found in points.items() for point in found
                   if (problems := learning_problems(values_at(rows[name].values, point)))}
     # a discriminator that learned to detect replacements, but not yet to ELECTRA's level
-    early_training = {name: round(s.mean("disc_auc"), 3) for name, s in rows.items() if name not in unlearned
-                      and "disc_auc" in s.values and s.mean("disc_auc") < ELECTRA_REGIME_AUC}
+    early_training = {name + (f" ({auc[1].strip()})" if auc[1] else ""): round(auc[0], 3) for name, s in rows.items()
+                      if name not in unlearned and (auc := detection_auc(s.values)) and auc[0] < ELECTRA_REGIME_AUC}
     optimisers: dict[str, list[str]] = {}  # one line per distinct setting, with the rows that used it
     for name in order:
         if name in rows and rows[name].optim:

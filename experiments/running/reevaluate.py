@@ -9,6 +9,10 @@ row that has them), and the row file is rewritten atomically with the metrics me
 over every task, the current config and config hash, and `"reevaluated": {"tasks", "git_commit", "seconds"}`.
 A fine-tuning run finished before an interruption is not run again (the runner's records). A row whose config
 differs in more than its tasks, or whose checkpoint is gone, is named and left as it is: it needs retraining.
+
+A row also gets the held-out measures its module logs now but did not when it was trained (`HELDOUT_ADDED`, e.g.
+ELECTRA 15%'s discriminator AUC at its masked positions), from one validation pass of the same checkpoint on
+the same held-out blocks and generator samples; they are named under "heldout" in "reevaluated".
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import torch
 from datamodules.downstream import task_name
 from datamodules.errors import UsageError
 from experiments.running.durable import Lock, write_json_atomically
-from experiments.evaluations import autocast_dtype, evaluation_device, probe_state
+from experiments.evaluations import autocast_dtype, evaluation_device, probe_state, validated_metrics
 from experiments.evaluations.early_points import early_point
 from experiments.evaluations.finetuning import cached_task, fine_tune_all, task_averages, task_data
 from experiments.evaluations.probes import FEATURES, probe_metrics
@@ -66,6 +70,18 @@ def tasks_to_evaluate(p: RowPlan, record: dict) -> tuple[list[str], str | None]:
     return redo, None
 
 
+# held-out measures the modules log since some rows were trained, and the rows that log them: a finished row that
+# lacks one is measured again by one validation pass of its saved checkpoint
+HELDOUT_ADDED = {
+    "disc_auc_masked": lambda config: config.objective == "rtd" and config.rtd.variant == "electra-15",
+}
+
+
+def heldout_to_measure(p: RowPlan, record: dict) -> list[str]:
+    """The held-out measures (HELDOUT_ADDED) the row's module logs and its row file lacks."""
+    return [m for m, logged in HELDOUT_ADDED.items() if logged(p.config) and m not in record.get("metrics", {})]
+
+
 def _recomputed(metrics: dict[str, float], specs: dict, at: str = "") -> dict[str, float]:
     """The averages over every task of the row, at one early point (`at`, e.g. "@0.25") or of the row itself."""
     plain = {k[:len(k) - len(at)]: v for k, v in metrics.items() if k.endswith(at)} if at else metrics
@@ -91,16 +107,12 @@ def _early_encoder(p: RowPlan, fraction: float, vocab_size: int) -> dict:
     return module.encoder_state()
 
 
-def reevaluate_row(p: RowPlan, tasks_to_run: list[str], overrides: dict | None, results_dir: Path, hardware: Hardware,
-                   log=print) -> dict:
-    """Probe and fine-tune the row's saved encoder on `tasks_to_run`; rewrite its row file; return the new record."""
-    started = time.time()
-    record = json.loads(p.result_path.read_text())
+def _task_metrics(p: RowPlan, tasks_to_run: list[str], module, data, hardware: Hardware, precision: str) -> tuple:
+    """(the probe and fine-tuning metrics of the row's saved encoder, and of its early points, on `tasks_to_run`,
+    the fine-tuning seconds, the probes' details)."""
     config, rtd = p.config, p.config.objective == "rtd"
-    _, module, data = load_trained_row(p.experiment, p.preset, p.row.name, p.seed, overrides, results_dir)
     only = dataclasses.replace(config, tasks=tuple(tasks_to_run))
     tasks = task_data(only, data.load(), p.seed)
-    precision = hardware.precision or default_precision()
     device = evaluation_device(hardware.accelerator)
     module.to(device).eval()
     probes, probe_details = probe_metrics(module.discriminator if rtd else module.encoder, tasks, True,
@@ -121,17 +133,37 @@ def reevaluate_row(p: RowPlan, tasks_to_run: list[str], overrides: dict | None, 
             point = fine_tune_all(only, encoder_config, state, tasks, p.seed, hardware, partial(finished_run, at=at))[0]
             point |= probe_state(encoder_config, state, tasks, device, precision)
             early |= {f"{k}{at}": v for k, v in point.items() if not k.endswith("majority") and "@ft" not in k}
-    specs = {task_name(t): cached_task(t).spec for t in config.tasks}
-    metrics = record["metrics"] | probes | scores | early
-    metrics |= _recomputed(metrics, specs)
-    for fraction in config.evaluate_at:
-        metrics |= _recomputed(metrics, specs, f"@{fraction:g}")
+    return probes | scores | early, seconds, probe_details
+
+
+def reevaluate_row(p: RowPlan, tasks_to_run: list[str], overrides: dict | None, results_dir: Path, hardware: Hardware,
+                   log=print, heldout: list[str] = ()) -> dict:
+    """Probe and fine-tune the row's saved encoder on `tasks_to_run`, and measure it on the held-out measures
+    `heldout` (HELDOUT_ADDED) it lacks; rewrite its row file; return the new record."""
+    started = time.time()
+    record = json.loads(p.result_path.read_text())
+    config = p.config
+    _, module, data = load_trained_row(p.experiment, p.preset, p.row.name, p.seed, overrides, results_dir)
+    precision = hardware.precision or default_precision()
+    metrics = record["metrics"]
+    if heldout:
+        with hardware.training(f"measuring {p.row.name} on its held-out blocks"):
+            trainer = hardware.trainer(f"held-out {p.row.name}", logger=False, enable_checkpointing=False)
+            validated = validated_metrics(module, data, trainer)
+        metrics |= {m: validated[m] for m in heldout}
+    if tasks_to_run:
+        measured, seconds, probe_details = _task_metrics(p, tasks_to_run, module, data, hardware, precision)
+        specs = {task_name(t): cached_task(t).spec for t in config.tasks}
+        metrics |= measured
+        metrics |= _recomputed(metrics, specs)
+        for fraction in config.evaluate_at:
+            metrics |= _recomputed(metrics, specs, f"@{fraction:g}")
+        record.setdefault("seconds", {}).setdefault("fine-tuning", {}).update(seconds)
+        record.setdefault("evaluations", {}).setdefault("probes", {}).update(probe_details)
     record["metrics"] = metrics
     record["config"], record["config_hash"] = config.to_dict(), config.config_hash()
-    record.setdefault("seconds", {}).setdefault("fine-tuning", {}).update(seconds)
-    record.setdefault("evaluations", {}).setdefault("probes", {}).update(probe_details)
     earlier = record.get("reevaluated")
-    record["reevaluated"] = {"tasks": tasks_to_run, "git_commit": git_commit(),
+    record["reevaluated"] = {"tasks": tasks_to_run, "heldout": list(heldout), "git_commit": git_commit(),
                              "seconds": round(time.time() - started, 1), "precision": precision} | ({"earlier": earlier} if earlier else {})
     write_json_atomically(p.result_path, record)
     return record
@@ -161,16 +193,18 @@ def reevaluate(experiment: Experiment, preset: Preset, results_dir: Path, rows: 
             continue
         prefix = f"[{experiment.id}/{preset.name}] {p.row.name} seed {p.seed}"
         tasks_to_run, problem = tasks_to_evaluate(p, records[(p.row.name, p.seed)])
-        if problem or not tasks_to_run:
-            log(f"{prefix}: {problem or 'has every task, skipped'}")
+        heldout = [] if problem else heldout_to_measure(p, records[(p.row.name, p.seed)])
+        if problem or not (tasks_to_run or heldout):
+            log(f"{prefix}: {problem or 'has every task and measure, skipped'}")
             continue
         lock = Lock(p.result_path.with_suffix(".lock"))
         if not lock.acquire():
             log(f"{prefix}: being trained by another sweep ({lock.describe()}), skipped")
             continue
         try:
-            log(f"{prefix}: re-evaluating on {', '.join(tasks_to_run)}")
-            result = reevaluate_row(p, tasks_to_run, overrides, results_dir, Hardware() if hardware is None else hardware, log)
+            log(f"{prefix}: re-evaluating on {', '.join(tasks_to_run + heldout)}")
+            result = reevaluate_row(p, tasks_to_run, overrides, results_dir, Hardware() if hardware is None else hardware,
+                                    log, heldout)
             log(f"{prefix}: done in {result['reevaluated']['seconds']} s")
         except UsageError as error:
             log(f"{prefix}: {error}")
