@@ -170,6 +170,7 @@ class RTDModule(ObjectiveModule):
         # ELECTRA 15% is trained at the masked positions only, and is judged there: elsewhere it never saw a
         # token and calls nearly all of them replaced (its AUC over every token was 0.52 where this one was 0.75)
         self.val_auc_masked = BinaryAUROC()
+        self.val_masked_replaced = MeanMetric()  # logged as replaced_fraction_masked; the AUC needs both classes
         # the learning check: are D's token states still distinct, and do its logits still differ?
         self.val_token_cosine = TokenCosine(discriminator_config.hidden_size)
         self.val_logit_mean, self.val_logit_square = MeanMetric(), MeanMetric()
@@ -275,6 +276,7 @@ class RTDModule(ObjectiveModule):
             if self.rtd.variant == "electra-15":
                 at = masked_positions(mask, batch)
                 self.val_auc_masked.update(extras["rtd_logits"][at].float(), extras["replaced"][at].long())
+                self.val_masked_replaced.update(extras["replaced"][at].float())
             self.val_logit_mean.update(logits), self.val_logit_square.update(logits.square())
 
     def on_validation_epoch_end(self):
@@ -286,12 +288,24 @@ class RTDModule(ObjectiveModule):
         if self.rtd.variant in ("electra", "electra-15") and self.val_auc.update_count:
             self.log("val/disc_auc", self.val_auc.compute(), sync_dist=True)
             self.val_auc.reset()
-        if self.val_auc_masked.update_count:
-            self.log("val/disc_auc_masked", self.val_auc_masked.compute(), sync_dist=True)
-            self.val_auc_masked.reset()
+        self._log_masked_auc()
         for name, value in self.embedding_similarity().items():
             self.log(f"val/{name}", value)
         self._learning_check()
+
+    def _log_masked_auc(self):
+        """ELECTRA 15%'s AUC at its masked positions, where both classes occur; none where one does not.
+
+        An untrained generator's sample almost never equals the original, so at a smoke budget every masked
+        position is replaced: an AUC of one class is undefined (torchmetrics returns 0), not a measure. The
+        share replaced is logged either way (`replaced_fraction_masked`), so a row shows why it has no AUC."""
+        if not self.val_auc_masked.update_count:
+            return
+        replaced_share = self.val_masked_replaced.compute()
+        self.log("val/replaced_fraction_masked", replaced_share, sync_dist=True)
+        if 0.0 < float(replaced_share) < 1.0:
+            self.log("val/disc_auc_masked", self.val_auc_masked.compute(), sync_dist=True)
+        self.val_auc_masked.reset(), self.val_masked_replaced.reset()
 
     def _learning_check(self):
         """Log D's token-state similarity and logit spread; say once, in one line, if D has collapsed."""

@@ -284,6 +284,21 @@ def test_discriminator_lr_scale_moves_what_only_the_discriminator_owns(sharing):
     assert (rate.get("discriminator.embeddings.word.delta") == pytest.approx(3e-3)) == (sharing == "gdes")
 
 
+@pytest.mark.parametrize("replaced, logged", [([1, 1, 1, 1], {"val/replaced_fraction_masked": 1.0}),
+                                              ([1, 0, 1, 1], {"val/replaced_fraction_masked": 0.75,
+                                                              "val/disc_auc_masked": 2 / 3})])
+def test_electra_15_logs_its_masked_auc_only_where_both_classes_occur(replaced, logged):
+    """At a smoke budget every masked token is replaced (torchmetrics then returns an AUC of 0): no AUC, the share."""
+    module = rtd_module("nes", variant="electra-15")
+    seen = {}
+    module.log = lambda name, value, **_: seen.__setitem__(name, float(value))
+    module.val_auc_masked.update(torch.tensor([0.4, 0.3, 0.1, 0.9]), torch.tensor(replaced))
+    module.val_masked_replaced.update(torch.tensor(replaced, dtype=torch.float))
+    module._log_masked_auc()
+    assert seen == pytest.approx(logged)
+    assert not module.val_auc_masked.update_count  # reset for the next validation pass
+
+
 def test_invalid_rtd_configs():
     from datamodules.errors import UsageError
 

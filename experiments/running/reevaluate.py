@@ -12,7 +12,8 @@ differs in more than its tasks, or whose checkpoint is gone, is named and left a
 
 A row also gets the held-out measures its module logs now but did not when it was trained (`HELDOUT_ADDED`, e.g.
 ELECTRA 15%'s discriminator AUC at its masked positions), from one validation pass of the same checkpoint on
-the same held-out blocks and generator samples; they are named under "heldout" in "reevaluated".
+the same held-out blocks and generator samples; they are named under "heldout" in "reevaluated". A measure
+the pass leaves undefined (an AUC where one class occurs) stays absent, and the row is not measured again.
 """
 from __future__ import annotations
 
@@ -70,16 +71,20 @@ def tasks_to_evaluate(p: RowPlan, record: dict) -> tuple[list[str], str | None]:
     return redo, None
 
 
-# held-out measures the modules log since some rows were trained, and the rows that log them: a finished row that
-# lacks one is measured again by one validation pass of its saved checkpoint
+# held-out measures the modules log since some rows were trained, in groups, and the rows that log them: a
+# finished row that lacks every measure of a group is measured again by one validation pass of its saved
+# checkpoint. A group's measures other than its first may be undefined for a row (an AUC where one class occurs).
 HELDOUT_ADDED = {
-    "disc_auc_masked": lambda config: config.objective == "rtd" and config.rtd.variant == "electra-15",
+    ("replaced_fraction_masked", "disc_auc_masked"):
+        lambda config: config.objective == "rtd" and config.rtd.variant == "electra-15",
 }
 
 
 def heldout_to_measure(p: RowPlan, record: dict) -> list[str]:
-    """The held-out measures (HELDOUT_ADDED) the row's module logs and its row file lacks."""
-    return [m for m, logged in HELDOUT_ADDED.items() if logged(p.config) and m not in record.get("metrics", {})]
+    """The held-out measures (HELDOUT_ADDED) of each group the row's module logs and its row file has none of."""
+    metrics = record.get("metrics", {})
+    return [m for group, logged in HELDOUT_ADDED.items()
+            if logged(p.config) and not any(m in metrics for m in group) for m in group]
 
 
 def _recomputed(metrics: dict[str, float], specs: dict, at: str = "") -> dict[str, float]:
@@ -145,12 +150,13 @@ def reevaluate_row(p: RowPlan, tasks_to_run: list[str], overrides: dict | None, 
     config = p.config
     _, module, data = load_trained_row(p.experiment, p.preset, p.row.name, p.seed, overrides, results_dir)
     precision = hardware.precision or default_precision()
-    metrics = record["metrics"]
+    metrics, measured_heldout = record["metrics"], []
     if heldout:
         with hardware.training(f"measuring {p.row.name} on its held-out blocks"):
             trainer = hardware.trainer(f"held-out {p.row.name}", logger=False, enable_checkpointing=False)
             validated = validated_metrics(module, data, trainer)
-        metrics |= {m: validated[m] for m in heldout}
+        measured_heldout = [m for m in heldout if m in validated]
+        metrics |= {m: validated[m] for m in measured_heldout}
     if tasks_to_run:
         measured, seconds, probe_details = _task_metrics(p, tasks_to_run, module, data, hardware, precision)
         specs = {task_name(t): cached_task(t).spec for t in config.tasks}
@@ -163,7 +169,7 @@ def reevaluate_row(p: RowPlan, tasks_to_run: list[str], overrides: dict | None, 
     record["metrics"] = metrics
     record["config"], record["config_hash"] = config.to_dict(), config.config_hash()
     earlier = record.get("reevaluated")
-    record["reevaluated"] = {"tasks": tasks_to_run, "heldout": list(heldout), "git_commit": git_commit(),
+    record["reevaluated"] = {"tasks": tasks_to_run, "heldout": measured_heldout, "git_commit": git_commit(),
                              "seconds": round(time.time() - started, 1), "precision": precision} | ({"earlier": earlier} if earlier else {})
     write_json_atomically(p.result_path, record)
     return record
