@@ -20,7 +20,7 @@ from datamodules.errors import UsageError, require
 from datamodules.pretraining import PretrainingDataConfig
 from lightning_modules.base import OptimConfig
 from lightning_modules.finetune import FineTuneConfig
-from lightning_modules.rtd import RTDConfig, generator_config
+from lightning_modules.rtd import BINARY_HEAD_VARIANTS, RTDConfig, generator_config
 from experiments.verdicts.claims import Claim, paper_value, twins
 
 OBJECTIVES = ("mlm", "rtd")
@@ -115,8 +115,9 @@ DEPARTURES = {
 
 
 def departures(config: dict) -> dict[str, object]:
-    """The departure switches a row's config (RunConfig.to_dict()) turns on: {dotted field: value}. An `rtd.`
-    switch counts only for an RTD row: an MLM row in an RTD table carries the table's rtd config unused."""
+    """The departure switches a row's config (RunConfig.to_dict()) turns on: {dotted field: value}. A switch
+    counts only for a row it acts on: an `rtd.` switch for an RTD row (an MLM row in an RTD table carries the
+    table's rtd config unused), `rtd.head_bias_prior` for a variant with a binary head (not Replace MLM)."""
     default = RunConfig().to_dict()
 
     def value(tree: dict, path: str):
@@ -126,7 +127,8 @@ def departures(config: dict) -> dict[str, object]:
 
     return {path: value(config, path) for path in DEPARTURES
             if value(config, path) != {} and value(config, path) != value(default, path)
-            and (not path.startswith("rtd.") or config.get("objective") == "rtd")}
+            and (not path.startswith("rtd.") or config.get("objective") == "rtd")
+            and (path != "rtd.head_bias_prior" or config.get("rtd", {}).get("variant") in BINARY_HEAD_VARIANTS)}
 
 
 def _hash(fields: dict) -> str:

@@ -79,7 +79,7 @@ class RTDConfig:
 # Said in the notes of every table whose rows set `head_bias_prior`.
 HEAD_BIAS_PRIOR_NOTE = (
     "Departure (`rtd.head_bias_prior`): the RTD head's output bias starts at the log-odds of the replaced share "
-    "(about 15%), not at ELECTRA's 0. At 0, every discriminator here collapsed within ~30 steps (all held-out "
+    "(about 15%; All-Tokens MLM's copy gate: of the copied share, about 85%), not at ELECTRA's 0. At 0, every discriminator here collapsed within ~30 steps (all held-out "
     "token states one vector, logits flat); see docs/what-models-learn.md, 'RTD at small'.")
 
 
@@ -89,6 +89,20 @@ def replaced_share_at_init(masking_probability: float, vocab_size: int, variant:
     (the loss covers only those), the masking probability of all tokens otherwise."""
     replaced = 1.0 - 1.0 / max(2, vocab_size - NUM_SPECIAL)
     return replaced if variant == "electra-15" else masking_probability * replaced
+
+
+# The variants with a binary head whose bias `head_bias_prior` starts at its base rate: the RTD head, and
+# All-Tokens MLM's copy gate (its positive class, "copy", is every token not replaced: about 85%).
+BINARY_HEAD_VARIANTS = ("electra", "electra-15", "all-tokens-mlm")
+
+
+def head_bias_at_prior(masking_probability: float, vocab_size: int, variant: str) -> float:
+    """The log-odds of the binary head's positive class at initialisation: replaced for RTD, copied for
+    All-Tokens MLM's gate. At 0 instead, the gate collapsed All-Tokens MLM's discriminator at `cpu` as the
+    RTD head had ELECTRA's (docs/what-models-learn.md, "RTD at small")."""
+    replaced = replaced_share_at_init(masking_probability, vocab_size, variant)
+    positive = 1.0 - replaced if variant == "all-tokens-mlm" else replaced
+    return math.log(positive / (1.0 - positive))
 
 
 def generator_config(discriminator: EncoderConfig, rtd: RTDConfig) -> EncoderConfig:
@@ -158,9 +172,9 @@ class RTDModule(ObjectiveModule):
             self.discriminator_mlm_head = init_head(MLMHead(discriminator_config))
         if rtd.variant in ("electra", "electra-15", "all-tokens-mlm"):
             self.rtd_head = init_head(RTDHead(discriminator_config))  # for all-tokens-mlm: the copy gate
-        if rtd.head_bias_prior and rtd.variant in ("electra", "electra-15"):
-            share = replaced_share_at_init(masking_probability, encoder.vocab_size, rtd.variant)
-            torch.nn.init.constant_(self.rtd_head.out.bias, math.log(share / (1 - share)))
+        if rtd.head_bias_prior and rtd.variant in BINARY_HEAD_VARIANTS:
+            torch.nn.init.constant_(self.rtd_head.out.bias,
+                                    head_bias_at_prior(masking_probability, encoder.vocab_size, rtd.variant))
         # where the tables start (DeBERTaV3's cosine claims are about what training changed)
         self.initial_embedding_similarity = self.embedding_similarity()
         self.heldout = HeldoutMLM()

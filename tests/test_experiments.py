@@ -729,6 +729,10 @@ def test_departures_name_the_switches_a_preset_turns_on_and_base_turns_on_none()
     prior = {"rtd.head_bias_prior": True}
     assert departures(configure(RunConfig(), PRESETS["base"], prior).to_dict()) == {}
     assert departures(configure(RunConfig(), PRESETS["base"], prior | {"objective": "rtd"}).to_dict()) == prior
+    # and the bias prior only where there is a binary head: Replace MLM has none, All-Tokens MLM's copy gate is one
+    for variant, acts in (("replace-mlm", False), ("all-tokens-mlm", True), ("electra-15", True)):
+        config = configure(RunConfig(), PRESETS["base"], prior | {"objective": "rtd", "rtd.variant": variant})
+        assert departures(config.to_dict()) == (prior if acts else {}), variant
 
 
 def test_the_cpu_presets_relative_bias_never_touches_a_row_that_compares_position_schemes():

@@ -372,6 +372,10 @@ def test_base_rate_bias_is_the_log_odds_of_the_replaced_share():
     assert math.isclose(float(module.rtd_head.out.bias), math.log(share / (1 - share)), rel_tol=1e-6)
     assert float(rtd_module("es").rtd_head.out.bias) == 0.0  # the reference code's zero, by default
     assert replaced_share_at_init(0.15, 1000, "electra-15") > 0.99  # ELECTRA 15%: only selected tokens count
+    # All-Tokens MLM's copy gate: its positive class is "copy", the tokens not replaced (it collapsed at 0, at cpu)
+    gate = RTDModule(ENCODER, OptimConfig(), RTDConfig(head_bias_prior=True, variant="all-tokens-mlm"),
+                     masking_probability=0.15)
+    assert math.isclose(float(gate.rtd_head.out.bias), math.log((1 - share) / share), rel_tol=1e-6)
 
 
 def test_the_generators_samples_follow_its_softmax_at_the_temperature():
