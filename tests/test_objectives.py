@@ -364,6 +364,26 @@ def test_discriminator_collapse_is_reported_and_the_base_rate_bias_prevents_it(p
         assert warned
 
 
+@pytest.mark.slow(seconds=25)
+@pytest.mark.parametrize("prior", [False, True], ids=["gate-at-zero", "gate-at-prior"])
+def test_all_tokens_mlm_copy_gate_at_zero_collapses_its_discriminator_as_the_rtd_head_did(prior, data, capsys):
+    """All-Tokens MLM's copy gate has the RTD head's imbalance the other way (about 85% of tokens are copies):
+    at a bias of 0 the discriminator's held-out token states are one vector within 60 steps (at cpu its row's
+    were from the first validation, step 261); at the copied share's log-odds they stay apart."""
+    torch.manual_seed(0)
+    module = RTDModule(ENCODER, OptimConfig(peak_lr=1e-3, max_steps=1000),
+                       RTDConfig(sharing="es", generator_width=0.5, variant="all-tokens-mlm", head_bias_prior=prior))
+    trainer = L.Trainer(max_steps=60, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                        limit_val_batches=0, inference_mode=False, gradient_clip_val=1.0)
+    trainer.fit(module, data)
+    trainer.limit_val_batches = 4
+    trainer.validate(module, data, verbose=False)
+    cosine = float(trainer.callback_metrics["val/disc_token_cosine"])
+    warned = "discriminator has collapsed" in capsys.readouterr().err
+    assert (cosine < 0.85 and not warned) if prior else (cosine > 0.95 and warned), cosine
+
+
 def test_base_rate_bias_is_the_log_odds_of_the_replaced_share():
     from lightning_modules.rtd import replaced_share_at_init
 
