@@ -246,7 +246,7 @@ def test_the_word_order_column_and_problem_follow_each_seed():
     assert word_order_problem(values([8.0], [6.37])).startswith("not yet word order: most local head 8.0x (>= 3x), held")
     rtd = {"adjacent_attention": [3.1], "generator_mlm_loss": [5.9], "unigram_loss": [7.0], "bigram_loss": [5.0]}
     assert word_order_cell(rtd) == "learned (3.1x)"  # the discriminator's attention, the generator's loss
-    collapsed = rtd | {"adjacent_attention": [1.1]}  # All-Tokens MLM at cpu: its generator learned, its discriminator not
+    collapsed = rtd | {"adjacent_attention": [1.1]}  # All-Tokens MLM, copy gate at 0
     assert word_order_problem(collapsed) == ("still a bag of words: most local head 1.1x (< 3x), its generator's "
                                              "held-out MLM loss 5.900 (<= 6.000, the count models' midpoint)")
     assert word_order_cell({"mlm_loss": [6.0]}) == "-" and word_order_problem({"mlm_loss": [6.0]}) is None
