@@ -338,6 +338,19 @@ def test_the_discriminator_learns_to_tell_replaced_from_original(data):
     assert float(out["disc_loss"]) < 0.1
 
 
+def held_out_after_60_steps(rtd: RTDConfig, data) -> dict[str, float]:
+    """Train an RTD module 60 steps on the `small` schedule (peak 1e-3, 60 warm-up steps); its held-out metrics."""
+    torch.manual_seed(0)
+    module = RTDModule(ENCODER, OptimConfig(peak_lr=1e-3, max_steps=1000), rtd)
+    trainer = L.Trainer(max_steps=60, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                        limit_val_batches=0, inference_mode=False, gradient_clip_val=1.0)
+    trainer.fit(module, data)
+    trainer.limit_val_batches = 4
+    trainer.validate(module, data, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
 @pytest.mark.slow(seconds=35)
 @pytest.mark.parametrize("prior", [False, True], ids=["bias-at-zero", "bias-at-prior"])
 def test_discriminator_collapse_is_reported_and_the_base_rate_bias_prevents_it(prior, data, capsys):
@@ -345,16 +358,7 @@ def test_discriminator_collapse_is_reported_and_the_base_rate_bias_prevents_it(p
     60 steps every held-out token gets the same state and the same logit, and the learning check says so
     in one line. Starting the bias at the base rate (`head_bias_prior`) keeps the states apart and the
     logits spread, and the AUC rises."""
-    torch.manual_seed(0)
-    module = RTDModule(ENCODER, OptimConfig(peak_lr=1e-3, max_steps=1000),
-                       RTDConfig(sharing="es", generator_width=0.5, head_bias_prior=prior))
-    trainer = L.Trainer(max_steps=60, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-                        limit_val_batches=0, inference_mode=False, gradient_clip_val=1.0)
-    trainer.fit(module, data)
-    trainer.limit_val_batches = 4
-    trainer.validate(module, data, verbose=False)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics = held_out_after_60_steps(RTDConfig(sharing="es", generator_width=0.5, head_bias_prior=prior), data)
     warned = "discriminator has collapsed" in capsys.readouterr().err
     if prior:
         assert metrics["val/disc_token_cosine"] < 0.5 and metrics["val/disc_logit_std"] > 0.1, metrics
@@ -370,16 +374,8 @@ def test_all_tokens_mlm_copy_gate_at_zero_collapses_its_discriminator_as_the_rtd
     """All-Tokens MLM's copy gate has the RTD head's imbalance the other way (about 85% of tokens are copies):
     at a bias of 0 the discriminator's held-out token states are one vector within 60 steps (at cpu its row's
     were from the first validation, step 261); at the copied share's log-odds they stay apart."""
-    torch.manual_seed(0)
-    module = RTDModule(ENCODER, OptimConfig(peak_lr=1e-3, max_steps=1000),
-                       RTDConfig(sharing="es", generator_width=0.5, variant="all-tokens-mlm", head_bias_prior=prior))
-    trainer = L.Trainer(max_steps=60, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-                        limit_val_batches=0, inference_mode=False, gradient_clip_val=1.0)
-    trainer.fit(module, data)
-    trainer.limit_val_batches = 4
-    trainer.validate(module, data, verbose=False)
-    cosine = float(trainer.callback_metrics["val/disc_token_cosine"])
+    rtd = RTDConfig(sharing="es", generator_width=0.5, variant="all-tokens-mlm", head_bias_prior=prior)
+    cosine = held_out_after_60_steps(rtd, data)["val/disc_token_cosine"]
     warned = "discriminator has collapsed" in capsys.readouterr().err
     assert (cosine < 0.85 and not warned) if prior else (cosine > 0.95 and warned), cosine
 
