@@ -79,7 +79,8 @@ class RTDConfig:
 # Said in the notes of every table whose rows set `head_bias_prior`.
 HEAD_BIAS_PRIOR_NOTE = (
     "Departure (`rtd.head_bias_prior`): the RTD head's output bias starts at the log-odds of the replaced share "
-    "(about 15%; All-Tokens MLM's copy gate: of the copied share, about 85%), not at ELECTRA's 0. At 0, every discriminator here collapsed within ~30 steps (all held-out "
+    "(about 15%; All-Tokens MLM's copy gate: of the copied share, about 85%), not at ELECTRA's 0. At 0, every "
+    "discriminator here collapsed within ~30 steps (all held-out "
     "token states one vector, logits flat); see docs/what-models-learn.md, 'RTD at small'.")
 
 
