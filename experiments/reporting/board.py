@@ -32,6 +32,9 @@ BOARD = "BOARD.md"
 VERDICTS = ("holds", "does not hold", "inconclusive", "not measured")
 DECIDED = VERDICTS[:2]  # the verdicts that settle a claim
 README_START, README_END = "<!-- board:start -->", "<!-- board:end -->"
+# the README's "how long" block: the main job's time per row and per table from the board's time tables
+TIME_START, TIME_END = "<!-- time:start -->", "<!-- time:end -->"
+MAIN_JOB = "ablation-nsp"
 # the README's results excerpt: some columns of one reference table, rebuilt from its table.json with the board
 EXCERPT = re.compile(r"(<!-- excerpt:start (?P<folder>\S+) columns=(?P<columns>[^>]+?) -->\n).*?(<!-- excerpt:end -->)", re.S)
 
@@ -205,18 +208,37 @@ def excerpt(folder: Path, columns: list[str]) -> str:
 
 
 def readme_with_results(readme: str, board_text: str, root: Path = ROOT) -> str:
-    """The README with its results excerpt rebuilt from its table, then its counts block from the board."""
+    """The README with its results excerpt rebuilt from its table, then its counts and time blocks from the
+    board."""
     readme = EXCERPT.sub(lambda m: m.group(1) + excerpt(root / m.group("folder"), m.group("columns").split(","))
                          + m.group(4), readme)
-    return readme_with_counts(readme, board_text)
-
-
-def readme_with_counts(readme: str, board_text: str) -> str:
-    """The README with its results block (between the board markers) made from the board's counts."""
     counts = next(line for line in board_text.splitlines() if line.startswith("**"))
-    block = (f"{README_START}\n{counts}: the [results board](reference/BOARD.md) lists first the claims the "
-             f"reference rows decide, then every claim with the paper's effect beside ours.\n{README_END}")
-    if README_START not in readme:
+    readme = _replace_block(readme, README_START, README_END,
+                            f"{counts}: the [results board](reference/BOARD.md) lists first the claims the reference "
+                            f"rows decide, then every claim with the paper's effect beside ours.")
+    return _replace_block(readme, TIME_START, TIME_END, "\n".join(main_job_times(board_text)))
+
+
+def main_job_times(board_text: str) -> list[str]:
+    """One line per machine section of the board: the main job's time per row and per table at one seed, and
+    all the tables', read from that section's time table (so the README and the board cannot disagree)."""
+    lines, heading = [], None
+    for line in board_text.splitlines():
+        if line.startswith("### Time at "):
+            heading = line.removeprefix("### Time at ")
+        elif heading and line.startswith(f"| {MAIN_JOB} |"):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            anchor = re.sub(r"[^\w\- ]", "", f"time at {heading}".lower()).replace(" ", "-")  # GitHub's heading ids
+            lines.append(f"- {heading}: `make {MAIN_JOB}` {cells[3]} a row, {cells[4]} the table at one seed "
+                         f"([the board's times](reference/BOARD.md#{anchor}))")
+        elif heading and line.startswith("`make ablations`") and lines:
+            lines[-1] += f"; all ten tables, `make ablations`: {line.split(': ', 1)[1].split('. ', 1)[0]}"
+    return [line + "." for line in lines] or ["- no reference rows yet."]
+
+
+def _replace_block(readme: str, start: str, end: str, content: str) -> str:
+    """The README with the text between a pair of markers replaced (unchanged where it has no such markers)."""
+    if start not in readme:
         return readme
-    before, rest = readme.split(README_START, 1)
-    return before + block + rest.split(README_END, 1)[1]
+    before, rest = readme.split(start, 1)
+    return before + f"{start}\n{content}\n{end}" + rest.split(end, 1)[1]
