@@ -24,7 +24,7 @@ def test_the_committed_board_is_what_the_committed_row_files_give():
 
 def test_the_readme_reads_the_main_jobs_time_from_each_machines_time_table():
     text = "\n".join(["**1 holds** (of 1 claims)", "### Time at `cpu` on cpu-x", "",
-                      "| table | rows run | seeds | time per row (mean) | the table, one seed |", "|---|---|---|---|---|",
+                      "| table | rows run | seeds a row | time per row (mean) | the table, one seed |", "|---|---|---|---|---|",
                       "| ablation-masking | 2 of 2 | 1 | 9.0 min | 0.30 h |",
                       "| ablation-nsp | 4 of 4 | 3 | 15.0 min (1 shared the machine) | 1.00 h |", "",
                       "`make ablations` at `cpu` on cpu-x: 12.0 h at one seed. A row's time is ..."])

@@ -133,7 +133,7 @@ def _section(preset: str, machine: str, folder: Path) -> tuple[list[str], Counte
                   "| table | claim | paper's effect | ours: effect, 95% interval, seeds | verdict | rows learned it |",
                   "|---|---|---|---|---|---|", *claim_lines, ""]
     lines += [f"### Time at `{preset}` on {machine}", "",
-              "| table | rows run | seeds | time per row (mean) | the table, one seed |", "|---|---|---|---|---|"]
+              "| table | rows run | seeds a row | time per row (mean) | the table, one seed |", "|---|---|---|---|---|"]
     done = 0.0
     for experiment, rows, row_times, copied in times:
         if not rows:
@@ -142,10 +142,11 @@ def _section(preset: str, machine: str, folder: Path) -> tuple[list[str], Counte
         per_row = float(np.mean([seconds for seconds, _ in row_times]))
         whole = per_row * len(experiment.rows)
         done += whole - copied  # a pretraining two tables share, `make ablations` trains once
-        seeds = sorted({len(s.seeds) for s in rows.values()})
+        seed_counts = sorted({len(s.seeds) for s in rows.values()})  # one number, or the least-most
+        seeds = str(seed_counts[0]) if len(seed_counts) == 1 else f"{seed_counts[0]}-{seed_counts[-1]}"
         caveats = sum((row_caveats for _, row_caveats in row_times), Counter())
         caveat = f" ({', '.join(f'{n} {what}' for what, n in caveats.items() if n)})" if +caveats else ""
-        lines.append(f"| {experiment.id} | {len(rows)} of {len(experiment.rows)} | {'-'.join(map(str, seeds))} | "
+        lines.append(f"| {experiment.id} | {len(rows)} of {len(experiment.rows)} | {seeds} | "
                      f"{per_row / 60:.1f} min{caveat} | "
                      f"{whole / 3600:.2f} h{'' if len(rows) == len(experiment.rows) else ' (est.)'} |")
     missing = [e.id for e, rows, _, _ in times if not rows]
