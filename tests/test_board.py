@@ -24,16 +24,18 @@ def test_the_committed_board_is_what_the_committed_row_files_give():
 
 def test_the_readme_reads_the_main_jobs_time_from_each_machines_time_table():
     text = "\n".join(["**1 holds** (of 1 claims)", "### Time at `cpu` on cpu-x", "",
-                      "| table | rows run | seeds a row | time per row (mean) | the table, one seed |", "|---|---|---|---|---|",
+                      "| table | rows run | seeds a row | time per row (mean) | the table, one seed |",
+                      "|---|---|---|---|---|",
                       "| ablation-masking | 2 of 2 | 1 | 9.0 min | 0.30 h |",
                       "| ablation-nsp | 4 of 4 | 3 | 15.0 min (1 shared the machine) | 1.00 h |", "",
                       "`make ablations` at `cpu` on cpu-x: 12.0 h at one seed. A row's time is ..."])
     assert board.main_job_times(text) == [
         "- `cpu` on cpu-x: `make ablation-nsp` 15.0 min (1 shared the machine) a row, 1.00 h the table at one seed "
-        "([the board's times](reference/BOARD.md#time-at-cpu-on-cpu-x)); all ten tables, `make ablations`: 12.0 h "
-        "at one seed."]
+        f"([the board's times](reference/BOARD.md#time-at-cpu-on-cpu-x)); all {len(EXPERIMENTS)} tables, `make "
+        "ablations`: 12.0 h at one seed."]
     readme = f"a\n{board.TIME_START}\nold\n{board.TIME_END}\nb"
-    assert board.readme_with_results(readme, text) == f"a\n{board.TIME_START}\n{board.main_job_times(text)[0]}\n{board.TIME_END}\nb"
+    block = f"{board.TIME_START}\n{board.main_job_times(text)[0]}\n{board.TIME_END}"
+    assert board.readme_with_results(readme, text) == f"a\n{block}\nb"
 
 
 def test_the_board_lists_every_claim_of_every_table_once_per_reference_folder():

@@ -233,7 +233,8 @@ def main_job_times(board_text: str) -> list[str]:
             lines.append(f"- {heading}: `make {MAIN_JOB}` {cells[3]} a row, {cells[4]} the table at one seed "
                          f"([the board's times](reference/BOARD.md#{anchor}))")
         elif heading and line.startswith("`make ablations`") and lines:
-            lines[-1] += f"; all ten tables, `make ablations`: {line.split(': ', 1)[1].split('. ', 1)[0]}"
+            total = line.split(": ", 1)[1].split(". ", 1)[0]
+            lines[-1] += f"; all {len(EXPERIMENTS)} tables, `make ablations`: {total}"
     return [line + "." for line in lines] or ["- no reference rows yet."]
 
 
